@@ -1,0 +1,3 @@
+from ferrymq._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Queue attributes: defaults, validation with SQS's errors, and decoding into
+``QueueSettings``. Pure functions of their inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ferrymq._core._errors import SqsError, invalid_parameter
+from ferrymq._core._settings import QueueSettings
+
+__all__ = [
+    "DEFAULTS",
+    "READ_ONLY",
+    "ALL_NAMES",
+    "FIFO_ONLY",
+    "defaults_for",
+    "normalize",
+    "settings_from",
+    "queue_name_from_arn",
+]
+
+# Attributes every queue reports with these values until they are set.
+DEFAULTS: dict[str, str] = {
+    "DelaySeconds": "0",
+    "MaximumMessageSize": "1048576",
+    "MessageRetentionPeriod": "345600",
+    "ReceiveMessageWaitTimeSeconds": "0",
+    "VisibilityTimeout": "30",
+    "SqsManagedSseEnabled": "true",
+}
+FIFO_DEFAULTS: dict[str, str] = {
+    "FifoQueue": "true",
+    "ContentBasedDeduplication": "false",
+    "DeduplicationScope": "queue",
+    "FifoThroughputLimit": "perQueue",
+}
+FIFO_ONLY = frozenset(FIFO_DEFAULTS)
+
+# Computed on read; SQS refuses them in Create/SetQueueAttributes.
+READ_ONLY = frozenset(
+    {
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+        "CreatedTimestamp",
+        "LastModifiedTimestamp",
+        "QueueArn",
+    }
+)
+
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "DelaySeconds": (0, 900),
+    "MaximumMessageSize": (1024, 1_048_576),
+    "MessageRetentionPeriod": (60, 1_209_600),
+    "ReceiveMessageWaitTimeSeconds": (0, 20),
+    "VisibilityTimeout": (0, 43_200),
+    "KmsDataKeyReusePeriodSeconds": (60, 86_400),
+}
+_BOOLS = frozenset({"FifoQueue", "ContentBasedDeduplication", "SqsManagedSseEnabled"})
+_ENUMS: dict[str, frozenset[str]] = {
+    "DeduplicationScope": frozenset({"messageGroup", "queue"}),
+    "FifoThroughputLimit": frozenset({"perQueue", "perMessageGroupId"}),
+}
+_FREE_TEXT = frozenset({"Policy", "RedrivePolicy", "RedriveAllowPolicy", "KmsMasterKeyId"})
+SETTABLE = frozenset(_INT_RANGES) | _BOOLS | frozenset(_ENUMS) | _FREE_TEXT
+ALL_NAMES = SETTABLE | READ_ONLY
+
+# SQS limits a byQueue RedriveAllowPolicy to this many source ARNs.
+_REDRIVE_ALLOW_SOURCES_MAX = 10
+_MAX_RECEIVE_COUNT_RANGE = (1, 1000)
+_ARN = re.compile(r"^arn:aws:sqs:([a-z0-9-]*):(\d+):([A-Za-z0-9_-]{1,80}(?:\.fifo)?)$")
+
+
+def queue_name_from_arn(arn: str) -> str | None:
+    match = _ARN.match(arn)
+    return match.group(3) if match else None
+
+
+def _bad_value(name: str, reason: str | None = None) -> SqsError:
+    text = f"Invalid value for the parameter {name}."
+    if reason:
+        text = f"Invalid value for the parameter {name}. Reason: {reason}"
+    return SqsError("InvalidAttributeValue", text)
+
+
+def _unknown(name: str) -> SqsError:
+    return SqsError("InvalidAttributeName", f"Unknown Attribute {name}.")
+
+
+def normalize(
+    given: Mapping[str, Any],
+    *,
+    fifo: bool,
+    creating: bool,
+    current: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Validate attributes a client wants to set and return them in canonical
+    string form. Cross-queue checks (does the DLQ exist) are the broker's."""
+    if not isinstance(given, Mapping):
+        raise invalid_parameter("Attributes must be a map of attribute names to values.")
+    out: dict[str, str] = {}
+    for name, raw in given.items():
+        if not isinstance(name, str) or name not in SETTABLE:
+            raise _unknown(str(name))
+        if not isinstance(raw, str):
+            raise _bad_value(name)
+        value = raw
+        if name in FIFO_ONLY and not fifo:
+            if name == "FifoQueue" and raw.lower() == "false" and creating:
+                continue
+            if name == "DeduplicationScope":
+                raise SqsError(
+                    "InvalidAttributeName",
+                    "You can specify the DeduplicationScope only when FifoQueue is set to true.",
+                )
+            if name == "FifoThroughputLimit":
+                raise SqsError(
+                    "InvalidAttributeName",
+                    "You can specify the FifoThroughputLimit only when FifoQueue is set to true.",
+                )
+            raise _unknown(name)
+        if name in _INT_RANGES:
+            low, high = _INT_RANGES[name]
+            if not re.fullmatch(r"\d{1,10}", value) or not low <= int(value) <= high:
+                raise _bad_value(name)
+            value = str(int(value))
+        elif name in _BOOLS:
+            if value.lower() not in ("true", "false"):
+                raise _bad_value(name)
+            value = value.lower()
+            if name == "FifoQueue" and not creating:
+                current_fifo = "true" if fifo else "false"
+                if value != current_fifo:
+                    raise _bad_value("FifoQueue", "Modifying queue type is not supported.")
+        elif name in _ENUMS:
+            if value not in _ENUMS[name]:
+                raise _bad_value(name)
+        elif name == "Policy":
+            if value:
+                _json_object(name, value)
+        elif name == "RedrivePolicy":
+            if value:
+                value = _redrive_policy(value)
+        elif name == "RedriveAllowPolicy":
+            if value:
+                value = _redrive_allow_policy(value)
+        out[name] = value
+    merged = dict(current or {})
+    merged.update(out)
+    if (
+        merged.get("KmsMasterKeyId")
+        and merged.get("SqsManagedSseEnabled") == "true"
+        and ("SqsManagedSseEnabled" in out and "KmsMasterKeyId" in out)
+    ):
+        raise SqsError(
+            "InvalidAttributeName",
+            "You can use one type of server-side encryption (SSE) at one time. You can either "
+            "enable KMS SSE or SQS SSE.",
+        )
+    if (
+        merged.get("FifoThroughputLimit") == "perMessageGroupId"
+        and merged.get("DeduplicationScope", "queue") != "messageGroup"
+    ):
+        raise _bad_value(
+            "FifoThroughputLimit",
+            "The perMessageGroupId value is allowed only when the value for DeduplicationScope "
+            "is messageGroup",
+        )
+    return out
+
+
+def _json_object(name: str, value: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(value)
+    except ValueError as exc:
+        raise _bad_value(name) from exc
+    if not isinstance(doc, dict):
+        raise _bad_value(name)
+    return doc
+
+
+def _redrive_policy(value: str) -> str:
+    def bad(reason: str) -> SqsError:
+        return invalid_parameter(
+            f"Value {value} for parameter RedrivePolicy is invalid. Reason: {reason}"
+        )
+
+    try:
+        doc = json.loads(value)
+    except ValueError as exc:
+        raise bad("Redrive policy is not a valid JSON map.") from exc
+    if not isinstance(doc, dict):
+        raise bad("Redrive policy is not a valid JSON map.")
+    if "deadLetterTargetArn" not in doc:
+        raise bad("Redrive policy does not contain mandatory attribute: deadLetterTargetArn.")
+    if "maxReceiveCount" not in doc:
+        raise bad("Redrive policy does not contain mandatory attribute: maxReceiveCount.")
+    unknown = set(doc) - {"deadLetterTargetArn", "maxReceiveCount"}
+    if unknown:
+        raise bad(
+            f"Only following attributes are supported: [deadLetterTargetArn, "
+            f"maxReceiveCount]. Found: {sorted(unknown)[0]}."
+        )
+    arn = doc["deadLetterTargetArn"]
+    if not isinstance(arn, str) or queue_name_from_arn(arn) is None:
+        raise bad("Invalid value for deadLetterTargetArn.")
+    count = doc["maxReceiveCount"]
+    if isinstance(count, bool) or not isinstance(count, int | str):
+        raise bad("Invalid value for maxReceiveCount.")
+    if isinstance(count, str):
+        if not re.fullmatch(r"\d{1,10}", count):
+            raise bad("Invalid value for maxReceiveCount.")
+        count = int(count)
+    low, high = _MAX_RECEIVE_COUNT_RANGE
+    if not low <= count <= high:
+        raise bad(
+            f"Invalid value for maxReceiveCount: {count}, valid values are from "
+            f"{low} to {high} both inclusive."
+        )
+    # SQS echoes the policy back with a numeric maxReceiveCount.
+    return json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": count}, separators=(",", ":"))
+
+
+def _redrive_allow_policy(value: str) -> str:
+    def bad(reason: str) -> SqsError:
+        return invalid_parameter(
+            f"Value {value} for parameter RedriveAllowPolicy is invalid. Reason: {reason}"
+        )
+
+    try:
+        doc = json.loads(value)
+    except ValueError as exc:
+        raise bad("Redrive allow policy is not a valid JSON map.") from exc
+    if not isinstance(doc, dict) or "redrivePermission" not in doc:
+        raise bad("Redrive allow policy does not contain mandatory attribute: redrivePermission.")
+    permission = doc["redrivePermission"]
+    if permission not in ("allowAll", "denyAll", "byQueue"):
+        raise bad("Invalid value for redrivePermission.")
+    sources = doc.get("sourceQueueArns")
+    if permission == "byQueue":
+        if not isinstance(sources, list) or not sources:
+            raise bad("sourceQueueArns must be specified when redrivePermission is byQueue.")
+        if len(sources) > _REDRIVE_ALLOW_SOURCES_MAX:
+            raise bad(
+                f"The maximum number of source queue ARNs you can specify is "
+                f"{_REDRIVE_ALLOW_SOURCES_MAX}."
+            )
+        if not all(isinstance(s, str) and queue_name_from_arn(s) for s in sources):
+            raise bad("Invalid value for sourceQueueArns.")
+    elif sources is not None:
+        raise bad("sourceQueueArns can be specified only when redrivePermission is byQueue.")
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def defaults_for(fifo: bool) -> dict[str, str]:
+    out = dict(DEFAULTS)
+    if fifo:
+        out.update(FIFO_DEFAULTS)
+    return out
+
+
+def settings_from(attributes: Mapping[str, str]) -> QueueSettings:
+    """Decode stored (already validated) attribute strings into typed settings."""
+    fifo = attributes.get("FifoQueue") == "true"
+    dead_letter_queue: str | None = None
+    max_receive_count = 10
+    redrive = attributes.get("RedrivePolicy")
+    if redrive:
+        doc = json.loads(redrive)
+        dead_letter_queue = queue_name_from_arn(doc["deadLetterTargetArn"])
+        max_receive_count = int(doc["maxReceiveCount"])
+    return QueueSettings(
+        fifo=fifo,
+        visibility_timeout_ms=int(attributes.get("VisibilityTimeout", "30")) * 1000,
+        delay_ms=int(attributes.get("DelaySeconds", "0")) * 1000,
+        retention_ms=int(attributes.get("MessageRetentionPeriod", "345600")) * 1000,
+        message_size_bytes_max=int(attributes.get("MaximumMessageSize", "1048576")),
+        receive_wait_ms=int(attributes.get("ReceiveMessageWaitTimeSeconds", "0")) * 1000,
+        content_based_dedup=attributes.get("ContentBasedDeduplication") == "true",
+        dedup_scope_group=attributes.get("DeduplicationScope") == "messageGroup",
+        dead_letter_queue=dead_letter_queue,
+        max_receive_count=max_receive_count,
+    )

@@ -1,0 +1,845 @@
+"""The broker core: every queue of one node, and every SQS action routed to them.
+
+Queue-level actions (create, delete, attributes, tags, permissions, listing, move
+tasks) live here; message-level actions are delegated to each queue's
+``MessageQueue``. ``execute`` validates one request, changes state and returns the
+effect records it applied; ``apply`` replays effect records (restart recovery, and
+later replication followers). Pure: the caller passes ``now_ms`` and ``Entropy``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from ferrymq._core import _attributes as attrs
+from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
+from ferrymq._core._queue import MessageQueue
+from ferrymq._core._records import (
+    DedupRecorded,
+    Effect,
+    Entropy,
+    MessageReceived,
+    MessageRemoved,
+    MessageStored,
+    MoveTaskRecord,
+    MoveTaskUpserted,
+    QueueDeleted,
+    QueuePurged,
+    QueueRecord,
+    QueueUpserted,
+    VisibilityChanged,
+)
+
+__all__ = ["Broker", "Outcome", "RequestInfo"]
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_FIFO_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}\.fifo$")
+_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+# SQS returns at most this many URLs per ListQueues / ListDeadLetterSourceQueues page.
+_LIST_PAGE_MAX = 1000
+# A message move task may be asked to go at most this fast (SQS's documented cap).
+_MOVE_RATE_MAX_PER_S = 500
+# Without an explicit rate, SQS picks a "system optimized" rate; we use the cap.
+_MOVE_RATE_DEFAULT_PER_S = _MOVE_RATE_MAX_PER_S
+# ListMessageMoveTasks returns at most this many tasks (SQS's limit).
+_MOVE_TASKS_LISTED_MAX = 10
+# AddPermission accepts at most this many actions per statement (SQS's limit).
+_PERMISSION_ACTIONS_MAX = 7
+_PERMISSION_ACTIONS = frozenset(
+    {
+        "*",
+        "SendMessage",
+        "ReceiveMessage",
+        "DeleteMessage",
+        "ChangeMessageVisibility",
+        "GetQueueAttributes",
+        "GetQueueUrl",
+        "ListDeadLetterSourceQueues",
+        "PurgeQueue",
+        "ListQueueTags",
+    }
+)
+_TAG_KEY_MAX = 128
+_TAG_VALUE_MAX = 256
+_TAGS_MAX = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """What the core needs to know about the caller of one request."""
+
+    base_url: str  # "http://host:port", for queue URLs in responses
+    sender_id: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    response: dict[str, Any]
+    effects: list[Effect]
+    # ReceiveMessage only: how long the caller may keep retrying an empty receive
+    # (long polling), and which queue to watch for arrivals meanwhile.
+    wait_ms: int = 0
+    queue: str | None = None
+
+
+@dataclass(slots=True)
+class _Queue:
+    record: QueueRecord
+    messages: MessageQueue
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        account_id: str = "000000000000",
+        region: str = "us-east-1",
+        purge_interval_ms: int = 60_000,
+        recreate_delay_ms: int = 60_000,
+    ) -> None:
+        self.account_id = account_id
+        self.region = region
+        self.purge_interval_ms = purge_interval_ms
+        self.recreate_delay_ms = recreate_delay_ms
+        self._queues: dict[str, _Queue] = {}
+        self._deleted_ms: dict[str, int] = {}
+        self._tasks: dict[str, MoveTaskRecord] = {}
+        self._task_progress_ms: dict[str, int] = {}
+        self._handlers: dict[str, Callable[[dict[str, Any], int, Entropy, RequestInfo], Outcome]]
+        self._handlers = {
+            "CreateQueue": self._create_queue,
+            "DeleteQueue": self._delete_queue,
+            "GetQueueUrl": self._get_queue_url,
+            "ListQueues": self._list_queues,
+            "GetQueueAttributes": self._get_queue_attributes,
+            "SetQueueAttributes": self._set_queue_attributes,
+            "PurgeQueue": self._purge_queue,
+            "SendMessage": self._send_message,
+            "SendMessageBatch": self._send_message_batch,
+            "ReceiveMessage": self._receive_message,
+            "DeleteMessage": self._delete_message,
+            "DeleteMessageBatch": self._delete_message_batch,
+            "ChangeMessageVisibility": self._change_visibility,
+            "ChangeMessageVisibilityBatch": self._change_visibility_batch,
+            "TagQueue": self._tag_queue,
+            "UntagQueue": self._untag_queue,
+            "ListQueueTags": self._list_queue_tags,
+            "AddPermission": self._add_permission,
+            "RemovePermission": self._remove_permission,
+            "ListDeadLetterSourceQueues": self._list_dead_letter_sources,
+            "StartMessageMoveTask": self._start_move_task,
+            "ListMessageMoveTasks": self._list_move_tasks,
+            "CancelMessageMoveTask": self._cancel_move_task,
+        }
+
+    # ---- public ----------------------------------------------------------
+
+    @property
+    def actions(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+    def execute(
+        self, action: str, params: Mapping[str, Any], now_ms: int, entropy: Entropy,
+        info: RequestInfo,
+    ) -> Outcome:
+        handler = self._handlers.get(action)
+        if handler is None:
+            raise SqsError("InvalidAction", f"The action {action} is not valid for this endpoint.")
+        if not isinstance(params, Mapping):
+            raise invalid_parameter("The request parameters must be a map.")
+        return handler(dict(params), now_ms, entropy, info)
+
+    def queue_exists(self, name: str) -> bool:
+        return name in self._queues
+
+    def queue_messages(self, name: str) -> MessageQueue | None:
+        entry = self._queues.get(name)
+        return entry.messages if entry else None
+
+    def queue_names(self) -> list[str]:
+        return sorted(self._queues)
+
+    def tick(self, now_ms: int, entropy: Entropy) -> list[Effect]:
+        """Housekeeping the caller runs periodically: retention for idle queues and
+        progress of running message move tasks."""
+        effects: list[Effect] = []
+        for entry in list(self._queues.values()):
+            effects.extend(entry.messages.expire(now_ms))
+        for handle, task in list(self._tasks.items()):
+            if task.status == "RUNNING":
+                effects.extend(self._advance_task(handle, now_ms, entropy))
+        return effects
+
+    def has_running_tasks(self) -> bool:
+        return any(t.status == "RUNNING" for t in self._tasks.values())
+
+    def apply(self, effect: Effect) -> None:
+        """Replay one effect record (restore, replication)."""
+        if isinstance(effect, QueueUpserted):
+            record = effect.record
+            entry = self._queues.get(record.name)
+            attributes = dict(record.attributes)
+            settings = attrs.settings_from(attributes)
+            if entry is None:
+                queue = MessageQueue(record.name, self._arn(record.name), settings)
+                self._queues[record.name] = _Queue(record, queue, attributes)
+            else:
+                entry.record = record
+                entry.attributes = attributes
+                entry.messages.settings = settings
+            self._deleted_ms.pop(record.name, None)
+        elif isinstance(effect, QueueDeleted):
+            self._queues.pop(effect.name, None)
+            self._deleted_ms[effect.name] = effect.deleted_at_ms
+        elif isinstance(effect, MoveTaskUpserted):
+            self._tasks[effect.record.task_handle] = effect.record
+        elif isinstance(effect, MessageStored):
+            self._queue_for_apply(effect.record.queue).apply(effect)
+        elif isinstance(
+            effect,
+            MessageReceived | VisibilityChanged | MessageRemoved | DedupRecorded | QueuePurged,
+        ):
+            self._queue_for_apply(effect.queue).apply(effect)
+        else:  # pragma: no cover - the union is closed
+            raise InternalError(f"unknown effect {effect!r}")
+
+    # ---- helpers ---------------------------------------------------------
+
+    def _queue_for_apply(self, name: str) -> MessageQueue:
+        entry = self._queues.get(name)
+        if entry is None:
+            raise InternalError(f"effect for unknown queue {name!r}")
+        return entry.messages
+
+    def _arn(self, name: str) -> str:
+        return f"arn:aws:sqs:{self.region}:{self.account_id}:{name}"
+
+    def _url(self, info: RequestInfo, name: str) -> str:
+        return f"{info.base_url}/{self.account_id}/{name}"
+
+    def _resolve(self, params: Mapping[str, Any], now_ms: int) -> _Queue:
+        url = params.get("QueueUrl")
+        if url is None:
+            raise missing_parameter("QueueUrl")
+        if not isinstance(url, str):
+            raise invalid_parameter("Value for parameter QueueUrl is invalid.")
+        # A full URL names the queue in its last path segment; a bare name is
+        # accepted too, as several SDK helpers and peers' users rely on it.
+        path = urlsplit(url).path if "://" in url else url
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        entry = self._queues.get(name)
+        if entry is None:
+            raise SqsError("QueueDoesNotExist", "The specified queue does not exist.")
+        return entry
+
+    def _upsert(self, record: QueueRecord) -> QueueUpserted:
+        effect = QueueUpserted(record)
+        self.apply(effect)
+        return effect
+
+    def _attribute_names(self, params: Mapping[str, Any], key: str) -> list[str]:
+        names = params.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise invalid_parameter(f"Value for parameter {key} is invalid.")
+        return names
+
+    # ---- queues ------------------------------------------------------------
+
+    def _create_queue(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        name = params.get("QueueName")
+        if name is None:
+            raise missing_parameter("QueueName")
+        if not isinstance(name, str):
+            raise invalid_parameter("Value for parameter QueueName is invalid.")
+        given = params.get("Attributes") or {}
+        if not isinstance(given, dict):
+            raise invalid_parameter("Value for parameter Attributes is invalid.")
+        wants_fifo = str(given.get("FifoQueue", "false")).lower() == "true"
+        if wants_fifo or name.endswith(".fifo"):
+            if not (wants_fifo and _FIFO_NAME.match(name)):
+                raise invalid_parameter(
+                    "The name of a FIFO queue can only include alphanumeric characters, hyphens, "
+                    "or underscores, must end with .fifo suffix and be 1 to 80 in length."
+                )
+        elif not _QUEUE_NAME.match(name):
+            raise invalid_parameter(
+                "Can only include alphanumeric characters, hyphens, or underscores. "
+                "1 to 80 in length"
+            )
+        tags = self._validate_tags(params.get("tags") or {})
+        requested = attrs.normalize(given, fifo=wants_fifo, creating=True)
+        self._check_redrive(name, wants_fifo, requested)
+        existing = self._queues.get(name)
+        if existing is not None:
+            for key, value in requested.items():
+                if existing.attributes.get(key, "") != value:
+                    raise SqsError(
+                        "QueueNameExists",
+                        "A queue already exists with the same name and a different value for "
+                        f"attribute {key}",
+                    )
+            return Outcome({"QueueUrl": self._url(info, name)}, [])
+        deleted_ms = self._deleted_ms.get(name)
+        if deleted_ms is not None and now_ms - deleted_ms < self.recreate_delay_ms:
+            raise SqsError(
+                "QueueDeletedRecently",
+                "You must wait 60 seconds after deleting a queue before you can create another "
+                "with the same name.",
+            )
+        attributes = attrs.defaults_for(wants_fifo)
+        attributes.update(requested)
+        if "KmsMasterKeyId" in requested and "SqsManagedSseEnabled" not in requested:
+            attributes["SqsManagedSseEnabled"] = "false"
+        record = QueueRecord(
+            name=name,
+            attributes=tuple(sorted(attributes.items())),
+            tags=tuple(sorted(tags.items())),
+            created_ms=now_ms,
+            modified_ms=now_ms,
+        )
+        return Outcome({"QueueUrl": self._url(info, name)}, [self._upsert(record)])
+
+    def _check_redrive(self, name: str, fifo: bool, requested: Mapping[str, str]) -> None:
+        policy = requested.get("RedrivePolicy")
+        if not policy:
+            return
+        doc = json.loads(policy)
+        target_arn = doc["deadLetterTargetArn"]
+        target = self._queues.get(attrs.queue_name_from_arn(target_arn) or "")
+        prefix = f"Value {policy} for parameter RedrivePolicy is invalid. Reason: "
+        if target is None or target_arn != self._arn(target.record.name):
+            raise invalid_parameter(prefix + "Dead letter target does not exist.")
+        if (target.attributes.get("FifoQueue") == "true") != fifo:
+            raise invalid_parameter(
+                prefix + "Dead-letter queue must be same type of queue as the source."
+            )
+        allow = target.attributes.get("RedriveAllowPolicy")
+        if allow:
+            allow_doc = json.loads(allow)
+            permission = allow_doc["redrivePermission"]
+            if permission == "denyAll" or (
+                permission == "byQueue" and self._arn(name) not in allow_doc["sourceQueueArns"]
+            ):
+                raise invalid_parameter(
+                    prefix + "Queue " + target_arn + " does not allow this queue to use it as a "
+                    "dead-letter queue."
+                )
+
+    def _delete_queue(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        effect = QueueDeleted(entry.record.name, now_ms)
+        self.apply(effect)
+        return Outcome({}, [effect])
+
+    def _get_queue_url(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        name = params.get("QueueName")
+        if name is None:
+            raise missing_parameter("QueueName")
+        if not isinstance(name, str):
+            raise invalid_parameter("Value for parameter QueueName is invalid.")
+        owner = params.get("QueueOwnerAWSAccountId")
+        if name not in self._queues or (owner is not None and owner != self.account_id):
+            raise SqsError("QueueDoesNotExist", "The specified queue does not exist.")
+        return Outcome({"QueueUrl": self._url(info, name)}, [])
+
+    def _page(
+        self, names: list[str], params: Mapping[str, Any], info: RequestInfo, key: str
+    ) -> dict[str, Any]:
+        max_results = params.get("MaxResults")
+        token = params.get("NextToken")
+        if max_results is not None and (
+            isinstance(max_results, bool) or not isinstance(max_results, int)
+            or not 1 <= max_results <= _LIST_PAGE_MAX
+        ):
+            raise invalid_parameter(
+                f"Value {max_results} for parameter MaxResults is invalid. "
+                f"Reason: MaxResults must be an integer between 1 and {_LIST_PAGE_MAX}."
+            )
+        start_after = ""
+        if token is not None:
+            try:
+                start_after = base64.urlsafe_b64decode(str(token).encode()).decode()
+            except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+                raise invalid_parameter("Invalid NextToken value.") from exc
+        names = [n for n in names if n > start_after]
+        limit = max_results if max_results is not None else _LIST_PAGE_MAX
+        page = names[:limit]
+        out: dict[str, Any] = {}
+        if page or key == "queueUrls":
+            out[key] = [self._url(info, n) for n in page]
+        # SQS only paginates when the caller asked for pages.
+        if max_results is not None and len(names) > limit:
+            out["NextToken"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
+        return out
+
+    def _list_queues(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        prefix = params.get("QueueNamePrefix", "")
+        if not isinstance(prefix, str):
+            raise invalid_parameter("Value for parameter QueueNamePrefix is invalid.")
+        names = [n for n in sorted(self._queues) if n.startswith(prefix)]
+        return Outcome(self._page(names, params, info, "QueueUrls"), [])
+
+    def _get_queue_attributes(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        wanted = self._attribute_names(params, "AttributeNames")
+        for name in wanted:
+            if name != "All" and name not in attrs.ALL_NAMES:
+                raise SqsError("InvalidAttributeName", f"Unknown Attribute {name}.")
+        effects = entry.messages.expire(now_ms)
+        everything = "All" in wanted
+        visible, not_visible, delayed = entry.messages.counts(now_ms)
+        values: dict[str, str] = {
+            "ApproximateNumberOfMessages": str(visible),
+            "ApproximateNumberOfMessagesNotVisible": str(not_visible),
+            "ApproximateNumberOfMessagesDelayed": str(delayed),
+            "CreatedTimestamp": str(entry.record.created_ms // 1000),
+            "LastModifiedTimestamp": str(entry.record.modified_ms // 1000),
+            "QueueArn": self._arn(entry.record.name),
+        }
+        values.update((k, v) for k, v in entry.attributes.items() if v != "")
+        selected = {
+            k: v for k, v in values.items() if everything or k in wanted
+        }
+        response: dict[str, Any] = {"Attributes": selected} if selected else {}
+        return Outcome(response, effects)
+
+    def _set_queue_attributes(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        given = params.get("Attributes")
+        if given is None:
+            raise missing_parameter("Attributes")
+        fifo = entry.attributes.get("FifoQueue") == "true"
+        requested = attrs.normalize(
+            given, fifo=fifo, creating=False, current=entry.attributes
+        )
+        self._check_redrive(entry.record.name, fifo, requested)
+        attributes = dict(entry.attributes)
+        for key, value in requested.items():
+            if value == "" and key in ("Policy", "RedrivePolicy", "RedriveAllowPolicy",
+                                       "KmsMasterKeyId"):
+                attributes.pop(key, None)
+            else:
+                attributes[key] = value
+        if "KmsMasterKeyId" in requested and requested["KmsMasterKeyId"]:
+            attributes["SqsManagedSseEnabled"] = "false"
+        record = replace(
+            entry.record, attributes=tuple(sorted(attributes.items())), modified_ms=now_ms
+        )
+        return Outcome({}, [self._upsert(record)])
+
+    def _purge_queue(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        last = entry.record.last_purge_ms
+        if last is not None and now_ms - last < self.purge_interval_ms:
+            raise SqsError(
+                "PurgeQueueInProgress",
+                f"Only one PurgeQueue operation on {entry.record.name} is allowed every 60 "
+                "seconds.",
+            )
+        effects: list[Effect] = list(entry.messages.purge(now_ms))
+        effects.append(self._upsert(replace(entry.record, last_purge_ms=now_ms)))
+        return Outcome({}, effects)
+
+    # ---- messages ----------------------------------------------------------
+
+    def _message_queue(self, params: Mapping[str, Any], now_ms: int) -> tuple[MessageQueue,
+                                                                              list[Effect]]:
+        queue = self._resolve(params, now_ms).messages
+        return queue, queue.expire(now_ms)
+
+    def _send_message(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = queue.send_message(params, now_ms, entropy, info.sender_id)
+        return Outcome(response, effects + more, queue=queue.name)
+
+    def _send_message_batch(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = queue.send_message_batch(params, now_ms, entropy, info.sender_id)
+        return Outcome(response, effects + more, queue=queue.name)
+
+    def _receive_message(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        dlq_name = queue.settings.dead_letter_queue
+        dlq_entry = self._queues.get(dlq_name) if dlq_name else None
+        dlq = dlq_entry.messages if dlq_entry else None
+        if dlq is not None:
+            effects.extend(dlq.expire(now_ms))
+        response, more, wait_ms = queue.receive_message(params, now_ms, entropy, dlq)
+        return Outcome(response, effects + more, wait_ms=wait_ms, queue=queue.name)
+
+    def _delete_message(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = queue.delete_message(params, now_ms)
+        return Outcome(response, effects + more)
+
+    def _delete_message_batch(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = queue.delete_message_batch(params, now_ms)
+        return Outcome(response, effects + more)
+
+    def _change_visibility(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = queue.change_message_visibility(params, now_ms)
+        return Outcome(response, effects + more, queue=queue.name)
+
+    def _change_visibility_batch(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = queue.change_message_visibility_batch(params, now_ms)
+        return Outcome(response, effects + more, queue=queue.name)
+
+    # ---- tags and permissions ---------------------------------------------
+
+    def _validate_tags(self, tags: Any) -> dict[str, str]:
+        if not isinstance(tags, dict):
+            raise invalid_parameter("Value for parameter Tags is invalid.")
+        for key, value in tags.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise invalid_parameter("Tag keys and values must be strings.")
+            if not 1 <= len(key) <= _TAG_KEY_MAX:
+                raise invalid_parameter(
+                    f"Tag key must be between 1 and {_TAG_KEY_MAX} characters long."
+                )
+            if len(value) > _TAG_VALUE_MAX:
+                raise invalid_parameter(
+                    f"Tag value must be at most {_TAG_VALUE_MAX} characters long."
+                )
+            if key.startswith("aws:"):
+                raise invalid_parameter("Tag keys must not start with the reserved prefix aws:.")
+        return dict(tags)
+
+    def _tag_queue(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        if "Tags" not in params:
+            raise missing_parameter("Tags")
+        new = self._validate_tags(params["Tags"])
+        if not new:
+            raise invalid_parameter("The request must contain a non-empty list of tags.")
+        tags = dict(entry.record.tags)
+        tags.update(new)
+        if len(tags) > _TAGS_MAX:
+            raise invalid_parameter(f"Too many tags added for queue {entry.record.name}.")
+        record = replace(entry.record, tags=tuple(sorted(tags.items())))
+        return Outcome({}, [self._upsert(record)])
+
+    def _untag_queue(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        if "TagKeys" not in params:
+            raise missing_parameter("TagKeys")
+        keys = self._attribute_names(params, "TagKeys")
+        if not keys:
+            raise invalid_parameter("The request must contain a non-empty list of tag keys.")
+        tags = {k: v for k, v in entry.record.tags if k not in keys}
+        record = replace(entry.record, tags=tuple(sorted(tags.items())))
+        return Outcome({}, [self._upsert(record)])
+
+    def _list_queue_tags(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        tags = dict(entry.record.tags)
+        return Outcome({"Tags": tags} if tags else {}, [])
+
+    def _add_permission(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        for key in ("Label", "AWSAccountIds", "Actions"):
+            if key not in params:
+                raise missing_parameter(key)
+        label = params["Label"]
+        if not isinstance(label, str) or not _LABEL.match(label):
+            raise invalid_parameter(
+                f"Value {label} for parameter Label is invalid. Reason: Can only include "
+                "alphanumeric characters, hyphens, or underscores. 1 to 80 in length."
+            )
+        accounts = self._attribute_names(params, "AWSAccountIds")
+        actions = self._attribute_names(params, "Actions")
+        if not accounts:
+            raise missing_parameter("AWSAccountIds")
+        if not actions:
+            raise missing_parameter("Actions")
+        if len(actions) > _PERMISSION_ACTIONS_MAX:
+            raise SqsError(
+                "OverLimit",
+                f"{len(actions)} Actions were found, maximum allowed is "
+                f"{_PERMISSION_ACTIONS_MAX}.",
+            )
+        for action in actions:
+            if action not in _PERMISSION_ACTIONS:
+                raise invalid_parameter(
+                    f"Value SQS:{action} for parameter ActionName is invalid. Reason: Please "
+                    "refer to the appropriate WSDL for a list of valid actions."
+                )
+        policy = self._policy(entry)
+        statements: list[dict[str, Any]] = policy["Statement"]
+        if any(s.get("Sid") == label for s in statements):
+            raise invalid_parameter(
+                f"Value {label} for parameter Label is invalid. Reason: Already exists."
+            )
+        principals = [f"arn:aws:iam::{a}:root" for a in accounts]
+        statements.append(
+            {
+                "Sid": label,
+                "Effect": "Allow",
+                "Principal": {"AWS": principals[0] if len(principals) == 1 else principals},
+                "Action": (
+                    f"SQS:{actions[0]}" if len(actions) == 1 else [f"SQS:{a}" for a in actions]
+                ),
+                "Resource": self._arn(entry.record.name),
+            }
+        )
+        return Outcome({}, [self._set_policy(entry, policy, now_ms)])
+
+    def _remove_permission(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        label = params.get("Label")
+        if label is None:
+            raise missing_parameter("Label")
+        policy = self._policy(entry)
+        statements = [s for s in policy["Statement"] if s.get("Sid") != label]
+        if len(statements) == len(policy["Statement"]):
+            raise invalid_parameter(
+                f"Value {label} for parameter Label is invalid. Reason: can't find label on "
+                "existing policy."
+            )
+        policy["Statement"] = statements
+        return Outcome({}, [self._set_policy(entry, policy if statements else None, now_ms)])
+
+    def _policy(self, entry: _Queue) -> dict[str, Any]:
+        text = entry.attributes.get("Policy")
+        if text:
+            doc = json.loads(text)
+            if isinstance(doc, dict) and isinstance(doc.get("Statement"), list):
+                return doc
+        return {
+            "Version": "2012-10-17",
+            "Id": f"{self._arn(entry.record.name)}/SQSDefaultPolicy",
+            "Statement": [],
+        }
+
+    def _set_policy(
+        self, entry: _Queue, policy: dict[str, Any] | None, now_ms: int
+    ) -> QueueUpserted:
+        attributes = dict(entry.attributes)
+        if policy is None:
+            attributes.pop("Policy", None)
+        else:
+            attributes["Policy"] = json.dumps(policy, separators=(",", ":"))
+        return self._upsert(
+            replace(entry.record, attributes=tuple(sorted(attributes.items())),
+                    modified_ms=now_ms)
+        )
+
+    # ---- dead-letter queues and move tasks ---------------------------------
+
+    def _sources_of(self, dlq_name: str) -> list[str]:
+        return sorted(
+            name for name, entry in self._queues.items()
+            if entry.messages.settings.dead_letter_queue == dlq_name
+        )
+
+    def _list_dead_letter_sources(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        entry = self._resolve(params, now_ms)
+        names = self._sources_of(entry.record.name)
+        return Outcome(self._page(names, params, info, "queueUrls"), [])
+
+    def _queue_by_arn(self, arn: Any, parameter: str) -> _Queue:
+        if not isinstance(arn, str):
+            raise missing_parameter(parameter)
+        name = attrs.queue_name_from_arn(arn)
+        entry = self._queues.get(name or "")
+        if entry is None or self._arn(entry.record.name) != arn:
+            raise SqsError(
+                "ResourceNotFoundException",
+                f"The resource that you specified for the {parameter} parameter doesn't exist.",
+            )
+        return entry
+
+    def _start_move_task(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        if "SourceArn" not in params:
+            raise missing_parameter("SourceArn")
+        source = self._queue_by_arn(params["SourceArn"], "SourceArn")
+        destination_arn = params.get("DestinationArn")
+        if destination_arn is not None:
+            self._queue_by_arn(destination_arn, "DestinationArn")
+        rate = params.get("MaxNumberOfMessagesPerSecond")
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int)
+            or not 1 <= rate <= _MOVE_RATE_MAX_PER_S
+        ):
+            raise invalid_parameter(
+                f"Value {rate} for parameter MaxNumberOfMessagesPerSecond is invalid. Reason: "
+                f"Must be between 1 and {_MOVE_RATE_MAX_PER_S}."
+            )
+        if not self._sources_of(source.record.name):
+            raise invalid_parameter("Source queue must be configured as a Dead Letter Queue.")
+        source_arn = self._arn(source.record.name)
+        if any(t.source_arn == source_arn and t.status == "RUNNING"
+               for t in self._tasks.values()):
+            raise invalid_parameter(
+                "There is already a task running. Only one active task is allowed for a source "
+                "queue arn at a given time."
+            )
+        handle = base64.b64encode(
+            json.dumps({"taskId": entropy.token(), "sourceArn": source_arn}).encode()
+        ).decode()
+        to_move = source.messages.approximate_number_of_messages(now_ms)
+        record = MoveTaskRecord(
+            task_handle=handle,
+            source_arn=source_arn,
+            destination_arn=destination_arn,
+            max_per_second=rate,
+            status="RUNNING",
+            started_ms=now_ms,
+            moved=0,
+            to_move=to_move,
+        )
+        effect = MoveTaskUpserted(record)
+        self.apply(effect)
+        self._task_progress_ms[handle] = now_ms
+        return Outcome({"TaskHandle": handle}, [effect])
+
+    def _advance_task(self, handle: str, now_ms: int, entropy: Entropy) -> list[Effect]:
+        task = self._tasks[handle]
+        source_name = attrs.queue_name_from_arn(task.source_arn) or ""
+        source = self._queues.get(source_name)
+        effects: list[Effect] = []
+
+        def finish(status: str, reason: str | None = None) -> None:
+            record = replace(task, status=status, failure_reason=reason,
+                             moved=task.moved + moved)
+            effect = MoveTaskUpserted(record)
+            self.apply(effect)
+            effects.append(effect)
+
+        moved = 0
+        if source is None:
+            finish("FAILED", "AWS.SimpleQueueService.NonExistentQueue")
+            return effects
+        last_ms = self._task_progress_ms.get(handle, task.started_ms)
+        rate = task.max_per_second or _MOVE_RATE_DEFAULT_PER_S
+        budget = (now_ms - last_ms) * rate // 1000
+        if budget <= 0:
+            return effects
+        self._task_progress_ms[handle] = now_ms
+        effects.extend(source.messages.expire(now_ms))
+        for record in source.messages.take_visible(budget, now_ms):
+            dest_arn = task.destination_arn or record.dead_letter_source_arn
+            dest_name = attrs.queue_name_from_arn(dest_arn) if dest_arn else None
+            dest = self._queues.get(dest_name or "")
+            if dest is None:
+                finish("FAILED", "AWS.SimpleQueueService.NonExistentQueue")
+                return effects
+            effects.extend(dest.messages.accept_moved(record, now_ms, entropy, None))
+            effects.extend(source.messages.remove(record.message_id))
+            moved += 1
+        if source.messages.approximate_number_of_messages(now_ms) == 0 or (
+            task.moved + moved >= task.to_move
+        ):
+            finish("COMPLETED")
+        elif moved:
+            effect = MoveTaskUpserted(replace(task, moved=task.moved + moved))
+            self.apply(effect)
+            effects.append(effect)
+        return effects
+
+    def _list_move_tasks(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        if "SourceArn" not in params:
+            raise missing_parameter("SourceArn")
+        source = self._queue_by_arn(params["SourceArn"], "SourceArn")
+        max_results = params.get("MaxResults", 1)
+        if isinstance(max_results, bool) or not isinstance(max_results, int) or not (
+            1 <= max_results <= _MOVE_TASKS_LISTED_MAX
+        ):
+            raise invalid_parameter(
+                f"Value {max_results} for parameter MaxResults is invalid. Reason: You must "
+                f"enter a number that's between 1 and {_MOVE_TASKS_LISTED_MAX}."
+            )
+        source_arn = self._arn(source.record.name)
+        tasks = sorted(
+            (t for t in self._tasks.values() if t.source_arn == source_arn),
+            key=lambda t: t.started_ms,
+            reverse=True,
+        )[:max_results]
+        results = []
+        for task in tasks:
+            item: dict[str, Any] = {
+                "Status": task.status,
+                "SourceArn": task.source_arn,
+                "ApproximateNumberOfMessagesMoved": task.moved,
+                "ApproximateNumberOfMessagesToMove": task.to_move,
+                "StartedTimestamp": task.started_ms,
+            }
+            if task.status == "RUNNING":
+                item["TaskHandle"] = task.task_handle
+            if task.destination_arn:
+                item["DestinationArn"] = task.destination_arn
+            if task.max_per_second is not None:
+                item["MaxNumberOfMessagesPerSecond"] = task.max_per_second
+            if task.failure_reason:
+                item["FailureReason"] = task.failure_reason
+            results.append(item)
+        return Outcome({"Results": results}, [])
+
+    def _cancel_move_task(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+    ) -> Outcome:
+        handle = params.get("TaskHandle")
+        if handle is None:
+            raise missing_parameter("TaskHandle")
+        task = self._tasks.get(handle) if isinstance(handle, str) else None
+        if task is None:
+            raise SqsError("ResourceNotFoundException", "Task does not exist.")
+        if task.status != "RUNNING":
+            raise invalid_parameter("Only active tasks can be cancelled.")
+        effect = MoveTaskUpserted(replace(task, status="CANCELLED"))
+        self.apply(effect)
+        return Outcome({"ApproximateNumberOfMessagesMoved": task.moved}, [effect])

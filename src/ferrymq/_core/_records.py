@@ -1,0 +1,186 @@
+"""Immutable records and effect records: the vocabulary shared by core, storage and
+(later) replication.
+
+An *effect* is a durable fact produced by the core when it executes a command. The
+storage layer persists effects; applying the same effects, in order, to an empty
+core reproduces the same state (``Broker.apply``). Restart recovery is just that:
+storage yields effects describing its current contents and the core applies them.
+Nothing here may reference a clock, socket or random source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "AttributeValue",
+    "Effect",
+    "Entropy",
+    "MessageRecord",
+    "QueueRecord",
+    "MoveTaskRecord",
+    "MessageStored",
+    "MessageReceived",
+    "VisibilityChanged",
+    "MessageRemoved",
+    "DedupRecorded",
+    "QueuePurged",
+    "QueueUpserted",
+    "QueueDeleted",
+    "MoveTaskUpserted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeValue:
+    """One message attribute. Exactly one of string_value / binary_value is set."""
+
+    data_type: str
+    string_value: str | None = None
+    binary_value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """Everything durable about one message at one moment."""
+
+    queue: str
+    message_id: str
+    body: str
+    attributes: tuple[tuple[str, AttributeValue], ...]  # sorted by name
+    md5_of_body: str
+    md5_of_attributes: str | None
+    sent_ms: int
+    visible_at_ms: int  # when it next becomes receivable (delay or visibility deadline)
+    receive_count: int
+    first_receive_ms: int | None
+    receipt_token: str | None  # nonce of the latest receipt handle, None if never received
+    sender_id: str
+    group_id: str | None = None
+    dedup_id: str | None = None
+    sequence_number: int | None = None
+    trace_header: str | None = None
+    dead_letter_source_arn: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord:
+    """A queue's definition. ``attributes`` holds only settable attributes, as
+    SQS strings (``{"VisibilityTimeout": "30", ...}``), defaults filled in."""
+
+    name: str
+    attributes: tuple[tuple[str, str], ...]
+    tags: tuple[tuple[str, str], ...]
+    created_ms: int
+    modified_ms: int
+    last_purge_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTaskRecord:
+    task_handle: str
+    source_arn: str
+    destination_arn: str | None
+    max_per_second: int | None
+    status: str  # RUNNING | COMPLETED | CANCELLING | CANCELLED | FAILED
+    started_ms: int
+    moved: int
+    to_move: int
+    failure_reason: str | None = None
+
+
+# ---- effects ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStored:
+    """A message now exists with exactly this state (send, DLQ move, restore)."""
+
+    record: MessageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    queue: str
+    message_id: str
+    receipt_token: str
+    visible_at_ms: int
+    receive_count: int
+    first_receive_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class VisibilityChanged:
+    queue: str
+    message_id: str
+    visible_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRemoved:
+    """Deleted by a client, expired by retention, or moved away to a DLQ."""
+
+    queue: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DedupRecorded:
+    """A FIFO deduplication entry; ``key`` already includes the group when the
+    queue's DeduplicationScope is messageGroup."""
+
+    queue: str
+    key: str
+    message_id: str
+    sequence_number: int
+    expires_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePurged:
+    """Every message and dedup entry of the queue is gone."""
+
+    queue: str
+    purged_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueUpserted:
+    record: QueueRecord
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDeleted:
+    name: str
+    deleted_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveTaskUpserted:
+    record: MoveTaskRecord
+
+
+Effect = (
+    MessageStored
+    | MessageReceived
+    | VisibilityChanged
+    | MessageRemoved
+    | DedupRecorded
+    | QueuePurged
+    | QueueUpserted
+    | QueueDeleted
+    | MoveTaskUpserted
+)
+
+
+class Entropy(Protocol):
+    """The caller's source of randomness; the core never draws its own."""
+
+    def message_id(self) -> str:
+        """A new message id (UUID4 text form)."""
+        ...
+
+    def token(self) -> str:
+        """A new unguessable nonce ([A-Za-z0-9_-], >= 16 characters)."""
+        ...

@@ -1,0 +1,142 @@
+"""The gateway's request pipeline: HTTP request -> canonical call -> service -> response.
+
+This is the I/O shell around the service: it draws request ids, reads the caller's
+identity and the URL it used, and guarantees that every request gets an SQS-shaped
+answer in its own protocol, whatever the service does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+from ferrymq._api import CallContext, Service
+from ferrymq._core._errors import SqsError
+from ferrymq._gateway._http import Request, Response, serve_http
+from ferrymq._gateway._protocol import (
+    decode,
+    encode_error,
+    encode_result,
+    http_fault,
+    protocol_of,
+)
+from ferrymq._gateway._wire_model import OPERATIONS
+
+__all__ = ["Gateway", "access_key_of", "queue_path_of", "start_gateway"]
+
+_log = logging.getLogger("ferrymq.gateway")
+
+# Actions whose input has a QueueUrl member: the ones a queue-path request can address.
+_QUEUE_URL_ACTIONS = frozenset(
+    action for action, (inp, _out) in OPERATIONS.items()
+    if any(member[0] == "QueueUrl" for member in inp[1])
+)
+_CREDENTIAL = "Credential="
+
+
+def queue_path_of(path: str) -> str | None:
+    """``"/<account>/<name>"`` if the path addresses a queue, else None."""
+    if path.count("/") != 2:
+        return None
+    _empty, account, name = path.split("/")
+    if _empty or not account or not name:
+        return None
+    return path
+
+
+def _key_from_credential(credential: str) -> str | None:
+    key = credential.split("/", 1)[0].strip()
+    return key or None
+
+
+def access_key_of(request: Request) -> str | None:
+    """The caller's access key id, if the request says (SigV4 header, presigned query
+    or SigV2 ``AWSAccessKeyId``). Not verified here: that is authentication's job."""
+    auth = request.headers.get("authorization")
+    if auth is not None:
+        start = auth.find(_CREDENTIAL)
+        if start >= 0:
+            start += len(_CREDENTIAL)
+            end = auth.find(",", start)
+            return _key_from_credential(auth[start:] if end < 0 else auth[start:end])
+        return None
+    sources = [request.query]
+    if request.body and protocol_of(request) == "query":
+        sources.append(request.body.decode("utf-8", "replace"))
+    for text in sources:
+        if "X-Amz-Credential=" not in text and "AWSAccessKeyId=" not in text:
+            continue
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            if name == "X-Amz-Credential":
+                return _key_from_credential(value)
+            if name == "AWSAccessKeyId":
+                return value.strip() or None
+    return None
+
+
+class Gateway:
+    """Answers HTTP requests by calling ``service``; see ``handle``."""
+
+    def __init__(self, service: Service, *, public_url: str | None,
+                 account_id: str = "000000000000", region: str = "us-east-1",
+                 listen_address: str | None = None) -> None:
+        self._service = service
+        self._public_url = public_url.rstrip("/") if public_url else None
+        self._account_id = account_id
+        self._region = region
+        # "host:port" the server listens on: the base URL when a request has no Host.
+        self.listen_address = listen_address
+
+    def _base_url(self, request: Request) -> str:
+        if self._public_url is not None:
+            return self._public_url
+        host = request.headers.get("host")
+        if host:
+            return "http://" + host
+        return "http://" + (self.listen_address or "localhost")
+
+    async def handle(self, request: Request) -> Response:
+        """Never raises (except cancellation): every failure becomes an SQS error."""
+        request_id = str(uuid.uuid4())
+        protocol = protocol_of(request)
+        try:
+            protocol, action, params = decode(request)
+            path_queue = queue_path_of(request.path)
+            ctx = CallContext(
+                request_id=request_id,
+                base_url=self._base_url(request),
+                account_id=self._account_id,
+                region=self._region,
+                access_key_id=access_key_of(request),
+                path_queue=path_queue,
+            )
+            # An explicit QueueUrl wins over the path, as in SQS.
+            if path_queue is not None and "QueueUrl" not in params \
+                    and action in _QUEUE_URL_ACTIONS:
+                params["QueueUrl"] = ctx.base_url + path_queue
+            result: dict[str, Any] = await self._service.call(action, params, ctx)
+            return encode_result(protocol, action, result, request_id)
+        except SqsError as err:
+            return encode_error(protocol, err, request_id)
+        except Exception:
+            _log.exception("bug: request %s failed", request_id)
+            return encode_error(
+                protocol, SqsError("InternalFailure", "The request processing has failed "
+                                   "because of an unknown error, exception or failure."),
+                request_id)
+
+
+async def start_gateway(service: Service, host: str, port: int, public_url: str | None = None,
+                        reuse_port: bool = False, *, account_id: str = "000000000000",
+                        region: str = "us-east-1") -> asyncio.Server:
+    """Serve ``service`` over HTTP on host:port (port 0 picks a free one)."""
+    gateway = Gateway(service, public_url=public_url, account_id=account_id, region=region)
+    server = await serve_http(gateway.handle, host, port, reuse_port=reuse_port,
+                              fault=http_fault)
+    sockname = server.sockets[0].getsockname()
+    host_text = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+    gateway.listen_address = f"{host_text}:{sockname[1]}"
+    return server

@@ -1,0 +1,465 @@
+"""The two SQS wire protocols: AWS JSON 1.0 and the older Query (form in, XML out).
+
+``decode`` turns an HTTP request into the canonical call (the JSON 1.0 shape of
+botocore's current model: integers as ``int``, blobs as ``bytes``); ``encode_result``
+and ``encode_error`` turn the canonical result or an ``SqsError`` back into the
+request's protocol. Everything is driven by the generated table in ``_wire_model``, so
+the 23 actions share one code path per protocol and no per-action code exists here.
+Nothing in this module knows about queues.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+import orjson
+
+from ferrymq._core._errors import SqsError, invalid_parameter, missing_parameter
+from ferrymq._gateway._http import Request, Response
+from ferrymq._gateway._wire_model import OPERATIONS
+
+__all__ = [
+    "ACTIONS",
+    "XMLNS",
+    "WireProtocol",
+    "decode",
+    "encode_error",
+    "encode_fault",
+    "encode_result",
+    "http_fault",
+    "protocol_of",
+    "xml_escape",
+]
+
+WireProtocol = Literal["json", "query"]
+
+XMLNS = "http://queue.amazonaws.com/doc/2012-11-05/"
+ACTIONS: frozenset[str] = frozenset(OPERATIONS)
+
+_JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
+_TARGET_PREFIX = "AmazonSQS."
+_QDNE_JSON_MESSAGE = "The specified queue does not exist."
+_QDNE_QUERY_MESSAGE = "The specified queue does not exist for this wsdl version."
+
+# Bounds on what a Query form may describe, so a hostile form cannot make the decoder
+# build huge trees: no SQS request needs more than a few hundred fields (10 batch
+# entries x 10 attributes x 4 fields) or nesting deeper than 6 dots
+# (SendMessageBatchRequestEntry.N.MessageAttribute.N.Value.DataType).
+_FORM_FIELDS_MAX = 4096
+_FORM_KEY_DEPTH_MAX = 8
+
+
+# ---- compiled descriptors --------------------------------------------------------
+
+
+class _Struct:
+    __slots__ = ("by_name", "by_query", "members")
+
+    def __init__(self, members: tuple[tuple[str, str, str, Any], ...]) -> None:
+        # (member, query key, query name, node): order kept for XML output.
+        self.members = tuple((m, key, name, _compile(d)) for m, key, name, d in members)
+        self.by_name: dict[str, Any] = {m: node for m, _k, _n, node in self.members}
+        self.by_query = tuple((key, name, m, node) for m, key, name, node in self.members)
+
+
+class _List:
+    __slots__ = ("inner", "item")
+
+    def __init__(self, inner: str | None, item: Any) -> None:
+        self.inner = inner
+        self.item = _compile(item)
+
+
+class _Map:
+    __slots__ = ("inner", "key", "key_name", "value", "value_name")
+
+    def __init__(self, inner: str | None, key_name: str, value_name: str, key: Any,
+                 value: Any) -> None:
+        self.inner = inner
+        self.key_name = key_name
+        self.value_name = value_name
+        self.key = _compile(key)
+        self.value = _compile(value)
+
+
+def _compile(desc: Any) -> Any:
+    if isinstance(desc, str):
+        return desc
+    kind = desc[0]
+    if kind == "S":
+        return _Struct(desc[1])
+    if kind == "L":
+        return _List(desc[1], desc[2])
+    assert kind == "M", desc
+    return _Map(desc[1], desc[2], desc[3], desc[4], desc[5])
+
+
+_INPUTS: dict[str, _Struct] = {}
+_OUTPUTS: dict[str, _Struct | None] = {}
+for _action, (_inp, _outp) in OPERATIONS.items():
+    _INPUTS[_action] = _compile(_inp)
+    _OUTPUTS[_action] = None if _outp is None else _compile(_outp)
+
+
+# ---- decoding ---------------------------------------------------------------------
+
+
+def protocol_of(request: Request) -> WireProtocol:
+    """Which protocol a request speaks (and so which one its errors must use)."""
+    if request.headers.get("content-type", "").startswith("application/x-amz-json"):
+        return "json"
+    return "query"
+
+
+def decode(request: Request) -> tuple[WireProtocol, str, dict[str, Any]]:
+    """(protocol, action, canonical params) of a request; ``SqsError`` if undecodable."""
+    if protocol_of(request) == "json":
+        action, params = _decode_json(request)
+        return "json", action, params
+    action, params = _decode_query(request)
+    return "query", action, params
+
+
+def _serialization(message: str) -> SqsError:
+    return SqsError("SerializationException", message)
+
+
+def _decode_json(request: Request) -> tuple[str, dict[str, Any]]:
+    target = request.headers.get("x-amz-target")
+    if target is None:
+        raise SqsError("UnknownOperationException", "Missing X-Amz-Target header.")
+    action = target[len(_TARGET_PREFIX):] if target.startswith(_TARGET_PREFIX) else ""
+    if action not in ACTIONS:
+        raise SqsError("UnknownOperationException",
+                       f"The operation {target} is not valid for this endpoint.")
+    body = request.body
+    try:
+        raw = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise _serialization("The request body is not valid JSON.") from exc
+    if not isinstance(raw, dict):
+        raise _serialization("The request body must be a JSON object.")
+    params: dict[str, Any] = _json_struct(raw, _INPUTS[action], "")
+    return action, params
+
+
+def _json_value(value: Any, node: Any, path: str) -> Any:
+    if node == "s":
+        if type(value) is str:
+            return value
+        raise _serialization(f"Expected a string for {path}.")
+    if node == "i":
+        if type(value) is int:
+            return value
+        raise _serialization(f"Expected an integer for {path}.")
+    if node == "b":
+        if type(value) is bool:
+            return value
+        raise _serialization(f"Expected a boolean for {path}.")
+    if node == "B":
+        if type(value) is not str:
+            raise _serialization(f"Expected a base64 string for {path}.")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _serialization(f"Invalid base64 value for {path}.") from exc
+    if isinstance(node, _Struct):
+        if type(value) is not dict:
+            raise _serialization(f"Expected an object for {path}.")
+        return _json_struct(value, node, path + ".")
+    if isinstance(node, _List):
+        if type(value) is not list:
+            raise _serialization(f"Expected a list for {path}.")
+        item = node.item
+        return [_json_value(v, item, path) for v in value]
+    assert isinstance(node, _Map)
+    if type(value) is not dict:
+        raise _serialization(f"Expected an object for {path}.")
+    vnode = node.value
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if v is not None:
+            out[k] = _json_value(v, vnode, f"{path}.{k}")
+    return out
+
+
+def _json_struct(value: dict[str, Any], node: _Struct, prefix: str) -> dict[str, Any]:
+    by_name = node.by_name
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        member = by_name.get(k)
+        # Unknown members are ignored, as the service ignores fields newer SDKs add;
+        # null is how some SDKs spell "absent".
+        if member is None or v is None:
+            continue
+        if member == "s" and type(v) is str:  # the common case, without a call
+            out[k] = v
+        else:
+            out[k] = _json_value(v, member, prefix + k)
+    return out
+
+
+def _malformed(message: str) -> SqsError:
+    return SqsError("MalformedQueryString", message)
+
+
+def _parse_form(text: str, fields: dict[str, str]) -> None:
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
+                          max_num_fields=_FORM_FIELDS_MAX)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _malformed("The query string is malformed.") from exc
+    for k, v in pairs:
+        fields[k] = v
+
+
+def _decode_query(request: Request) -> tuple[str, dict[str, Any]]:
+    fields: dict[str, str] = {}
+    if request.query:
+        _parse_form(request.query, fields)
+    if request.body:
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _malformed("The request body is not valid UTF-8.") from exc
+        _parse_form(text, fields)
+    action = fields.get("Action")
+    if not action:
+        err = SqsError("UnknownOperationException", "Missing Action parameter.")
+        # What SQS answers to a bare GET or POST on an endpoint: 404, not 400.
+        err.status = 404
+        raise err
+    if action not in ACTIONS:
+        raise SqsError("InvalidAction", f"The action {action} is not valid for this endpoint.")
+    tree: dict[str, Any] = {}
+    for key, value in fields.items():
+        parts = key.split(".", _FORM_KEY_DEPTH_MAX)
+        node = tree
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        # A leaf never replaces a subtree: "X=" next to "X.1=..." keeps the subtree.
+        if not isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]] = value
+    return action, _query_struct(tree, _INPUTS[action], "")
+
+
+def _query_struct(tree: dict[str, Any], node: _Struct, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, name, member, child in node.by_query:
+        raw = tree.get(key)
+        if raw is None:
+            # botocore sends an empty list as "<name>=" (the member's own name).
+            if isinstance(child, _List) and tree.get(name) == "":
+                out[member] = []
+            continue
+        out[member] = _query_value(raw, child, prefix + key)
+    return out
+
+
+def _indexed(raw: Any, path: str) -> list[tuple[int, Any]]:
+    if not isinstance(raw, dict):
+        if raw == "":
+            return []
+        raise _malformed(f"Parameter {path} must be given as {path}.N.")
+    items: list[tuple[int, Any]] = []
+    for index, value in raw.items():
+        if not index.isdigit() or int(index) < 1:
+            raise _malformed(f"Invalid index {index!r} in parameter {path}.")
+        items.append((int(index), value))
+    items.sort(key=lambda item: item[0])
+    return items
+
+
+def _query_value(raw: Any, node: Any, path: str) -> Any:
+    if isinstance(node, str):
+        if isinstance(raw, dict):
+            raise _malformed(f"Parameter {path} must be a single value.")
+        if node == "s":
+            return raw
+        if node == "i":
+            text = raw.strip()
+            digits = text[1:] if text[:1] in ("-", "+") else text
+            if not digits.isdigit() or not digits.isascii():
+                raise invalid_parameter(
+                    f"Value {raw} for parameter {path} is invalid. Reason: Must be an integer.")
+            return int(text)
+        if node == "b":
+            if raw in ("true", "false"):
+                return raw == "true"
+            raise invalid_parameter(
+                f"Value {raw} for parameter {path} is invalid. Reason: Must be true or false.")
+        assert node == "B", node
+        try:
+            return base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise invalid_parameter(
+                f"Value for parameter {path} is invalid. Reason: Not valid base64.") from exc
+    if isinstance(node, _Struct):
+        if not isinstance(raw, dict):
+            raise _malformed(f"Parameter {path} must have members.")
+        return _query_struct(raw, node, path + ".")
+    if isinstance(node, _List):
+        if node.inner is not None:
+            raw = raw.get(node.inner, "") if isinstance(raw, dict) else raw
+            path = f"{path}.{node.inner}"
+        return [_query_value(v, node.item, f"{path}.{i}") for i, v in _indexed(raw, path)]
+    assert isinstance(node, _Map)
+    if node.inner is not None:
+        raw = raw.get(node.inner, "") if isinstance(raw, dict) else raw
+        path = f"{path}.{node.inner}"
+    out: dict[str, Any] = {}
+    for i, entry in _indexed(raw, path):
+        epath = f"{path}.{i}"
+        if not isinstance(entry, dict):
+            raise _malformed(f"Parameter {epath} must have members.")
+        key = entry.get(node.key_name)
+        if key is None:
+            raise missing_parameter(f"{epath}.{node.key_name}")
+        value = entry.get(node.value_name)
+        if value is None:
+            raise missing_parameter(f"{epath}.{node.value_name}")
+        out[_query_value(key, node.key, f"{epath}.{node.key_name}")] = _query_value(
+            value, node.value, f"{epath}.{node.value_name}")
+    return out
+
+
+# ---- encoding ---------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def xml_escape(text: str) -> str:
+    """Escape character data; ``\\r`` too, or an XML parser turns "\\r\\n" into "\\n"."""
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    if "\r" in text:
+        text = text.replace("\r", "&#xD;")
+    return text
+
+
+def _xml_scalar(value: Any, node: str) -> str:
+    if node == "s":
+        return xml_escape(value) if type(value) is str else xml_escape(str(value))
+    if node == "b":
+        return "true" if value else "false"
+    if node == "B":
+        return base64.b64encode(value).decode("ascii")
+    return str(int(value))
+
+
+def _xml(out: list[str], tag: str, value: Any, node: Any) -> None:
+    if isinstance(node, str):
+        out.append(f"<{tag}>{_xml_scalar(value, node)}</{tag}>")
+    elif isinstance(node, _Struct):
+        out.append(f"<{tag}>")
+        _xml_members(out, value, node)
+        out.append(f"</{tag}>")
+    elif isinstance(node, _List):
+        if node.inner is None:
+            for item in value:
+                _xml(out, tag, item, node.item)
+        else:
+            out.append(f"<{tag}>")
+            for item in value:
+                _xml(out, node.inner, item, node.item)
+            out.append(f"</{tag}>")
+    else:
+        assert isinstance(node, _Map)
+        entry_tag = tag if node.inner is None else node.inner
+        if node.inner is not None:
+            out.append(f"<{tag}>")
+        for k, v in value.items():
+            out.append(f"<{entry_tag}>")
+            _xml(out, node.key_name, k, node.key)
+            _xml(out, node.value_name, v, node.value)
+            out.append(f"</{entry_tag}>")
+        if node.inner is not None:
+            out.append(f"</{tag}>")
+
+
+def _xml_members(out: list[str], value: dict[str, Any], node: _Struct) -> None:
+    # Members the model does not know are dropped: old SDKs could not parse them.
+    for member, key, _name, child in node.members:
+        v = value.get(member)
+        if v is not None:
+            _xml(out, key, v, child)
+
+
+def encode_result(protocol: WireProtocol, action: str, result: dict[str, Any],
+                  request_id: str) -> Response:
+    if protocol == "json":
+        body = orjson.dumps(result, default=_json_default) if result else b"{}"
+        return Response(200, [("Content-Type", _JSON_CONTENT_TYPE),
+                              ("x-amzn-RequestId", request_id)], body)
+    out = [f'<{action}Response xmlns="{XMLNS}">']
+    node = _OUTPUTS[action]
+    if node is not None:
+        out.append(f"<{action}Result>")
+        _xml_members(out, result, node)
+        out.append(f"</{action}Result>")
+    out.append(f"<ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata>"
+               f"</{action}Response>")
+    return Response(200, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)],
+                    "".join(out).encode("utf-8"))
+
+
+def encode_fault(protocol: WireProtocol, status: int, shape: str, code: str, message: str,
+                 request_id: str, *, sender_fault: bool = True) -> Response:
+    """An error response from its parts; ``encode_error`` for an ``SqsError``, and the
+    HTTP layer for faults that happen before a request is decoded."""
+    fault = "Sender" if sender_fault else "Receiver"
+    if protocol == "json":
+        body = orjson.dumps({"__type": "com.amazonaws.sqs#" + shape, "message": message})
+        return Response(status, [("Content-Type", _JSON_CONTENT_TYPE),
+                                 ("x-amzn-RequestId", request_id),
+                                 ("x-amzn-query-error", f"{code};{fault}")], body)
+    if status == 404 and shape == "UnknownOperationException":
+        text = "<UnknownOperationException/>"
+    else:
+        text = (f'<ErrorResponse xmlns="{XMLNS}"><Error><Type>{fault}</Type>'
+                f"<Code>{xml_escape(code)}</Code><Message>{xml_escape(message)}</Message>"
+                f"<Detail/></Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+    return Response(status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)],
+                    text.encode("utf-8"))
+
+
+def encode_error(protocol: WireProtocol, err: SqsError, request_id: str) -> Response:
+    message = err.message
+    if protocol == "query" and err.shape == "QueueDoesNotExist" and message == _QDNE_JSON_MESSAGE:
+        message = _QDNE_QUERY_MESSAGE
+    return encode_fault(protocol, err.status, err.shape, err.code, message, request_id,
+                        sender_fault=err.sender_fault)
+
+
+# HTTP-level faults, found before a request could be decoded: (shape = code) by status.
+_HTTP_FAULT_CODES = {
+    400: "MalformedHttpRequest",
+    413: "RequestEntityTooLarge",
+    431: "RequestHeaderFieldsTooLarge",
+    500: "InternalFailure",
+}
+
+
+def http_fault(headers: dict[str, str], status: int, message: str, request_id: str) -> Response:
+    """The SQS-shaped answer to a fault of the HTTP layer, in the protocol the request's
+    headers announce (plain Query XML when even those are unknown)."""
+    code = _HTTP_FAULT_CODES.get(status, "InternalFailure")
+    protocol: WireProtocol = (
+        "json" if headers.get("content-type", "").startswith("application/x-amz-json")
+        else "query")
+    return encode_fault(protocol, status, code, code, message, request_id,
+                        sender_fault=status < 500)

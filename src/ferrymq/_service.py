@@ -1,0 +1,193 @@
+"""The I/O shell around the broker core: clock, randomness, durability, long polling
+and housekeeping timers.
+
+Every request runs ``Broker.execute`` synchronously on the event loop (so requests
+are atomic with respect to each other), then awaits the store's group commit of the
+effects it produced. Only then is the response released: nothing is acknowledged
+before it is fsynced. Long polls wait on a per-queue notification, woken by effects
+that make messages receivable, or by a timer at the next delay/visibility deadline;
+nothing polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from ferrymq._api import CallContext
+from ferrymq._core._broker import Broker, Outcome, RequestInfo
+from ferrymq._core._errors import SqsError
+from ferrymq._core._records import Effect, MessageStored, VisibilityChanged
+from ferrymq._storage import Store
+
+__all__ = ["QueueService", "SystemEntropy", "wall_clock_ms"]
+
+log = logging.getLogger("ferrymq.service")
+
+# How often idle queues are swept for retention expiry. Expiry is also applied on
+# every operation on a queue, so this only bounds how stale the counts of an
+# untouched queue can be.
+_HOUSEKEEPING_INTERVAL_MS = 1_000
+# While a message move task runs, it advances this often: small enough that a
+# task's rate limit is smooth, large enough that each step batches many messages.
+_MOVE_TASK_INTERVAL_MS = 100
+
+
+def wall_clock_ms() -> int:
+    # Wall clock, not monotonic: deadlines are persisted and must mean the same
+    # thing after a restart.
+    return time.time_ns() // 1_000_000
+
+
+class SystemEntropy:
+    """Randomness from the OS for the core's ids and receipt nonces."""
+
+    def message_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def token(self) -> str:
+        return secrets.token_urlsafe(18)
+
+
+class _Waiters:
+    """Long pollers parked per queue; woken all at once when the queue changes."""
+
+    def __init__(self) -> None:
+        self._by_queue: dict[str, asyncio.Future[None]] = {}
+
+    def future(self, queue: str) -> asyncio.Future[None]:
+        fut = self._by_queue.get(queue)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._by_queue[queue] = fut
+        return fut
+
+    def notify(self, queue: str) -> None:
+        fut = self._by_queue.pop(queue, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+
+class QueueService:
+    """Implements ``ferrymq._api.Service`` over a ``Broker`` and a ``Store``."""
+
+    def __init__(self, broker: Broker, store: Store, *, clock_ms: Any = wall_clock_ms,
+                 entropy: Any = None) -> None:
+        self.broker = broker
+        self.store = store
+        self._clock_ms = clock_ms
+        self._entropy = entropy or SystemEntropy()
+        self._waiters = _Waiters()
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._closing = False
+        self.fatal: BaseException | None = None
+        self.on_fatal: Any = None  # callable(exc) set by the CLI to stop the server
+
+    # ---- lifecycle ------------------------------------------------------
+
+    def restore(self) -> int:
+        """Rebuild the core from the store. Returns the number of effects replayed."""
+        count = 0
+        for effect in self.store.load():
+            self.broker.apply(effect)
+            count += 1
+        return count
+
+    def start(self) -> None:
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            try:
+                await self._housekeeping
+            except asyncio.CancelledError:
+                pass
+        await self.store.close()
+
+    # ---- requests -------------------------------------------------------
+
+    async def call(self, action: str, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        info = RequestInfo(base_url=ctx.base_url, sender_id=ctx.access_key_id or ctx.account_id)
+        deadline_ms: int | None = None
+        while True:
+            now_ms = self._clock_ms()
+            outcome = self.broker.execute(action, params, now_ms, self._entropy, info)
+            await self._commit(outcome.effects)
+            if not self._should_wait(action, outcome):
+                return outcome.response
+            if deadline_ms is None:
+                deadline_ms = now_ms + outcome.wait_ms
+            remaining_ms = deadline_ms - self._clock_ms()
+            if remaining_ms <= 0 or outcome.queue is None:
+                return outcome.response
+            await self._park(outcome.queue, remaining_ms)
+
+    @staticmethod
+    def _should_wait(action: str, outcome: Outcome) -> bool:
+        return (
+            action == "ReceiveMessage"
+            and outcome.wait_ms > 0
+            and not outcome.response.get("Messages")
+        )
+
+    async def _park(self, queue: str, remaining_ms: int) -> None:
+        timeout_ms = remaining_ms
+        messages = self.broker.queue_messages(queue)
+        if messages is None:
+            return
+        next_ms = messages.next_visible_ms()
+        if next_ms is not None:
+            timeout_ms = min(timeout_ms, max(0, next_ms - self._clock_ms()) + 1)
+        fut = self._waiters.future(queue)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout_ms / 1000)
+        except TimeoutError:
+            pass
+
+    async def _commit(self, effects: Sequence[Effect]) -> None:
+        if not effects:
+            return
+        # Wake long pollers before the fsync completes: whatever they receive is
+        # committed after these effects, so their own acknowledgement still
+        # waits for this data to be durable.
+        for effect in effects:
+            if isinstance(effect, MessageStored):
+                self._waiters.notify(effect.record.queue)
+            elif isinstance(effect, VisibilityChanged):
+                self._waiters.notify(effect.queue)
+        try:
+            await self.store.commit(effects)
+        except Exception as exc:
+            self._die(exc)
+            raise SqsError("InternalFailure", "The request could not be stored.") from exc
+
+    def _die(self, exc: BaseException) -> None:
+        # The core has already applied effects the disk refused: serving on would
+        # acknowledge state that is not durable. Stop the process instead.
+        if self.fatal is None:
+            self.fatal = exc
+            log.critical("storage failure, shutting down: %r", exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    async def _housekeep(self) -> None:
+        while not self._closing:
+            interval = (
+                _MOVE_TASK_INTERVAL_MS if self.broker.has_running_tasks()
+                else _HOUSEKEEPING_INTERVAL_MS
+            )
+            await asyncio.sleep(interval / 1000)
+            try:
+                effects = self.broker.tick(self._clock_ms(), self._entropy)
+                await self._commit(effects)
+            except SqsError:
+                return
+            except Exception:  # a bug: keep serving, but make it loud
+                log.exception("housekeeping failed (bug)")

@@ -1,0 +1,94 @@
+"""The narrow interface every durable store implements, and its typed errors.
+
+A store persists effect records (``ferrymq._core._records``) and, at start-up, yields
+effects that rebuild the durable state in an empty core. Everything an implementation
+must honour is stated on ``Store``; ``tests/storage/test_conformance.py`` checks it for
+every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ferrymq._core._records import Effect
+
+__all__ = [
+    "DEDUP_PRUNE_MARGIN_MS",
+    "StorageError",
+    "Store",
+    "StoreFormatError",
+    "StoreStats",
+]
+
+# A dedup entry that expired this long before the newest entry of its queue can never
+# matter again (the window is 5 minutes), so recording a new entry may drop it.
+DEDUP_PRUNE_MARGIN_MS = 300_000
+
+
+class StorageError(Exception):
+    """The store could not make effects durable, or refuses to because an earlier
+    write failed. After it is raised by ``commit`` the store accepts no more commits:
+    the in-memory state has diverged from disk and the process must not keep serving."""
+
+
+class StoreFormatError(StorageError):
+    """The file is not a Ferry store, or was written by a newer Ferry."""
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """Counters for tests and metrics. ``commits`` counts ``commit`` calls made
+    durable, ``transactions`` the disk transactions (fsyncs) that carried them, and
+    ``effects`` the effect records written. ``transactions < commits`` is group commit
+    at work."""
+
+    commits: int = 0
+    transactions: int = 0
+    effects: int = 0
+
+
+class Store(Protocol):
+    """A durable home for effect records.
+
+    Effect semantics on the durable state:
+
+    - ``MessageStored`` upserts the message (key: queue + message id). A new message
+      takes the next position in insertion order; an existing one keeps its position.
+    - ``MessageReceived`` sets receipt token, visible_at_ms, receive count and first
+      receive time; ``VisibilityChanged`` sets visible_at_ms; ``MessageRemoved``
+      deletes the message. Effects on messages that do not exist change nothing.
+    - ``DedupRecorded`` upserts (queue, key), then may drop that queue's entries that
+      expire before ``expires_at_ms - DEDUP_PRUNE_MARGIN_MS``.
+    - ``QueuePurged`` deletes the queue's messages and dedup entries.
+    - ``QueueUpserted`` upserts the queue and forgets a remembered deletion of its name.
+    - ``QueueDeleted`` deletes the queue, its messages and dedup entries, and remembers
+      (name, deleted_at_ms), the latest per name.
+    - ``MoveTaskUpserted`` upserts by task handle.
+
+    Storage does not judge validity (the core does): effects naming a queue that does
+    not exist are still applied to the message and dedup tables.
+    """
+
+    @property
+    def stats(self) -> StoreStats: ...
+
+    def load(self) -> list[Effect]:
+        """Effects that, applied in order to an empty core, rebuild the durable state:
+        ``QueueUpserted`` per live queue, ``QueueDeleted`` per remembered deletion,
+        ``MoveTaskUpserted`` per task, ``MessageStored`` per live message with its
+        current state (per queue in first-stored order), then ``DedupRecorded`` per
+        entry. Synchronous; called once at start-up before serving."""
+        ...
+
+    async def commit(self, effects: Sequence[Effect]) -> None:
+        """Return once ``effects`` are durable. Calls are applied in call order, each
+        call's effects in list order, and a call's effects are durable all or none.
+        Raises ``StorageError`` if the write failed or an earlier one did, or the
+        store is closed."""
+        ...
+
+    async def close(self) -> None:
+        """Make every commit already called durable, then release the file."""
+        ...

@@ -1,0 +1,145 @@
+"""An in-memory ``Store``: the same semantics as the SQLite store, no durability.
+
+For tests and for the explicit ``--storage memory`` development mode. Its contents
+live as long as the object, so "re-opening" means calling ``load`` on the same object.
+Iteration order of every table matches the SQLite store (dicts keep first-insertion
+position on update, like a rowid table upserted in place).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Sequence
+
+from ferrymq._core._records import (
+    DedupRecorded,
+    Effect,
+    MessageReceived,
+    MessageRecord,
+    MessageRemoved,
+    MessageStored,
+    MoveTaskRecord,
+    MoveTaskUpserted,
+    QueueDeleted,
+    QueuePurged,
+    QueueRecord,
+    QueueUpserted,
+    VisibilityChanged,
+)
+from ferrymq._storage._base import DEDUP_PRUNE_MARGIN_MS, StorageError, StoreStats
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Effects applied to dicts. ``close`` only refuses further commits; ``reopen``
+    undoes that so tests can treat it like a file that was closed and opened again."""
+
+    def __init__(self) -> None:
+        self._stats = StoreStats()
+        self._closed = False
+        self._queues: dict[str, QueueRecord] = {}
+        self._deleted: dict[str, int] = {}
+        self._tasks: dict[str, MoveTaskRecord] = {}
+        self._messages: dict[tuple[str, str], MessageRecord] = {}
+        self._message_ids: dict[str, set[str]] = {}  # per queue, for purge/delete
+        self._dedup: dict[tuple[str, str], DedupRecorded] = {}
+        self._dedup_keys: dict[str, set[str]] = {}
+        # Per queue (expires_at_ms, key), possibly stale after an upsert; pruning pops
+        # from the front and skips entries that no longer match, so each record costs
+        # O(log n) amortized instead of a scan of the whole queue.
+        self._dedup_expiry: dict[str, list[tuple[int, str]]] = {}
+
+    @property
+    def stats(self) -> StoreStats:
+        return self._stats
+
+    def reopen(self) -> MemoryStore:
+        self._closed = False
+        return self
+
+    def load(self) -> list[Effect]:
+        effects: list[Effect] = [QueueUpserted(q) for q in self._queues.values()]
+        effects.extend(QueueDeleted(name, at_ms) for name, at_ms in self._deleted.items())
+        effects.extend(MoveTaskUpserted(t) for t in self._tasks.values())
+        effects.extend(MessageStored(m) for m in self._messages.values())
+        effects.extend(self._dedup.values())
+        return effects
+
+    async def commit(self, effects: Sequence[Effect]) -> None:
+        if self._closed:
+            raise StorageError("the store is closed")
+        for effect in effects:
+            self._apply(effect)
+        self._stats.commits += 1
+        self._stats.transactions += 1
+        self._stats.effects += len(effects)
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # ---- effect application ------------------------------------------------------
+
+    def _apply(self, effect: Effect) -> None:
+        match effect:
+            case MessageStored(record=m):
+                self._messages[(m.queue, m.message_id)] = m
+                self._message_ids.setdefault(m.queue, set()).add(m.message_id)
+            case MessageReceived():
+                key = (effect.queue, effect.message_id)
+                old = self._messages.get(key)
+                if old is not None:
+                    self._messages[key] = dataclasses.replace(
+                        old,
+                        receipt_token=effect.receipt_token,
+                        visible_at_ms=effect.visible_at_ms,
+                        receive_count=effect.receive_count,
+                        first_receive_ms=effect.first_receive_ms,
+                    )
+            case VisibilityChanged():
+                key = (effect.queue, effect.message_id)
+                old = self._messages.get(key)
+                if old is not None:
+                    self._messages[key] = dataclasses.replace(
+                        old, visible_at_ms=effect.visible_at_ms
+                    )
+            case MessageRemoved():
+                if self._messages.pop((effect.queue, effect.message_id), None) is not None:
+                    self._message_ids[effect.queue].discard(effect.message_id)
+            case DedupRecorded():
+                self._record_dedup(effect)
+            case QueuePurged():
+                self._drop_queue_contents(effect.queue)
+            case QueueUpserted(record=q):
+                self._queues[q.name] = q
+                self._deleted.pop(q.name, None)
+            case QueueDeleted():
+                self._queues.pop(effect.name, None)
+                self._drop_queue_contents(effect.name)
+                self._deleted[effect.name] = effect.deleted_at_ms
+            case MoveTaskUpserted(record=t):
+                self._tasks[t.task_handle] = t
+            case _:
+                raise AssertionError(f"unknown effect {effect!r}")
+
+    def _record_dedup(self, entry: DedupRecorded) -> None:
+        queue = entry.queue
+        self._dedup[(queue, entry.key)] = entry
+        self._dedup_keys.setdefault(queue, set()).add(entry.key)
+        heap = self._dedup_expiry.setdefault(queue, [])
+        heapq.heappush(heap, (entry.expires_at_ms, entry.key))
+        cutoff_ms = entry.expires_at_ms - DEDUP_PRUNE_MARGIN_MS
+        while heap and heap[0][0] < cutoff_ms:
+            expires_at_ms, key = heapq.heappop(heap)
+            current = self._dedup.get((queue, key))
+            if current is not None and current.expires_at_ms == expires_at_ms:
+                del self._dedup[(queue, key)]
+                self._dedup_keys[queue].discard(key)
+
+    def _drop_queue_contents(self, queue: str) -> None:
+        for message_id in self._message_ids.pop(queue, ()):
+            del self._messages[(queue, message_id)]
+        for key in self._dedup_keys.pop(queue, ()):
+            del self._dedup[(queue, key)]
+        self._dedup_expiry.pop(queue, None)

@@ -1,0 +1,649 @@
+"""The SQLite ``Store``: WAL mode, ``synchronous=FULL``, one writer thread, group commit.
+
+Durability: every ``commit`` call is acknowledged only after the transaction holding
+it has been committed with ``synchronous=FULL``, i.e. the WAL was fsynced.
+
+Group commit: callers hand their effects to one writer thread through a bounded
+handoff. Whenever the writer is free it takes *everything* pending and writes it in one
+transaction with one fsync, then resolves each caller's future on the caller's loop
+(``call_soon_threadsafe``). The event loop never touches the disk in ``commit``.
+Ordering: effects reach the handoff in call order (synchronously, inside ``commit``,
+or through an in-order waiting line when the handoff is full), and the writer applies
+them in that order.
+
+Failure: if a transaction fails, every caller in it and every caller still waiting gets
+a ``StorageError`` raised from the SQLite error, and the store refuses further commits.
+
+On-disk encodings (schema version 1):
+
+- message bodies: TEXT (UTF-8).
+- message attributes: a BLOB, NULL when there are none; per attribute in record order:
+  ``u16 len + name``, ``u16 len + data type`` (UTF-8), a flags byte (bit 0: string value
+  present, bit 1: binary value present), then each present value as ``u32 len + bytes``
+  (string first, UTF-8). Integers are big-endian.
+- queue attributes and tags: JSON arrays of ``[name, value]`` pairs (keeps order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ferrymq._core._records import (
+    AttributeValue,
+    DedupRecorded,
+    Effect,
+    MessageReceived,
+    MessageRecord,
+    MessageRemoved,
+    MessageStored,
+    MoveTaskRecord,
+    MoveTaskUpserted,
+    QueueDeleted,
+    QueuePurged,
+    QueueRecord,
+    QueueUpserted,
+    VisibilityChanged,
+)
+from ferrymq._storage._base import (
+    DEDUP_PRUNE_MARGIN_MS,
+    StorageError,
+    StoreFormatError,
+    StoreStats,
+)
+
+__all__ = [
+    "PENDING_COMMITS_MAX",
+    "SCHEMA_VERSION",
+    "SqliteStore",
+    "decode_attributes",
+    "encode_attributes",
+]
+
+SCHEMA_VERSION = 1
+_FORMAT_NAME = "ferrymq-store"
+
+# Commit calls the handoff holds for the writer. It bounds one transaction: a group
+# bigger than this would make every caller in it wait for one long write and grow the
+# WAL in one step. Callers beyond it wait in line (in call order) on their loop; their
+# number is bounded by the server's request concurrency, not by this module.
+PENDING_COMMITS_MAX = 4096
+
+# WAL pages (4 KiB each) after which a commit also checkpoints into the main file.
+# 4000 pages = ~16 MiB: checkpoints are rare enough not to tax the write path, and the
+# WAL stays small enough that start-up reads and recovery stay fast.
+_WAL_AUTOCHECKPOINT_PAGES = 4000
+# After a checkpoint the WAL file is truncated to this size, so a burst does not leave
+# a huge file behind.
+_JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# How long a connection waits for a lock held by another connection (load() runs
+# beside the writer only in tests; a foreign process holding the file is an error).
+_BUSY_TIMEOUT_MS = 5_000
+
+_SCHEMA = """
+CREATE TABLE ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE queues (
+    name TEXT PRIMARY KEY,
+    attributes BLOB NOT NULL,
+    tags BLOB NOT NULL,
+    created_ms INTEGER NOT NULL,
+    modified_ms INTEGER NOT NULL,
+    last_purge_ms INTEGER
+);
+CREATE TABLE deleted_queues (name TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL);
+CREATE TABLE move_tasks (
+    task_handle TEXT PRIMARY KEY,
+    source_arn TEXT NOT NULL,
+    destination_arn TEXT,
+    max_per_second INTEGER,
+    status TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    moved INTEGER NOT NULL,
+    to_move INTEGER NOT NULL,
+    failure_reason TEXT
+);
+-- The rowid is the insertion order: a new row gets max(rowid)+1 and an upsert in
+-- place keeps its rowid, so ORDER BY rowid is first-stored order.
+CREATE TABLE messages (
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attributes BLOB,
+    md5_of_body TEXT NOT NULL,
+    md5_of_attributes TEXT,
+    sent_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL,
+    first_receive_ms INTEGER,
+    receipt_token TEXT,
+    sender_id TEXT NOT NULL,
+    group_id TEXT,
+    dedup_id TEXT,
+    sequence_number INTEGER,
+    trace_header TEXT,
+    dead_letter_source_arn TEXT,
+    UNIQUE (queue, message_id)
+);
+CREATE TABLE dedup (
+    queue TEXT NOT NULL,
+    key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    sequence_number INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    UNIQUE (queue, key)
+);
+CREATE INDEX dedup_expiry ON dedup (queue, expires_at_ms);
+"""
+
+_MESSAGE_COLUMNS = (
+    "queue, message_id, body, attributes, md5_of_body, md5_of_attributes, sent_ms, "
+    "visible_at_ms, receive_count, first_receive_ms, receipt_token, sender_id, group_id, "
+    "dedup_id, sequence_number, trace_header, dead_letter_source_arn"
+)
+_MESSAGE_UPDATES = ", ".join(
+    f"{c} = excluded.{c}" for c in _MESSAGE_COLUMNS.split(", ")[2:]
+)
+_SQL_MESSAGE_STORE = (
+    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
+    f"ON CONFLICT (queue, message_id) DO UPDATE SET {_MESSAGE_UPDATES}"
+)
+_SQL_MESSAGE_RECEIVED = (
+    "UPDATE messages SET receipt_token = ?, visible_at_ms = ?, receive_count = ?, "
+    "first_receive_ms = ? WHERE queue = ? AND message_id = ?"
+)
+_SQL_VISIBILITY = "UPDATE messages SET visible_at_ms = ? WHERE queue = ? AND message_id = ?"
+_SQL_MESSAGE_REMOVE = "DELETE FROM messages WHERE queue = ? AND message_id = ?"
+_SQL_DEDUP_UPSERT = (
+    "INSERT INTO dedup (queue, key, message_id, sequence_number, expires_at_ms) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (queue, key) DO UPDATE SET "
+    "message_id = excluded.message_id, sequence_number = excluded.sequence_number, "
+    "expires_at_ms = excluded.expires_at_ms"
+)
+_SQL_DEDUP_PRUNE = "DELETE FROM dedup WHERE queue = ? AND expires_at_ms < ?"
+_SQL_QUEUE_MESSAGES_DELETE = "DELETE FROM messages WHERE queue = ?"
+_SQL_QUEUE_DEDUP_DELETE = "DELETE FROM dedup WHERE queue = ?"
+_SQL_QUEUE_UPSERT = (
+    "INSERT INTO queues (name, attributes, tags, created_ms, modified_ms, last_purge_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+    "attributes = excluded.attributes, tags = excluded.tags, "
+    "created_ms = excluded.created_ms, modified_ms = excluded.modified_ms, "
+    "last_purge_ms = excluded.last_purge_ms"
+)
+_SQL_DELETION_FORGET = "DELETE FROM deleted_queues WHERE name = ?"
+_SQL_QUEUE_DELETE = "DELETE FROM queues WHERE name = ?"
+_SQL_DELETION_REMEMBER = (
+    "INSERT INTO deleted_queues (name, deleted_at_ms) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET deleted_at_ms = excluded.deleted_at_ms"
+)
+_SQL_TASK_UPSERT = (
+    "INSERT INTO move_tasks (task_handle, source_arn, destination_arn, max_per_second, "
+    "status, started_ms, moved, to_move, failure_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (task_handle) DO UPDATE SET source_arn = excluded.source_arn, "
+    "destination_arn = excluded.destination_arn, max_per_second = excluded.max_per_second, "
+    "status = excluded.status, started_ms = excluded.started_ms, moved = excluded.moved, "
+    "to_move = excluded.to_move, failure_reason = excluded.failure_reason"
+)
+
+# ---- attribute encoding ------------------------------------------------------------
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_FLAG_STRING = 1
+_FLAG_BINARY = 2
+
+
+def encode_attributes(attributes: tuple[tuple[str, AttributeValue], ...]) -> bytes | None:
+    """The compact blob described in the module docstring; None for no attributes."""
+    if not attributes:
+        return None
+    out = bytearray()
+    for name, value in attributes:
+        name_bytes = name.encode()
+        type_bytes = value.data_type.encode()
+        flags = (_FLAG_STRING if value.string_value is not None else 0) | (
+            _FLAG_BINARY if value.binary_value is not None else 0
+        )
+        out += _U16.pack(len(name_bytes)) + name_bytes
+        out += _U16.pack(len(type_bytes)) + type_bytes
+        out.append(flags)
+        if value.string_value is not None:
+            string_bytes = value.string_value.encode()
+            out += _U32.pack(len(string_bytes)) + string_bytes
+        if value.binary_value is not None:
+            out += _U32.pack(len(value.binary_value)) + value.binary_value
+    return bytes(out)
+
+
+def decode_attributes(blob: bytes | None) -> tuple[tuple[str, AttributeValue], ...]:
+    if blob is None:
+        return ()
+    view = memoryview(blob)
+    pos = 0
+    result: list[tuple[str, AttributeValue]] = []
+
+    def take(length_struct: struct.Struct) -> bytes:
+        nonlocal pos
+        (length,) = length_struct.unpack_from(view, pos)
+        pos += length_struct.size
+        chunk = bytes(view[pos : pos + length])
+        assert len(chunk) == length, "truncated attribute blob"
+        pos += length
+        return chunk
+
+    while pos < len(view):
+        name = take(_U16).decode()
+        data_type = take(_U16).decode()
+        flags = view[pos]
+        pos += 1
+        string_value = take(_U32).decode() if flags & _FLAG_STRING else None
+        binary_value = take(_U32) if flags & _FLAG_BINARY else None
+        result.append((name, AttributeValue(data_type, string_value, binary_value)))
+    return tuple(result)
+
+
+def _pairs_json(pairs: tuple[tuple[str, str], ...]) -> bytes:
+    return orjson.dumps(pairs)
+
+
+def _pairs_from_json(blob: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple((str(k), str(v)) for k, v in orjson.loads(blob))
+
+
+# ---- effect -> SQL -----------------------------------------------------------------
+
+
+def _message_params(m: MessageRecord) -> tuple[Any, ...]:
+    return (
+        m.queue, m.message_id, m.body, encode_attributes(m.attributes), m.md5_of_body,
+        m.md5_of_attributes, m.sent_ms, m.visible_at_ms, m.receive_count,
+        m.first_receive_ms, m.receipt_token, m.sender_id, m.group_id, m.dedup_id,
+        m.sequence_number, m.trace_header, m.dead_letter_source_arn,
+    )
+
+
+def _write_run(cur: sqlite3.Cursor, kind: type, run: list[Any]) -> None:
+    """Write consecutive effects of one kind, with executemany where the kind is a
+    single statement per effect."""
+    if kind is MessageStored:
+        cur.executemany(_SQL_MESSAGE_STORE, [_message_params(e.record) for e in run])
+    elif kind is MessageReceived:
+        cur.executemany(
+            _SQL_MESSAGE_RECEIVED,
+            [
+                (e.receipt_token, e.visible_at_ms, e.receive_count, e.first_receive_ms,
+                 e.queue, e.message_id)
+                for e in run
+            ],
+        )
+    elif kind is VisibilityChanged:
+        cur.executemany(_SQL_VISIBILITY, [(e.visible_at_ms, e.queue, e.message_id) for e in run])
+    elif kind is MessageRemoved:
+        cur.executemany(_SQL_MESSAGE_REMOVE, [(e.queue, e.message_id) for e in run])
+    elif kind is DedupRecorded:
+        # Upsert then prune, one entry at a time: pruning for entry i must not drop
+        # entry j > i, which a batched prune after all upserts could do.
+        for e in run:
+            cur.execute(
+                _SQL_DEDUP_UPSERT,
+                (e.queue, e.key, e.message_id, e.sequence_number, e.expires_at_ms),
+            )
+            cur.execute(_SQL_DEDUP_PRUNE, (e.queue, e.expires_at_ms - DEDUP_PRUNE_MARGIN_MS))
+    elif kind is QueuePurged:
+        for e in run:
+            cur.execute(_SQL_QUEUE_MESSAGES_DELETE, (e.queue,))
+            cur.execute(_SQL_QUEUE_DEDUP_DELETE, (e.queue,))
+    elif kind is QueueUpserted:
+        for e in run:
+            q: QueueRecord = e.record
+            cur.execute(
+                _SQL_QUEUE_UPSERT,
+                (q.name, _pairs_json(q.attributes), _pairs_json(q.tags), q.created_ms,
+                 q.modified_ms, q.last_purge_ms),
+            )
+            cur.execute(_SQL_DELETION_FORGET, (q.name,))
+    elif kind is QueueDeleted:
+        for e in run:
+            cur.execute(_SQL_QUEUE_DELETE, (e.name,))
+            cur.execute(_SQL_QUEUE_MESSAGES_DELETE, (e.name,))
+            cur.execute(_SQL_QUEUE_DEDUP_DELETE, (e.name,))
+            cur.execute(_SQL_DELETION_REMEMBER, (e.name, e.deleted_at_ms))
+    elif kind is MoveTaskUpserted:
+        cur.executemany(
+            _SQL_TASK_UPSERT,
+            [
+                (t.task_handle, t.source_arn, t.destination_arn, t.max_per_second, t.status,
+                 t.started_ms, t.moved, t.to_move, t.failure_reason)
+                for t in (e.record for e in run)
+            ],
+        )
+    else:
+        raise AssertionError(f"unknown effect kind {kind!r}")
+
+
+# ---- opening -----------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves so a group is exactly one
+    # transaction. check_same_thread=False: the write connection is created here and
+    # then handed to (and used only by) the writer thread.
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, cached_statements=64
+    )
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
+    tables = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if not tables:
+        # One script, one transaction: a crash leaves either no schema or all of it.
+        conn.executescript(
+            f"BEGIN IMMEDIATE;{_SCHEMA}"
+            f"INSERT INTO ferry_meta (key, value) VALUES ('format', '{_FORMAT_NAME}'), "
+            f"('schema_version', '{SCHEMA_VERSION}');COMMIT;"
+        )
+        _fsync_directory(path.parent)
+        return
+    if "ferry_meta" not in tables:
+        raise StoreFormatError(f"{path} is an SQLite database but not a Ferry store")
+    meta = dict(conn.execute("SELECT key, value FROM ferry_meta").fetchall())
+    if meta.get("format") != _FORMAT_NAME or "schema_version" not in meta:
+        raise StoreFormatError(f"{path} is not a Ferry store")
+    version = int(meta["schema_version"])
+    if version > SCHEMA_VERSION:
+        raise StoreFormatError(
+            f"{path} has store schema version {version}, newer than this Ferry "
+            f"supports ({SCHEMA_VERSION}); upgrade Ferry to open it"
+        )
+    # Only version 1 exists; older versions would be migrated here.
+    assert version == SCHEMA_VERSION, f"unexpected schema version {version}"
+
+
+def _fsync_directory(directory: Path) -> None:
+    """A newly created file survives power loss only once its directory entry does."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- the store ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Pending:
+    effects: Sequence[Effect]
+    future: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+
+
+class SqliteStore:
+    """See the module docstring. Use from one event loop; ``load`` from any thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stats = StoreStats()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(f"cannot put {path} in WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT_BYTES}")
+            _check_or_create_schema(conn, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", None) in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise StoreFormatError(f"{path} is not a Ferry store: {exc}") from exc
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn  # owned by the writer thread from here on
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        # Guarded by _lock: the handoff, and the writer's stop/failure state.
+        self._handoff: collections.deque[_Pending] = collections.deque()
+        self._stopping = False
+        self._failure: StorageError | None = None
+        # Loop side only: callers who found the handoff full, in call order.
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._closed = False
+        self._last: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer = threading.Thread(
+            target=self._run_writer, name=f"ferrymq-store-writer:{path.name}", daemon=True
+        )
+        self._writer.start()
+
+    @property
+    def stats(self) -> StoreStats:
+        return self._stats
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # ---- start-up ----------------------------------------------------------------
+
+    def load(self) -> list[Effect]:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read store {self._path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("BEGIN")  # one consistent snapshot across all tables
+            return self._read_all(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read store {self._path}: {exc}") from exc
+        except (AssertionError, struct.error, UnicodeDecodeError, ValueError) as exc:
+            # Rows that do not decode: the file was damaged or written by someone else.
+            raise StoreFormatError(f"store {self._path} holds undecodable data") from exc
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _read_all(conn: sqlite3.Connection) -> list[Effect]:
+        effects: list[Effect] = []
+        for name, attrs, tags, created_ms, modified_ms, last_purge_ms in conn.execute(
+            "SELECT name, attributes, tags, created_ms, modified_ms, last_purge_ms "
+            "FROM queues ORDER BY rowid"
+        ):
+            effects.append(QueueUpserted(QueueRecord(
+                name, _pairs_from_json(attrs), _pairs_from_json(tags), created_ms,
+                modified_ms, last_purge_ms,
+            )))
+        for name, deleted_at_ms in conn.execute(
+            "SELECT name, deleted_at_ms FROM deleted_queues ORDER BY rowid"
+        ):
+            effects.append(QueueDeleted(name, deleted_at_ms))
+        for row in conn.execute(
+            "SELECT task_handle, source_arn, destination_arn, max_per_second, status, "
+            "started_ms, moved, to_move, failure_reason FROM move_tasks ORDER BY rowid"
+        ):
+            effects.append(MoveTaskUpserted(MoveTaskRecord(*row)))
+        for row in conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY rowid"):
+            (queue, message_id, body, attrs, md5_body, md5_attrs, sent_ms, visible_at_ms,
+             receive_count, first_receive_ms, receipt_token, sender_id, group_id, dedup_id,
+             sequence_number, trace_header, dlq_source_arn) = row
+            effects.append(MessageStored(MessageRecord(
+                queue=queue, message_id=message_id, body=body,
+                attributes=decode_attributes(attrs), md5_of_body=md5_body,
+                md5_of_attributes=md5_attrs, sent_ms=sent_ms, visible_at_ms=visible_at_ms,
+                receive_count=receive_count, first_receive_ms=first_receive_ms,
+                receipt_token=receipt_token, sender_id=sender_id, group_id=group_id,
+                dedup_id=dedup_id, sequence_number=sequence_number,
+                trace_header=trace_header, dead_letter_source_arn=dlq_source_arn,
+            )))
+        for row in conn.execute(
+            "SELECT queue, key, message_id, sequence_number, expires_at_ms FROM dedup "
+            "ORDER BY rowid"
+        ):
+            effects.append(DedupRecorded(*row))
+        return effects
+
+    # ---- commit (event loop side) ------------------------------------------------
+
+    async def commit(self, effects: Sequence[Effect]) -> None:
+        # Everything up to the handoff happens synchronously, so calls enter the
+        # handoff (or the waiting line) in call order.
+        if self._closed:
+            raise StorageError("the store is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # The waiting line and settling assume one loop at a time; switching is
+            # fine once everything committed from the previous loop is settled.
+            assert self._last is None or self._last.done(), "store used from two loops"
+            self._loop = loop
+        item = _Pending(effects, loop.create_future(), loop)
+        if self._waiting:
+            # Settling the line fails it if the store broke meanwhile.
+            self._waiting.append(item)
+        else:
+            with self._lock:
+                if self._failure is not None:
+                    raise _refusal(self._failure)
+                if len(self._handoff) < PENDING_COMMITS_MAX:
+                    self._handoff.append(item)
+                    self._wakeup.notify()
+                else:
+                    self._waiting.append(item)
+        self._last = item.future
+        # Shielded: a cancelled caller's effects are still written (the core has
+        # applied them), so its future must stay resolvable by the writer.
+        await asyncio.shield(item.future)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        last = self._last
+        if last is not None:
+            # Calls are written in order, so once the last one is settled all are.
+            await asyncio.wait([last])
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify()
+        await asyncio.to_thread(self._writer.join)
+
+    def _settle(self, batch: list[_Pending], failure: StorageError | None) -> None:
+        """On the loop: resolve a written batch, then refill the handoff from the
+        waiting line (or fail the line if the store is now broken)."""
+        for item in batch:
+            if not item.future.done():
+                if failure is None:
+                    item.future.set_result(None)
+                else:
+                    item.future.set_exception(_refusal(failure))
+        if failure is not None:
+            while self._waiting:
+                item = self._waiting.popleft()
+                if not item.future.done():
+                    item.future.set_exception(_refusal(failure))
+            return
+        with self._lock:
+            moved = False
+            while self._waiting and len(self._handoff) < PENDING_COMMITS_MAX:
+                self._handoff.append(self._waiting.popleft())
+                moved = True
+            if moved:
+                self._wakeup.notify()
+
+    # ---- the writer thread -------------------------------------------------------
+
+    def _run_writer(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._handoff and not self._stopping:
+                        self._wakeup.wait()
+                    if not self._handoff:
+                        return  # stopping, and close() made sure nothing is left
+                    batch = list(self._handoff)
+                    self._handoff.clear()
+                failure = self._write(batch)
+                if failure is not None:
+                    with self._lock:
+                        self._failure = failure
+                        batch.extend(self._handoff)
+                        self._handoff.clear()
+                self._resolve(batch, failure)
+                if failure is not None:
+                    return
+        finally:
+            self._conn.close()
+
+    def _write(self, batch: list[_Pending]) -> StorageError | None:
+        effect_count = 0
+        try:
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                for kind, run_iter in itertools.groupby(
+                    _effects_in_order(batch), key=type
+                ):
+                    run = list(run_iter)
+                    effect_count += len(run)
+                    _write_run(cur, kind, run)
+                cur.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error is the one worth reporting
+                raise
+        except Exception as exc:  # any failure leaves memory and disk diverged
+            failure = StorageError(f"writing to store {self._path} failed: {exc}")
+            failure.__cause__ = exc
+            return failure
+        self._stats.transactions += 1
+        self._stats.commits += len(batch)
+        self._stats.effects += effect_count
+        return None
+
+    def _resolve(self, batch: list[_Pending], failure: StorageError | None) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        for item in batch:
+            by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._settle, items, failure)
+            except RuntimeError:
+                pass  # that loop is closed; nobody is left to tell
+
+
+def _refusal(failure: StorageError) -> StorageError:
+    """A fresh exception per caller (a shared instance would collect every caller's
+    traceback), chained to the SQLite error that broke the store."""
+    refusal = StorageError(str(failure))
+    refusal.__cause__ = failure.__cause__
+    return refusal
+
+
+def _effects_in_order(batch: Iterable[_Pending]) -> Iterable[Effect]:
+    for item in batch:
+        yield from item.effects
+

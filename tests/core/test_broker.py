@@ -1,0 +1,448 @@
+"""Queue-level actions of the broker core, with an injected clock and entropy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ferrymq._core._broker import Broker, RequestInfo
+from ferrymq._core._errors import SqsError
+from ferrymq._core._records import Effect
+
+INFO = RequestInfo(base_url="http://localhost:9324", sender_id="AKIDTEST")
+ARN = "arn:aws:sqs:us-east-1:000000000000:"
+
+
+class CountingEntropy:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def message_id(self) -> str:
+        self.n += 1
+        return f"00000000-0000-4000-8000-{self.n:012d}"
+
+    def token(self) -> str:
+        self.n += 1
+        return f"token{self.n:020d}"
+
+
+class Harness:
+    def __init__(self, **kwargs: Any) -> None:
+        self.broker = Broker(**kwargs)
+        self.now_ms = 1_700_000_000_000
+        self.entropy = CountingEntropy()
+        self.effects: list[Effect] = []
+
+    def __call__(self, action: str, **params: Any) -> dict[str, Any]:
+        outcome = self.broker.execute(action, params, self.now_ms, self.entropy, INFO)
+        self.effects.extend(outcome.effects)
+        return outcome.response
+
+    def url(self, name: str) -> str:
+        return f"http://localhost:9324/000000000000/{name}"
+
+    def replayed(self) -> Broker:
+        fresh = Broker()
+        for effect in self.effects:
+            fresh.apply(effect)
+        return fresh
+
+
+def code(exc: pytest.ExceptionInfo[SqsError]) -> str:
+    return exc.value.code
+
+
+@pytest.fixture
+def sqs() -> Harness:
+    return Harness()
+
+
+def test_create_is_idempotent_with_identical_attributes(sqs: Harness) -> None:
+    url = sqs("CreateQueue", QueueName="q1", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    assert url == sqs.url("q1")
+    assert sqs("CreateQueue", QueueName="q1", Attributes={"VisibilityTimeout": "30"}) == {
+        "QueueUrl": url
+    }
+    assert sqs("CreateQueue", QueueName="q1") == {"QueueUrl": url}
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q1", Attributes={"VisibilityTimeout": "31"})
+    assert code(exc) == "QueueAlreadyExists"
+    assert "VisibilityTimeout" in exc.value.message
+
+
+@pytest.mark.parametrize("name", ["", "a" * 81, "has space", "dot.ted", "x.fifo"])
+def test_create_rejects_bad_names(sqs: Harness, name: str) -> None:
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName=name)
+    assert code(exc) == "InvalidParameterValue"
+
+
+def test_fifo_queue_needs_suffix_and_attribute(sqs: Harness) -> None:
+    with pytest.raises(SqsError):
+        sqs("CreateQueue", QueueName="nofifo", Attributes={"FifoQueue": "true"})
+    sqs("CreateQueue", QueueName="q.fifo", Attributes={"FifoQueue": "true"})
+    attrs = sqs("GetQueueAttributes", QueueUrl=sqs.url("q.fifo"), AttributeNames=["All"])[
+        "Attributes"
+    ]
+    assert attrs["FifoQueue"] == "true"
+    assert attrs["DeduplicationScope"] == "queue"
+    assert attrs["FifoThroughputLimit"] == "perQueue"
+    assert attrs["ContentBasedDeduplication"] == "false"
+
+
+def test_default_attributes_match_sqs(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q")
+    attrs = sqs("GetQueueAttributes", QueueUrl=sqs.url("q"), AttributeNames=["All"])["Attributes"]
+    assert attrs == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+        "ApproximateNumberOfMessagesDelayed": "0",
+        "CreatedTimestamp": str(sqs.now_ms // 1000),
+        "LastModifiedTimestamp": str(sqs.now_ms // 1000),
+        "DelaySeconds": "0",
+        "MaximumMessageSize": "1048576",
+        "MessageRetentionPeriod": "345600",
+        "QueueArn": ARN + "q",
+        "ReceiveMessageWaitTimeSeconds": "0",
+        "VisibilityTimeout": "30",
+        "SqsManagedSseEnabled": "true",
+    }
+
+
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("VisibilityTimeout", "43201", "InvalidAttributeValue"),
+        ("DelaySeconds", "-1", "InvalidAttributeValue"),
+        ("MaximumMessageSize", "1023", "InvalidAttributeValue"),
+        ("MessageRetentionPeriod", "59", "InvalidAttributeValue"),
+        ("ReceiveMessageWaitTimeSeconds", "21", "InvalidAttributeValue"),
+        ("VisibilityTimeout", "ten", "InvalidAttributeValue"),
+        ("Bogus", "1", "InvalidAttributeName"),
+        ("QueueArn", "x", "InvalidAttributeName"),
+        ("FifoQueue", "true", "InvalidAttributeName"),
+        ("ContentBasedDeduplication", "true", "InvalidAttributeName"),
+        ("DeduplicationScope", "queue", "InvalidAttributeName"),
+        ("Policy", "{not json", "InvalidAttributeValue"),
+    ],
+)
+def test_set_attributes_validation(sqs: Harness, name: str, value: str, expected: str) -> None:
+    sqs("CreateQueue", QueueName="q")
+    with pytest.raises(SqsError) as exc:
+        sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={name: value})
+    assert code(exc) == expected
+
+
+def test_fifo_type_cannot_change(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q.fifo", Attributes={"FifoQueue": "true"})
+    with pytest.raises(SqsError) as exc:
+        sqs("SetQueueAttributes", QueueUrl=sqs.url("q.fifo"), Attributes={"FifoQueue": "false"})
+    assert code(exc) == "InvalidAttributeValue"
+    assert exc.value.message == (
+        "Invalid value for the parameter FifoQueue. Reason: Modifying queue type is not supported."
+    )
+
+
+def test_set_attributes_changes_settings_and_modified_time(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q")
+    sqs.now_ms += 5_000
+    sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={"VisibilityTimeout": "5"})
+    attrs = sqs(
+        "GetQueueAttributes",
+        QueueUrl=sqs.url("q"),
+        AttributeNames=["VisibilityTimeout", "LastModifiedTimestamp"],
+    )["Attributes"]
+    assert attrs == {"VisibilityTimeout": "5", "LastModifiedTimestamp": str(sqs.now_ms // 1000)}
+    messages = sqs.broker.queue_messages("q")
+    assert messages is not None and messages.settings.visibility_timeout_ms == 5_000
+
+
+def test_unknown_queue(sqs: Harness) -> None:
+    for action in ("GetQueueAttributes", "DeleteQueue", "PurgeQueue", "ListQueueTags"):
+        with pytest.raises(SqsError) as exc:
+            sqs(action, QueueUrl=sqs.url("nope"))
+        assert code(exc) == "AWS.SimpleQueueService.NonExistentQueue"
+        assert exc.value.shape == "QueueDoesNotExist"
+    with pytest.raises(SqsError) as exc:
+        sqs("GetQueueUrl", QueueName="nope")
+    assert exc.value.shape == "QueueDoesNotExist"
+
+
+def test_recreate_after_delete_waits_60_seconds() -> None:
+    sqs = Harness()
+    sqs("CreateQueue", QueueName="q")
+    sqs("DeleteQueue", QueueUrl=sqs.url("q"))
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q")
+    assert code(exc) == "AWS.SimpleQueueService.QueueDeletedRecently"
+    sqs.now_ms += 60_000
+    sqs("CreateQueue", QueueName="q")
+
+    relaxed = Harness(recreate_delay_ms=0)
+    relaxed("CreateQueue", QueueName="q")
+    relaxed("DeleteQueue", QueueUrl=relaxed.url("q"))
+    relaxed("CreateQueue", QueueName="q")
+
+
+def test_purge_once_per_60_seconds() -> None:
+    sqs = Harness()
+    sqs("CreateQueue", QueueName="q")
+    sqs("PurgeQueue", QueueUrl=sqs.url("q"))
+    with pytest.raises(SqsError) as exc:
+        sqs("PurgeQueue", QueueUrl=sqs.url("q"))
+    assert exc.value.status == 403
+    assert exc.value.message == "Only one PurgeQueue operation on q is allowed every 60 seconds."
+    sqs.now_ms += 60_000
+    sqs("PurgeQueue", QueueUrl=sqs.url("q"))
+    relaxed = Harness(purge_interval_ms=0)
+    relaxed("CreateQueue", QueueName="q")
+    relaxed("PurgeQueue", QueueUrl=relaxed.url("q"))
+    relaxed("PurgeQueue", QueueUrl=relaxed.url("q"))
+
+
+def test_list_queues_prefix_and_pages(sqs: Harness) -> None:
+    names = [f"app-{i:02d}" for i in range(7)] + ["other"]
+    for name in names:
+        sqs("CreateQueue", QueueName=name)
+    assert sqs("ListQueues", QueueNamePrefix="zzz") == {}
+    everything = sqs("ListQueues")
+    assert "NextToken" not in everything
+    assert len(everything["QueueUrls"]) == 8
+    seen: list[str] = []
+    token = None
+    while True:
+        params: dict[str, Any] = {"QueueNamePrefix": "app-", "MaxResults": 3}
+        if token:
+            params["NextToken"] = token
+        page = sqs("ListQueues", **params)
+        seen.extend(page["QueueUrls"])
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert seen == [sqs.url(n) for n in names[:7]]
+    with pytest.raises(SqsError):
+        sqs("ListQueues", MaxResults=0)
+
+
+def test_tags(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q", tags={"a": "1"})
+    sqs("TagQueue", QueueUrl=sqs.url("q"), Tags={"b": "2", "a": "3"})
+    assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {"Tags": {"a": "3", "b": "2"}}
+    sqs("UntagQueue", QueueUrl=sqs.url("q"), TagKeys=["a", "missing"])
+    assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {"Tags": {"b": "2"}}
+    sqs("UntagQueue", QueueUrl=sqs.url("q"), TagKeys=["b"])
+    assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {}
+
+
+def test_permissions_live_in_policy(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q")
+    sqs(
+        "AddPermission",
+        QueueUrl=sqs.url("q"),
+        Label="l1",
+        AWSAccountIds=["111122223333"],
+        Actions=["SendMessage", "ReceiveMessage"],
+    )
+    policy = json.loads(
+        sqs("GetQueueAttributes", QueueUrl=sqs.url("q"), AttributeNames=["Policy"])["Attributes"][
+            "Policy"
+        ]
+    )
+    (statement,) = policy["Statement"]
+    assert statement["Sid"] == "l1"
+    assert statement["Action"] == ["SQS:SendMessage", "SQS:ReceiveMessage"]
+    with pytest.raises(SqsError) as exc:
+        sqs(
+            "AddPermission",
+            QueueUrl=sqs.url("q"),
+            Label="l1",
+            AWSAccountIds=["1"],
+            Actions=["SendMessage"],
+        )
+    assert code(exc) == "InvalidParameterValue"
+    with pytest.raises(SqsError) as exc:
+        sqs(
+            "AddPermission",
+            QueueUrl=sqs.url("q"),
+            Label="l2",
+            AWSAccountIds=["1"],
+            Actions=["SendMessage"] * 8,
+        )
+    assert code(exc) == "OverLimit"
+    sqs("RemovePermission", QueueUrl=sqs.url("q"), Label="l1")
+    assert sqs("GetQueueAttributes", QueueUrl=sqs.url("q"), AttributeNames=["Policy"]) == {}
+    with pytest.raises(SqsError):
+        sqs("RemovePermission", QueueUrl=sqs.url("q"), Label="l1")
+
+
+def redrive(target: str, count: int = 2) -> str:
+    return json.dumps({"deadLetterTargetArn": ARN + target, "maxReceiveCount": count})
+
+
+def test_redrive_policy_validation(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="dlq")
+    sqs("CreateQueue", QueueName="dlq.fifo", Attributes={"FifoQueue": "true"})
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("missing")})
+    assert code(exc) == "InvalidParameterValue"
+    with pytest.raises(SqsError):
+        sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq.fifo")})
+    for bad in (
+        '{"maxReceiveCount": 2}',
+        '{"deadLetterTargetArn": "' + ARN + 'dlq"}',
+        redrive("dlq", 0),
+        redrive("dlq", 1001),
+        "not json",
+    ):
+        with pytest.raises(SqsError) as exc:
+            sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": bad})
+        assert code(exc) == "InvalidParameterValue"
+    sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq")})
+    assert sqs("ListDeadLetterSourceQueues", QueueUrl=sqs.url("dlq")) == {
+        "queueUrls": [sqs.url("src")]
+    }
+    sqs("SetQueueAttributes", QueueUrl=sqs.url("src"), Attributes={"RedrivePolicy": ""})
+    assert sqs("ListDeadLetterSourceQueues", QueueUrl=sqs.url("dlq")) == {"queueUrls": []}
+
+
+def test_redrive_allow_policy(sqs: Harness) -> None:
+    deny = json.dumps({"redrivePermission": "denyAll"})
+    sqs("CreateQueue", QueueName="dlq", Attributes={"RedriveAllowPolicy": deny})
+    with pytest.raises(SqsError):
+        sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq")})
+    by_queue = json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [ARN + "src"]})
+    sqs("SetQueueAttributes", QueueUrl=sqs.url("dlq"), Attributes={"RedriveAllowPolicy": by_queue})
+    sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq")})
+    with pytest.raises(SqsError):
+        sqs("CreateQueue", QueueName="other", Attributes={"RedrivePolicy": redrive("dlq")})
+    for bad in (
+        '{"redrivePermission": "byQueue"}',
+        '{"redrivePermission": "maybe"}',
+        json.dumps(
+            {"redrivePermission": "byQueue", "sourceQueueArns": [ARN + f"q{i}" for i in range(11)]}
+        ),
+    ):
+        with pytest.raises(SqsError) as exc:
+            sqs(
+                "SetQueueAttributes",
+                QueueUrl=sqs.url("dlq"),
+                Attributes={"RedriveAllowPolicy": bad},
+            )
+        assert code(exc) == "InvalidParameterValue"
+
+
+def test_messages_move_to_dlq_and_back_with_a_move_task(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="dlq")
+    sqs(
+        "CreateQueue",
+        QueueName="src",
+        Attributes={"RedrivePolicy": redrive("dlq", 1), "VisibilityTimeout": "1"},
+    )
+    for i in range(5):
+        sqs("SendMessage", QueueUrl=sqs.url("src"), MessageBody=f"m{i}")
+    for _ in range(2):
+        sqs("ReceiveMessage", QueueUrl=sqs.url("src"), MaxNumberOfMessages=10)
+        sqs.now_ms += 1_000
+    got = sqs(
+        "ReceiveMessage",
+        QueueUrl=sqs.url("dlq"),
+        MaxNumberOfMessages=10,
+        AttributeNames=["All"],
+        VisibilityTimeout=0,
+    )
+    assert len(got["Messages"]) == 5
+    assert {m["Attributes"]["DeadLetterQueueSourceArn"] for m in got["Messages"]} == {ARN + "src"}
+
+    with pytest.raises(SqsError) as exc:
+        sqs("StartMessageMoveTask", SourceArn=ARN + "src")
+    assert code(exc) == "InvalidParameterValue"
+    with pytest.raises(SqsError) as exc:
+        sqs("StartMessageMoveTask", SourceArn=ARN + "missing")
+    assert code(exc) == "ResourceNotFoundException"
+
+    handle = sqs("StartMessageMoveTask", SourceArn=ARN + "dlq", MaxNumberOfMessagesPerSecond=2)[
+        "TaskHandle"
+    ]
+    with pytest.raises(SqsError):
+        sqs("StartMessageMoveTask", SourceArn=ARN + "dlq")
+    (task,) = sqs("ListMessageMoveTasks", SourceArn=ARN + "dlq")["Results"]
+    assert task["Status"] == "RUNNING" and task["TaskHandle"] == handle
+    assert task["ApproximateNumberOfMessagesToMove"] == 5
+    sqs.now_ms += 1_000
+    sqs.effects.extend(sqs.broker.tick(sqs.now_ms, sqs.entropy))
+    (task,) = sqs("ListMessageMoveTasks", SourceArn=ARN + "dlq")["Results"]
+    assert task["ApproximateNumberOfMessagesMoved"] == 2  # the rate limit holds
+    for _ in range(3):
+        sqs.now_ms += 1_000
+        sqs.effects.extend(sqs.broker.tick(sqs.now_ms, sqs.entropy))
+    (task,) = sqs("ListMessageMoveTasks", SourceArn=ARN + "dlq")["Results"]
+    assert task["Status"] == "COMPLETED" and "TaskHandle" not in task
+    assert task["ApproximateNumberOfMessagesMoved"] == 5
+    back = sqs("ReceiveMessage", QueueUrl=sqs.url("src"), MaxNumberOfMessages=10)
+    assert sorted(m["Body"] for m in back["Messages"]) == [f"m{i}" for i in range(5)]
+    with pytest.raises(SqsError) as exc:
+        sqs("CancelMessageMoveTask", TaskHandle=handle)
+    with pytest.raises(SqsError) as exc:
+        sqs("CancelMessageMoveTask", TaskHandle="nope")
+    assert code(exc) == "ResourceNotFoundException"
+
+
+def test_cancel_move_task(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="dlq")
+    sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq", 1)})
+    sqs("CreateQueue", QueueName="dest")
+    sqs("SendMessage", QueueUrl=sqs.url("dlq"), MessageBody="x")
+    handle = sqs(
+        "StartMessageMoveTask",
+        SourceArn=ARN + "dlq",
+        DestinationArn=ARN + "dest",
+        MaxNumberOfMessagesPerSecond=1,
+    )["TaskHandle"]
+    assert sqs("CancelMessageMoveTask", TaskHandle=handle) == {
+        "ApproximateNumberOfMessagesMoved": 0
+    }
+    (task,) = sqs("ListMessageMoveTasks", SourceArn=ARN + "dlq", MaxResults=10)["Results"]
+    assert task["Status"] == "CANCELLED"
+    assert task["DestinationArn"] == ARN + "dest"
+
+
+def test_replaying_effects_rebuilds_the_same_broker(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="dlq")
+    sqs("CreateQueue", QueueName="q", Attributes={"RedrivePolicy": redrive("dlq")}, tags={"t": "v"})
+    sqs("CreateQueue", QueueName="gone")
+    sqs("DeleteQueue", QueueUrl=sqs.url("gone"))
+    for i in range(3):
+        sqs("SendMessage", QueueUrl=sqs.url("q"), MessageBody=f"m{i}")
+    received = sqs("ReceiveMessage", QueueUrl=sqs.url("q"), MaxNumberOfMessages=1)
+    sqs(
+        "DeleteMessage",
+        QueueUrl=sqs.url("q"),
+        ReceiptHandle=received["Messages"][0]["ReceiptHandle"],
+    )
+    fresh = sqs.replayed()
+    for name in ("q", "dlq"):
+        for action in ("GetQueueAttributes", "ListQueueTags"):
+            params = {"QueueUrl": sqs.url(name), "AttributeNames": ["All"]}
+            a = sqs.broker.execute(action, params, sqs.now_ms, sqs.entropy, INFO).response
+            b = fresh.execute(action, params, sqs.now_ms, sqs.entropy, INFO).response
+            assert a == b
+    assert fresh.queue_names() == sqs.broker.queue_names() == ["dlq", "q"]
+    with pytest.raises(SqsError):
+        fresh.execute("CreateQueue", {"QueueName": "gone"}, sqs.now_ms, sqs.entropy, INFO)
+
+
+def test_unknown_action_and_bad_params(sqs: Harness) -> None:
+    with pytest.raises(SqsError) as exc:
+        sqs("Explode")
+    assert exc.value.shape == "InvalidAction"
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue")
+    assert code(exc) == "MissingParameter"
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName=["x"])
+    assert code(exc) == "InvalidParameterValue"
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q", Attributes={"VisibilityTimeout": 5})
+    assert code(exc) == "InvalidAttributeValue"
