@@ -79,8 +79,9 @@ INFLIGHT_MESSAGES_MAX = 120_000
 # 300 TPS is 90,000; a client inventing a fresh id per call cannot grow memory beyond.
 ATTEMPTS_MAX = 100_000
 # Sequence numbers start at now_ms * this, so they keep increasing across restarts
-# without a persisted counter (10^7 sends per ms of headroom; ~20 decimal digits).
-_SEQUENCE_PER_MS = 10_000_000
+# without a persisted counter: 10^6 sends per ms of headroom, 19 decimal digits, and
+# below 2^63 until the year 2262, so every store (SQLite INTEGER) holds it exactly.
+_SEQUENCE_PER_MS = 1_000_000
 
 _READY, _DELAYED, _INFLIGHT = 0, 1, 2
 # Lazily deleted heap entries are compacted once stale ones outnumber live ones by

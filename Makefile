@@ -1,0 +1,56 @@
+# Ferry build tooling. Needs only GNU make and Python 3.11 on a fresh machine.
+# Everything installs into ./.venv; nothing touches the system Python.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The last botocore whose SQS model speaks the Query protocol (DESIGN.md §4): a boto3
+# client loading this model first speaks Query, so the suite can exercise both wire
+# protocols with one SDK.
+QUERY_BOTOCORE := botocore==1.34.89
+QUERY_MODEL := $(VENV)/query-data/sqs/2012-11-05/service-2.json
+
+.PHONY: all venv serve query-model test test-e2e lint typecheck check clean
+
+all: check
+
+venv: $(STAMP)
+
+# Re-installs whenever pyproject.toml changes (dependencies or entry points).
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -e '.[test]'
+	touch $@
+
+query-model: $(QUERY_MODEL)
+
+$(QUERY_MODEL): $(STAMP)
+	rm -rf $(VENV)/query-model
+	$(VPY) -m pip install --no-deps --target $(VENV)/query-model $(QUERY_BOTOCORE)
+	mkdir -p $(dir $@)
+	$(VPY) -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+		$(VENV)/query-model/botocore/data/sqs/2012-11-05/service-2.json.gz $@.tmp
+	mv $@.tmp $@
+
+serve: $(STAMP)
+	$(VENV)/bin/ferrymq serve --host 127.0.0.1 --port 9324 --data-dir ./ferrymq-data
+
+test: $(STAMP) $(QUERY_MODEL)
+	$(VPY) -m pytest -q
+
+test-e2e: $(STAMP) $(QUERY_MODEL)
+	$(VPY) -m pytest -q tests/e2e
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy src
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) build ferrymq-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

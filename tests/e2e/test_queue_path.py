@@ -1,0 +1,111 @@
+"""End-to-end: requests addressed to the queue URL path (/<account>/<name>), raw HTTP.
+
+Old SDKs send Query to the queue path, the PHP SDK sends JSON there; an explicit
+QueueUrl parameter overrides the path.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import urllib.parse
+from typing import Any
+
+from ._harness import ServerProcess, receive_until
+
+ACCOUNT = "000000000000"
+
+
+def raw(server: ServerProcess, method: str, path: str, body: bytes = b"",
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def json_call(server: ServerProcess, path: str, action: str,
+              params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    status, _, body = raw(server, "POST", path, json.dumps(params).encode(), {
+        "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": f"AmazonSQS.{action}",
+    })
+    return status, json.loads(body) if body else {}
+
+
+def query_call(server: ServerProcess, method: str, path: str,
+               params: dict[str, str]) -> tuple[int, str]:
+    form = urllib.parse.urlencode({"Version": "2012-11-05", **params})
+    if method == "GET":
+        status, _, body = raw(server, "GET", f"{path}?{form}")
+    else:
+        status, _, body = raw(server, "POST", path, form.encode(), {
+            "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    return status, body.decode()
+
+
+def test_json_to_queue_path(sqs: Any, server: ServerProcess, queue_name: str) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    status, body = json_call(server, f"/{ACCOUNT}/{queue_name}", "SendMessage",
+                             {"MessageBody": "via json path"})
+    assert status == 200, body
+    assert body["MD5OfMessageBody"]
+    assert [m["Body"] for m in receive_until(sqs, url, 1)] == ["via json path"]
+
+
+def test_query_post_to_queue_path(sqs: Any, server: ServerProcess, queue_name: str) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    status, text = query_call(server, "POST", f"/{ACCOUNT}/{queue_name}",
+                              {"Action": "SendMessage", "MessageBody": "via query path"})
+    assert status == 200, text
+    assert "<SendMessageResponse" in text and "<MessageId>" in text
+    assert [m["Body"] for m in receive_until(sqs, url, 1)] == ["via query path"]
+
+
+def test_query_get_with_query_string(sqs: Any, server: ServerProcess, queue_name: str) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    status, text = query_call(server, "GET", f"/{ACCOUNT}/{queue_name}",
+                              {"Action": "SendMessage", "MessageBody": "via GET"})
+    assert status == 200, text
+    assert [m["Body"] for m in receive_until(sqs, url, 1)] == ["via GET"]
+
+    status, text = query_call(server, "GET", "/", {"Action": "GetQueueUrl",
+                                                   "QueueName": queue_name})
+    assert status == 200, text
+    found = re.search(r"<QueueUrl>([^<]+)</QueueUrl>", text)
+    assert found is not None and found.group(1).endswith(f"/{ACCOUNT}/{queue_name}")
+
+
+def test_query_queue_url_overrides_path(sqs: Any, server: ServerProcess,
+                                        queue_name: str) -> None:
+    decoy = sqs.create_queue(QueueName=queue_name + "-decoy")["QueueUrl"]
+    target = sqs.create_queue(QueueName=queue_name + "-target")["QueueUrl"]
+    status, text = query_call(server, "POST", f"/{ACCOUNT}/{queue_name}-decoy",
+                              {"Action": "SendMessage", "QueueUrl": target,
+                               "MessageBody": "explicit wins"})
+    assert status == 200, text
+    assert [m["Body"] for m in receive_until(sqs, target, 1)] == ["explicit wins"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=decoy, WaitTimeSeconds=1)
+
+    status, body = json_call(server, f"/{ACCOUNT}/{queue_name}-decoy", "SendMessage",
+                             {"QueueUrl": target, "MessageBody": "json explicit wins"})
+    assert status == 200, body
+    assert [m["Body"] for m in receive_until(sqs, target, 1)] == ["json explicit wins"]
+    assert "Messages" not in sqs.receive_message(QueueUrl=decoy, WaitTimeSeconds=1)
+
+
+def test_unknown_queue_path(server: ServerProcess, queue_name: str) -> None:
+    status, body = json_call(server, f"/{ACCOUNT}/{queue_name}-nope", "SendMessage",
+                             {"MessageBody": "x"})
+    assert status == 400
+    assert body["__type"].endswith("QueueDoesNotExist")
+
+
+def test_get_without_action_is_404(server: ServerProcess) -> None:
+    status, _, body = raw(server, "GET", "/")
+    assert status == 404
+    assert b"UnknownOperationException" in body
