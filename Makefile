@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 QUERY_BOTOCORE := botocore==1.34.89
 QUERY_MODEL := $(VENV)/query-data/sqs/2012-11-05/service-2.json
 
-.PHONY: all venv serve query-model test test-e2e lint typecheck check clean
+.PHONY: all venv serve query-model test test-e2e lint typecheck check clean bench
 
 all: check
 
@@ -54,3 +54,13 @@ clean:
 	rm -rf $(VENV) build ferrymq-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+# Side-by-side benchmark against peers (installed by the bench into .bench/, never
+# into .venv). See docs/benchmarks.md.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(VPY) -m pip install -e '.[test,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(VPY) -m ferrymq bench $(BENCH_ARGS)

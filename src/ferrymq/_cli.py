@@ -49,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
                        "memory: nothing survives a restart (tests and experiments only)")
     serve.add_argument("--log-level", default="warning",
                        choices=["debug", "info", "warning", "error"])
+    bench = commands.add_parser(
+        "bench", help="benchmark Ferry against peer servers, side by side",
+        description="Start Ferry and peer SQS servers on loopback, drive each with the same "
+        "workloads, and report throughput, latency and server CPU per message.",
+    )
+    from ferrymq._bench import add_arguments
+
+    add_arguments(bench)
     return parser
 
 
@@ -58,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "bench":
+        from ferrymq._bench import run
+
+        return run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

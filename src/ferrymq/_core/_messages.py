@@ -103,7 +103,8 @@ def validate_body(body: object) -> str:
         raise invalid_parameter(
             "Value for parameter MessageBody is invalid. Reason: must be a string."
         )
-    if _INVALID_CHARS.search(body) is not None:
+    # Printable ASCII is the common case and is checked in C without the regex.
+    if not (body.isascii() and body.isprintable()) and _INVALID_CHARS.search(body) is not None:
         raise SqsError("InvalidMessageContents", _INVALID_CONTENTS)
     return body
 

@@ -1,0 +1,101 @@
+"""``ferrymq bench``: Ferry and its peers, side by side, under the same load.
+
+This module only holds the two hooks the CLI calls: the options and the entry point.
+The orchestration is in ``_runner``, the servers in ``_servers``, the load generator
+in ``_loadgen``, the output in ``_report`` and the pure helpers in ``_stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the bench options to the ``ferrymq bench`` sub-parser."""
+    from ferrymq._bench._runner import PEERS, WORKLOADS
+
+    parser.add_argument("--peers", type=_csv, default=list(PEERS),
+                        help="comma-separated servers to run, in order "
+                        f"(default: {','.join(PEERS)})")
+    parser.add_argument("--workloads", type=_csv, default=list(WORKLOADS),
+                        help=f"comma-separated workloads (default: all: {','.join(WORKLOADS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help="short windows, 1 repeat, small prefill and deep queue: a smoke "
+                        "run in about a minute per server, not numbers to publish")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="measured window per run in seconds (default: 5; --quick: 1)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="warm-up before each window in seconds (default: 1; --quick: 0.3)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="runs per workload; the median is reported (default: 3; "
+                        "--quick: 1)")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="connections for throughput workloads (default: %(default)s)")
+    parser.add_argument("--drain-depth", type=int, default=None,
+                        help="messages to prefill for the drain workload (default: 100000; "
+                        "--quick: 5000)")
+    parser.add_argument("--prefill-budget", type=float, default=None,
+                        help="seconds a prefill may take before the run uses whatever depth "
+                        "it reached (default: 30; --quick: 5)")
+    parser.add_argument("--deep-depth", type=int, default=None,
+                        help="messages in the deep queue (default: 1000000; --quick: 20000)")
+    parser.add_argument("--deep-budget", type=float, default=None,
+                        help="seconds the deep fill may take (default: 600; --quick: 30)")
+    parser.add_argument("--bench-dir", type=Path, default=Path(".bench"),
+                        help="peer venvs, server data (real disk, not tmpfs) and logs "
+                        "(default: %(default)s)")
+    parser.add_argument("--results-dir", type=Path, default=None,
+                        help="where <timestamp>.json and latest.json go "
+                        "(default: <bench-dir>/results)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.png"),
+                        help="the PNG chart (default: %(default)s)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ferrymq._bench._runner import PEERS, WORKLOADS, Settings, run_bench
+
+    unknown = [p for p in args.peers if p not in PEERS]
+    unknown += [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        print(f"ferrymq bench: unknown peer/workload: {', '.join(unknown)} (peers: "
+              f"{', '.join(PEERS)}; workloads: {', '.join(WORKLOADS)})", file=sys.stderr)
+        return 2
+    quick = args.quick
+
+    def pick(value: float | int | None, full: float | int, fast: float | int) -> float:
+        return float(value if value is not None else (fast if quick else full))
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    server_cpu, loadgen_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+    settings = Settings(
+        duration_s=pick(args.duration, 5.0, 1.0),
+        warmup_s=pick(args.warmup, 1.0, 0.3),
+        repeat=max(1, int(pick(args.repeat, 3, 1))),
+        conns=max(1, args.connections),
+        big_conns=max(1, args.connections // 4),
+        paced_rate=50,
+        drain_depth=int(pick(args.drain_depth, 100_000, 5_000)),
+        prefill_budget_s=pick(args.prefill_budget, 30.0, 5.0),
+        deep_depth=int(pick(args.deep_depth, 1_000_000, 20_000)),
+        deep_budget_s=pick(args.deep_budget, 600.0, 30.0),
+        server_cpu=server_cpu,
+        loadgen_cpu=loadgen_cpu,
+    )
+    bench_dir = args.bench_dir.resolve()
+    command = "ferrymq bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
+                                            else sys.argv[1:])
+    return run_bench(args.peers, args.workloads, settings, bench_dir=bench_dir,
+                     results_dir=(args.results_dir or bench_dir / "results").resolve(),
+                     chart_path=args.out, command=command)
