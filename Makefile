@@ -55,8 +55,12 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +
 
-# Side-by-side benchmark against peers (installed by the bench into .bench/, never
-# into .venv). See docs/benchmarks.md.
+# Side-by-side benchmark against peers (installed by the bench into .bench/venvs/<peer>,
+# never into .venv). Knobs: `ferrymq bench --help`, passed as BENCH_ARGS, e.g.
+#   make bench BENCH_ARGS='--peers ferry,moto --workloads send,batch --repeat 1'
+# The full default run takes ~20 minutes; bench-quick is a ~2-minute smoke run.
+# See docs/benchmarks.md.
+.PHONY: bench-quick
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(VPY) -m pip install -e '.[test,bench]'
@@ -64,3 +68,6 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(VPY) -m ferrymq bench $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(VPY) -m ferrymq bench --quick --out .bench/results/quick.png $(BENCH_ARGS)

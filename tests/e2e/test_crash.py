@@ -92,12 +92,20 @@ def test_kill9_keeps_acknowledged_state(tmp_path: Path, protocol: str) -> None:
                              VisibilityTimeout=300):
                 sqs.delete_message(QueueUrl=std, ReceiptHandle=m["ReceiptHandle"])
                 deleted.add(m["Body"])
-        # Acknowledged in-flight receives with a short deadline.
+        # Acknowledged in-flight receives with a short deadline: two set by the
+        # receive itself, one received for 300 s and then shortened by an acknowledged
+        # ChangeMessageVisibility (so the visibility change must survive too).
         in_flight: set[str] = set()
-        while len(in_flight) < 3:
-            batch = receive(sqs, std, MaxNumberOfMessages=3 - len(in_flight),
+        while len(in_flight) < 2:
+            batch = receive(sqs, std, MaxNumberOfMessages=2 - len(in_flight),
                             VisibilityTimeout=IN_FLIGHT_VISIBILITY_S)
             in_flight.update(m["Body"] for m in batch)
+        changed = wait_until(lambda: receive(sqs, std, MaxNumberOfMessages=1,
+                                             VisibilityTimeout=300),
+                             timeout_s=10, what="a message to shorten")[0]
+        sqs.change_message_visibility(QueueUrl=std, ReceiptHandle=changed["ReceiptHandle"],
+                                      VisibilityTimeout=IN_FLIGHT_VISIBILITY_S)
+        in_flight.add(changed["Body"])
         visible_at = time.monotonic() + IN_FLIGHT_VISIBILITY_S
 
         senders = [Sender(make_client(proc.url, protocol), i, std, fifo)

@@ -469,19 +469,24 @@ class Broker:
         queue = self._resolve(params, now_ms).messages
         return queue, queue.expire(now_ms)
 
+    def _send(
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo,
+        batch: bool,
+    ) -> Outcome:
+        queue, effects = self._message_queue(params, now_ms)
+        send = queue.send_message_batch if batch else queue.send_message
+        response, more = send(params, now_ms, entropy, info.sender_id)
+        return Outcome(response, effects + more, queue=queue.name)
+
     def _send_message(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        queue, effects = self._message_queue(params, now_ms)
-        response, more = queue.send_message(params, now_ms, entropy, info.sender_id)
-        return Outcome(response, effects + more, queue=queue.name)
+        return self._send(params, now_ms, entropy, info, batch=False)
 
     def _send_message_batch(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        queue, effects = self._message_queue(params, now_ms)
-        response, more = queue.send_message_batch(params, now_ms, entropy, info.sender_id)
-        return Outcome(response, effects + more, queue=queue.name)
+        return self._send(params, now_ms, entropy, info, batch=True)
 
     def _receive_message(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
@@ -495,33 +500,35 @@ class Broker:
         response, more, wait_ms = queue.receive_message(params, now_ms, entropy, dlq)
         return Outcome(response, effects + more, wait_ms=wait_ms, queue=queue.name)
 
+    def _on_handles(
+        self, params: dict[str, Any], now_ms: int,
+        method: Callable[[MessageQueue, dict[str, Any], int],
+                         tuple[dict[str, Any], list[Effect]]],
+    ) -> Outcome:
+        """Delete or change visibility by receipt handle (single or batch)."""
+        queue, effects = self._message_queue(params, now_ms)
+        response, more = method(queue, params, now_ms)
+        return Outcome(response, effects + more, queue=queue.name)
+
     def _delete_message(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        queue, effects = self._message_queue(params, now_ms)
-        response, more = queue.delete_message(params, now_ms)
-        return Outcome(response, effects + more)
+        return self._on_handles(params, now_ms, MessageQueue.delete_message)
 
     def _delete_message_batch(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        queue, effects = self._message_queue(params, now_ms)
-        response, more = queue.delete_message_batch(params, now_ms)
-        return Outcome(response, effects + more)
+        return self._on_handles(params, now_ms, MessageQueue.delete_message_batch)
 
     def _change_visibility(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        queue, effects = self._message_queue(params, now_ms)
-        response, more = queue.change_message_visibility(params, now_ms)
-        return Outcome(response, effects + more, queue=queue.name)
+        return self._on_handles(params, now_ms, MessageQueue.change_message_visibility)
 
     def _change_visibility_batch(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        queue, effects = self._message_queue(params, now_ms)
-        response, more = queue.change_message_visibility_batch(params, now_ms)
-        return Outcome(response, effects + more, queue=queue.name)
+        return self._on_handles(params, now_ms, MessageQueue.change_message_visibility_batch)
 
     # ---- tags and permissions ---------------------------------------------
 
