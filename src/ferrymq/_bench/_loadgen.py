@@ -1,0 +1,427 @@
+"""The load generator: a separate process that drives one server over raw HTTP/1.1.
+
+What belongs here: the asyncio client (one keep-alive connection per worker, requests
+pre-built as bytes, responses parsed by httptools), the worker loops for each role
+(send, batch send, receive+delete, paced send) and the measured window with its
+server-CPU and RSS readings. It runs as ``python -m ferrymq._bench._loadgen``: a JSON
+spec on stdin, one JSON result on stdout, so the orchestrator can pin it to its own
+core with ``taskset`` and the server never competes with it for the interpreter.
+
+Nothing here knows about peers or workloads by name; the orchestrator composes phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httptools
+import orjson
+
+from ferrymq._bench._stats import percentile, session_cpu_ns, session_pids, session_rss_bytes
+
+__all__ = ["AUTHORIZATION", "Connection", "batch_failed", "build_request", "main", "run_spec"]
+
+# Peers accept any signature; Ferry does not verify SigV4 yet. A fixed header keeps
+# every request byte-identical so it can be built once.
+AUTHORIZATION = ("AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/sqs/aws4_request, "
+                 "SignedHeaders=host, Signature=0")
+# Error responses kept verbatim for the report; more would only repeat the same fault.
+ERROR_SAMPLES_MAX = 5
+# A connection that cannot be (re)opened this many times in a row ends its worker
+# instead of spinning against a dead server.
+RECONNECT_ATTEMPTS_MAX = 20
+
+
+def build_request(host: str, port: int, action: str, payload: bytes) -> bytes:
+    """One complete AWS JSON 1.0 request as bytes, ready to write to a socket."""
+    head = (
+        f"POST / HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Content-Type: application/x-amz-json-1.0\r\n"
+        f"X-Amz-Target: AmazonSQS.{action}\r\n"
+        f"Authorization: {AUTHORIZATION}\r\n"
+        "X-Amz-Date: 20260101T000000Z\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode("ascii") + payload
+
+
+def batch_failed(body: bytes) -> bool:
+    """Whether a batch response reports failed entries (peers send ``"Failed": []``)."""
+    if b'"Failed"' not in body:  # the common case costs one substring search
+        return False
+    return bool(orjson.loads(body).get("Failed"))
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection with at most one request outstanding."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self._body_parts: list[bytes] = []
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        loop = asyncio.get_running_loop()
+        _transport, protocol = await loop.create_connection(cls, host, port)
+        return protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"malformed HTTP response: {exc}"))
+            self.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        body = b"".join(self._body_parts)
+        self._body_parts.clear()
+        if not self._parser.should_keep_alive():
+            # moto answers "Connection: close" and then never reads again: the next
+            # request must go on a new connection, or it waits forever.
+            self.close()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._fail(ConnectionError(f"connection closed: {exc}"))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self._transport is None:
+            raise ConnectionError("connection is closed")
+        assert self._waiter is None, "one request at a time per connection"
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._transport.write(data)
+        try:
+            return await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+@dataclass
+class _Window:
+    """Shared state of one measured window: which completions count, and the tallies."""
+
+    start_ns: int = 0
+    end_ns: int = 0
+    measuring: bool = False
+    stopping: bool = False
+    latencies_ns: list[int] = field(default_factory=list)
+    sent: int = 0
+    consumed: int = 0
+    requests: int = 0
+    errors: int = 0
+    empty_receives: int = 0
+    last_completion_ns: int = 0
+    error_samples: list[str] = field(default_factory=list)
+
+    def counts(self, started_ns: int, finished_ns: int) -> bool:
+        # Completions inside the window count, wherever they started: a server whose
+        # requests take longer than the window (moto at 64 connections) still shows
+        # its rate instead of zero.
+        del started_ns
+        return self.measuring and self.start_ns <= finished_ns <= self.end_ns
+
+    def error(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < ERROR_SAMPLES_MAX:
+            self.error_samples.append(what)
+
+
+class _Worker:
+    """One connection and the loop of one role over it."""
+
+    def __init__(self, spec: dict[str, Any], host: str, port: int, window: _Window,
+                 index: int) -> None:
+        self.spec = spec
+        self.host = host
+        self.port = port
+        self.window = window
+        self.index = index
+        self.conn: Connection | None = None
+        self.queue_url: str = spec["queue_url"]
+        body = "x" * int(spec.get("body_bytes", 1024))
+        self.role: str = spec["role"]
+        self.fifo_groups: int = int(spec.get("fifo_groups", 0))
+        self.serial = 0
+        if self.role in ("send", "paced"):
+            self.fixed = build_request(host, port, "SendMessage", orjson.dumps(
+                {"QueueUrl": self.queue_url, "MessageBody": body}))
+        elif self.role == "batch":
+            self.body = body
+            self.fixed = build_request(host, port, "SendMessageBatch", orjson.dumps({
+                "QueueUrl": self.queue_url,
+                "Entries": [{"Id": str(i), "MessageBody": body} for i in range(10)],
+            }))
+        elif self.role == "consume":
+            self.fixed = build_request(host, port, "ReceiveMessage", orjson.dumps({
+                "QueueUrl": self.queue_url, "MaxNumberOfMessages": 10,
+                "WaitTimeSeconds": int(spec.get("wait_s", 0)),
+            }))
+        else:
+            raise ValueError(f"unknown worker role {self.role!r}")
+
+    async def _connection(self) -> Connection:
+        if self.conn is not None and self.conn.is_open:
+            return self.conn
+        for _attempt in range(RECONNECT_ATTEMPTS_MAX):
+            try:
+                self.conn = await Connection.open(self.host, self.port)
+                return self.conn
+            except OSError as exc:
+                self.window.error(f"connect: {exc}")
+                await asyncio.sleep(0.05)
+        raise ConnectionError("cannot reconnect to the server")
+
+    async def _call(self, data: bytes) -> tuple[int, bytes, int, int]:
+        # Started before (re)connecting: a server that closes after every response
+        # (moto) pays its TCP handshakes in its latency, as its clients would.
+        started = time.perf_counter_ns()
+        conn = await self._connection()
+        try:
+            status, body = await conn.request(data)
+        except ConnectionError as exc:
+            self.window.error(str(exc))
+            conn.close()
+            return 0, b"", started, time.perf_counter_ns()
+        return status, body, started, time.perf_counter_ns()
+
+    def _fifo_batch(self) -> bytes:
+        entries = []
+        for i in range(10):
+            self.serial += 1
+            entries.append({
+                "Id": str(i), "MessageBody": self.body,
+                "MessageGroupId": f"g{(self.index * 7919 + self.serial) % self.fifo_groups}",
+                "MessageDeduplicationId": f"w{self.index}-{self.serial}",
+            })
+        return build_request(self.host, self.port, "SendMessageBatch", orjson.dumps(
+            {"QueueUrl": self.queue_url, "Entries": entries}))
+
+    async def run(self, budget: list[int] | None = None) -> None:
+        """Loop until the window stops; ``budget`` (a one-cell counter) caps messages sent."""
+        window = self.window
+        period_ns = 0
+        if self.role == "paced":
+            period_ns = int(1e9 / float(self.spec["rate_per_s"]))
+        next_ns = time.perf_counter_ns()
+        try:
+            while not window.stopping:
+                if budget is not None:
+                    if budget[0] <= 0:
+                        return
+                    budget[0] -= 10 if self.role == "batch" else 1
+                if self.role == "consume":
+                    if not await self._consume_once():
+                        return
+                    continue
+                if period_ns:
+                    next_ns += period_ns
+                    delay_ns = next_ns - time.perf_counter_ns()
+                    if delay_ns > 0:
+                        await asyncio.sleep(delay_ns / 1e9)
+                data = self._fifo_batch() if self.fifo_groups else self.fixed
+                status, body, started, finished = await self._call(data)
+                if status != 200:
+                    if status:
+                        window.error(f"{status} {body[:300]!r}")
+                    if budget is not None:
+                        budget[0] += 10 if self.role == "batch" else 1
+                    continue
+                if self.role == "batch" and batch_failed(body):
+                    window.error(f"batch entries failed: {body[:300]!r}")
+                    continue
+                if window.counts(started, finished) or budget is not None:
+                    window.latencies_ns.append(finished - started)
+                    window.sent += 10 if self.role == "batch" else 1
+                    window.requests += 1
+                    window.last_completion_ns = finished
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    async def _consume_once(self) -> bool:
+        """One receive (+ delete batch); False once the queue is drained and that ends us."""
+        window = self.window
+        status, body, started, finished = await self._call(self.fixed)
+        if status != 200:
+            if status:
+                window.error(f"{status} {body[:300]!r}")
+            return True
+        counted = window.counts(started, finished)
+        if counted:
+            window.latencies_ns.append(finished - started)
+            window.requests += 1
+        messages = orjson.loads(body).get("Messages") or []
+        if not messages:
+            window.empty_receives += 1
+            return not self.spec.get("stop_when_empty", False)
+        delete = build_request(self.host, self.port, "DeleteMessageBatch", orjson.dumps({
+            "QueueUrl": self.queue_url,
+            "Entries": [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(messages)],
+        }))
+        status, body, started, finished = await self._call(delete)
+        if status != 200 or batch_failed(body):
+            if status:
+                window.error(f"delete {status} {body[:300]!r}")
+            return True
+        if window.counts(started, finished):
+            window.latencies_ns.append(finished - started)
+            window.requests += 1
+            window.consumed += len(messages)
+            window.last_completion_ns = finished
+        return True
+
+
+async def _prefill(spec: dict[str, Any], host: str, port: int) -> dict[str, Any]:
+    """Fill a queue with batch sends until ``count`` messages or ``budget_s`` runs out."""
+    window = _Window(measuring=False)
+    budget = [int(spec["count"])]
+    workers = [_Worker({"role": "batch", "queue_url": spec["queue_url"],
+                        "body_bytes": spec.get("body_bytes", 1024)}, host, port, window, i)
+               for i in range(int(spec.get("conns", 32)))]
+    started = time.perf_counter()
+    tasks = [asyncio.ensure_future(w.run(budget)) for w in workers]
+    _done, pending = await asyncio.wait(tasks, timeout=float(spec["budget_s"]))
+    window.stopping = True
+    if pending:
+        await asyncio.wait(pending, timeout=30.0)
+        for task in pending:
+            task.cancel()
+    for worker in workers:
+        if worker.conn is not None:
+            worker.conn.close()
+    return {"kind": "prefill", "sent": window.sent, "errors": window.errors,
+            "elapsed_s": time.perf_counter() - started, "error_samples": window.error_samples}
+
+
+def _rusage_cpu_ns() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int((usage.ru_utime + usage.ru_stime) * 1e9)
+
+
+async def _load(spec: dict[str, Any], host: str, port: int, server_pid: int) -> dict[str, Any]:
+    """Run workers through a warm-up and one measured window; report what the window saw."""
+    window = _Window()
+    workers: list[_Worker] = []
+    for group in spec["workers"]:
+        for _ in range(int(group["conns"])):
+            workers.append(_Worker(group, host, port, window, len(workers)))
+    tasks = [asyncio.ensure_future(w.run()) for w in workers]
+    await asyncio.sleep(float(spec.get("warmup_s", 0.0)))
+    pids_start = session_pids(server_pid)
+    rss_before = session_rss_bytes(pids_start)
+    server_cpu_start = session_cpu_ns(pids_start)
+    own_cpu_start = _rusage_cpu_ns()
+    window.start_ns = time.perf_counter_ns()
+    window.end_ns = window.start_ns + int(float(spec["duration_s"]) * 1e9)
+    window.measuring = True
+    live = [t for t in tasks if not t.done()]
+    if live:
+        await asyncio.wait(live, timeout=float(spec["duration_s"]))
+    now_ns = time.perf_counter_ns()
+    all_done = all(t.done() for t in tasks)
+    pids_end = sorted(set(pids_start) | set(session_pids(server_pid)))
+    server_cpu_ns = session_cpu_ns(pids_end) - server_cpu_start
+    own_cpu_ns = _rusage_cpu_ns() - own_cpu_start
+    rss_after = session_rss_bytes(pids_end)
+    window.stopping = True
+    window.measuring = False
+    # A drain that ran dry ends at its last delete; otherwise the window is the whole span.
+    end_ns = window.last_completion_ns if all_done and window.last_completion_ns else min(
+        now_ns, window.end_ns)
+    elapsed_s = max(1e-9, (end_ns - window.start_ns) / 1e9)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            window.error(f"worker crashed: {task.exception()!r}")
+    latencies = sorted(window.latencies_ns)
+    messages = window.consumed if spec.get("count") == "consumed" else window.sent
+    return {
+        "kind": "load",
+        "messages": messages,
+        "sent": window.sent,
+        "consumed": window.consumed,
+        "requests": window.requests,
+        "errors": window.errors,
+        "empty_receives": window.empty_receives,
+        "elapsed_s": elapsed_s,
+        "msgs_per_s": messages / elapsed_s,
+        "p50_ms": percentile(latencies, 0.50) / 1e6 if latencies else None,
+        "p99_ms": percentile(latencies, 0.99) / 1e6 if latencies else None,
+        "server_cpu_s": server_cpu_ns / 1e9,
+        "server_cpu_pct": 100.0 * server_cpu_ns / 1e9 / elapsed_s,
+        "server_cpu_us_per_msg": server_cpu_ns / 1e3 / messages if messages else None,
+        "loadgen_cpu_pct": 100.0 * own_cpu_ns / 1e9 / elapsed_s,
+        "rss_before_bytes": rss_before,
+        "rss_after_bytes": rss_after,
+        "error_samples": window.error_samples,
+    }
+
+
+async def run_spec(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run every phase of ``spec`` in order; one result per phase."""
+    host, port, server_pid = spec["host"], int(spec["port"]), int(spec["server_pid"])
+    results: list[dict[str, Any]] = []
+    for phase in spec["phases"]:
+        if phase["kind"] == "prefill":
+            results.append(await _prefill(phase, host, port))
+        elif phase["kind"] == "load":
+            results.append(await _load(phase, host, port, server_pid))
+        elif phase["kind"] == "rss":
+            results.append({"kind": "rss",
+                            "rss_bytes": session_rss_bytes(session_pids(server_pid))})
+        else:
+            raise ValueError(f"unknown phase kind {phase['kind']!r}")
+    return results
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        results = asyncio.run(run_spec(spec))
+    else:
+        results = uvloop.run(run_spec(spec))
+    sys.stdout.write(json.dumps(results))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

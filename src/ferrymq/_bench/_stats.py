@@ -1,0 +1,158 @@
+"""Pure helpers of the bench: percentiles, medians, ratios, /proc parsing, table text.
+
+What belongs here: functions with no I/O beyond reading a /proc file whose path is
+given, so each is unit-testable on fixed inputs. Nothing here starts processes or
+opens sockets.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "CLOCK_TICKS_PER_S",
+    "cpu_ns_from_stat_line",
+    "format_table",
+    "median",
+    "parse_stat_line",
+    "percentile",
+    "ratio",
+    "rss_bytes_from_status",
+    "session_cpu_ns",
+    "session_pids",
+    "session_rss_bytes",
+]
+
+# /proc/<pid>/stat reports CPU time in clock ticks; the tick rate is fixed per boot.
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values (``fraction`` in [0, 1]).
+
+    Nearest rank, not interpolation: a reported p99 is a latency some request really
+    had. An empty sample has no percentile; NaN says so without raising mid-report.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be within [0, 1], got {fraction}")
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+def median(values: Sequence[float]) -> float:
+    """The median; for an even count, the lower middle value (a value that was measured)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return float(ordered[(len(ordered) - 1) // 2])
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``, or None when it has no meaning (zero, NaN, negative)."""
+    if (math.isnan(numerator) or math.isnan(denominator) or denominator <= 0
+            or numerator < 0):
+        return None
+    return numerator / denominator
+
+
+def parse_stat_line(line: str) -> tuple[int, int, int, int]:
+    """(pid, session id, utime ticks, stime ticks) from one /proc/<pid>/stat line.
+
+    The command name (field 2) is in parentheses and may itself hold spaces and ')',
+    so the fields are counted from the *last* ')'.
+    """
+    open_paren = line.index("(")
+    close_paren = line.rindex(")")
+    pid = int(line[:open_paren].strip())
+    rest = line[close_paren + 2:].split()
+    # rest[0] is field 3 (state); session is field 6, utime 14, stime 15.
+    session = int(rest[3])
+    utime_ticks = int(rest[11])
+    stime_ticks = int(rest[12])
+    return pid, session, utime_ticks, stime_ticks
+
+
+def cpu_ns_from_stat_line(line: str) -> int:
+    """User + system CPU time of one process, in nanoseconds, from its stat line."""
+    _pid, _session, utime_ticks, stime_ticks = parse_stat_line(line)
+    return (utime_ticks + stime_ticks) * 1_000_000_000 // CLOCK_TICKS_PER_S
+
+
+def rss_bytes_from_status(text: str) -> int:
+    """Resident set size in bytes from the text of /proc/<pid>/status (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            parts = line.split()
+            assert parts[2].lower() == "kb", "the kernel reports VmRSS in kB"
+            return int(parts[1]) * 1024
+    return 0
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def session_pids(root_pid: int, proc_dir: str = "/proc") -> list[int]:
+    """``root_pid`` plus every live process in its session.
+
+    Peer servers are started in a session of their own (LocalStack forks helpers), so
+    the session is exactly "the server and whatever it spawned".
+    """
+    line = _read(f"{proc_dir}/{root_pid}/stat")
+    if line is None:
+        return []
+    _pid, session, _u, _s = parse_stat_line(line)
+    if session != root_pid:
+        return [root_pid]
+    pids = [root_pid]
+    for entry in os.listdir(proc_dir):
+        if not entry.isdigit() or int(entry) == root_pid:
+            continue
+        other = _read(f"{proc_dir}/{entry}/stat")
+        if other is not None and parse_stat_line(other)[1] == session:
+            pids.append(int(entry))
+    return pids
+
+
+def session_cpu_ns(pids: Iterable[int], proc_dir: str = "/proc") -> int:
+    """Summed user + system CPU time of ``pids`` (processes that vanished count 0)."""
+    total_ns = 0
+    for pid in pids:
+        line = _read(f"{proc_dir}/{pid}/stat")
+        if line is not None:
+            total_ns += cpu_ns_from_stat_line(line)
+    return total_ns
+
+
+def session_rss_bytes(pids: Iterable[int], proc_dir: str = "/proc") -> int:
+    """Summed resident set size of ``pids`` in bytes."""
+    total = 0
+    for pid in pids:
+        text = _read(f"{proc_dir}/{pid}/status")
+        if text is not None:
+            total += rss_bytes_from_status(text)
+    return total
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: first column left-aligned, the rest right-aligned (numbers)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        assert len(row) == len(headers), "every row has one cell per header"
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [cells[0].ljust(widths[0])]
+        parts += [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
