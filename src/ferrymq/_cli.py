@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -14,6 +15,14 @@ from ferrymq import __version__
 __all__ = ["main"]
 
 log = logging.getLogger("ferrymq")
+
+# Cyclic-GC thresholds for the server process. Python's default (700, 10, 10) runs a
+# young collection every 700 allocations and a full one that walks every live object;
+# with a queue's messages all live, full collections caused 100+ ms pauses (p99) and
+# cost ~15 % of CPU on batched sends. Almost nothing Ferry allocates forms cycles
+# (reference counting frees it), so collect rarely. Measured with `ferrymq bench`:
+# batch p99 176 -> 52 ms, CPU per message 45 -> 37.5 µs.
+_GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +114,11 @@ async def _run(args: argparse.Namespace) -> int:
     service = QueueService(broker, store)
     replayed = service.restore()
     log.info("restored %d records from %s", replayed, path)
+    # Everything restored lives until deleted; freezing keeps the collector from
+    # walking it again and again (objects are still freed by reference counting).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
 
     stop = asyncio.Event()
     exit_code = 0
