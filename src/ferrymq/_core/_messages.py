@@ -238,7 +238,9 @@ def parse_system_attributes(raw: object) -> str | None:
 
 def message_size_bytes(body: str, attributes: Iterable[tuple[str, AttributeValue]]) -> int:
     """SQS's message size: UTF-8 body plus every attribute's name, type and value."""
-    size = len(body.encode("utf-8", "surrogatepass"))
+    # An ASCII string's length is its UTF-8 size; no need to encode a copy (this
+    # was 7 % of the CPU for 256 KiB bodies).
+    size = len(body) if body.isascii() else len(body.encode("utf-8", "surrogatepass"))
     for name, value in attributes:
         size += len(name.encode()) + len(value.data_type.encode())
         if value.binary_value is not None:

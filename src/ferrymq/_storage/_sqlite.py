@@ -291,14 +291,20 @@ def _write_run(cur: sqlite3.Cursor, kind: type, run: list[Any]) -> None:
     elif kind is MessageRemoved:
         cur.executemany(_SQL_MESSAGE_REMOVE, [(e.queue, e.message_id) for e in run])
     elif kind is DedupRecorded:
-        # Upsert then prune, one entry at a time: pruning for entry i must not drop
-        # entry j > i, which a batched prune after all upserts could do.
+        cur.executemany(
+            _SQL_DEDUP_UPSERT,
+            [(e.queue, e.key, e.message_id, e.sequence_number, e.expires_at_ms) for e in run],
+        )
+        # One prune per queue after the upserts, at the run's earliest cutoff: it drops
+        # only entries that every per-entry prune would drop, and never an entry of this
+        # run (each expires a full margin after its own cutoff). Two statements per FIFO
+        # send were a third of the writer's work on FIFO batches.
+        cutoffs: dict[str, int] = {}
         for e in run:
-            cur.execute(
-                _SQL_DEDUP_UPSERT,
-                (e.queue, e.key, e.message_id, e.sequence_number, e.expires_at_ms),
-            )
-            cur.execute(_SQL_DEDUP_PRUNE, (e.queue, e.expires_at_ms - DEDUP_PRUNE_MARGIN_MS))
+            cutoff_ms = e.expires_at_ms - DEDUP_PRUNE_MARGIN_MS
+            if cutoff_ms < cutoffs.get(e.queue, cutoff_ms + 1):
+                cutoffs[e.queue] = cutoff_ms
+        cur.executemany(_SQL_DEDUP_PRUNE, list(cutoffs.items()))
     elif kind is QueuePurged:
         for e in run:
             cur.execute(_SQL_QUEUE_MESSAGES_DELETE, (e.queue,))
