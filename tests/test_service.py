@@ -11,6 +11,7 @@ import pytest
 
 from ferrymq._api import CallContext
 from ferrymq._core._broker import Broker
+from ferrymq._core._errors import SqsError
 from ferrymq._service import QueueService, SystemEntropy
 from ferrymq._storage import open_store
 
@@ -86,5 +87,21 @@ def test_long_poll_wakes_on_send_and_times_out_without() -> None:
         assert [m["Body"] for m in got["Messages"]] == ["later"]
         assert 0.9 <= loop.time() - started < 3
         await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_after_shutdown_is_refused_without_a_fatal_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service = QueueService(Broker(), open_store("sqlite", tmp_path / "s.db"))
+        fatal: list[BaseException] = []
+        service.on_fatal = fatal.append
+        service.start()
+        await service.call("CreateQueue", {"QueueName": "q"}, CTX)
+        await service.close()
+        with pytest.raises(SqsError) as exc:
+            await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "late"}, CTX)
+        assert exc.value.shape == "InternalFailure"
+        assert fatal == [] and service.fatal is None
 
     asyncio.run(scenario())

@@ -207,6 +207,10 @@ class QueueService:
         try:
             await self.store.commit(effects)
         except Exception as exc:
+            if self._closing:
+                # A request that outlived the shutdown: the store is closed on purpose,
+                # so this is not a storage failure. The client is not acknowledged.
+                raise SqsError("InternalFailure", "The server is shutting down.") from exc
             self._die(exc)
             raise SqsError("InternalFailure", "The request could not be stored.") from exc
 
