@@ -647,15 +647,25 @@ class MessageQueue:
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
         entries = self._batch_entries(params, "SendMessageBatchRequestEntry")
+        # Plan every entry first (planning is pure), so each message is validated and
+        # measured once; the batch-size rule counts failing entries' bytes too.
+        plans: list[_SendPlan | SqsError] = []
         total_bytes = 0
         for entry in entries:
-            body = entry.get("MessageBody")
-            if isinstance(body, str):
-                try:
-                    attributes = parse_message_attributes(entry.get("MessageAttributes"))
-                except SqsError:
-                    attributes = ()  # reported per entry below
-                total_bytes += message_size_bytes(body, attributes)
+            try:
+                plan = self._plan_send(entry, batch=True)
+            except SqsError as exc:
+                plans.append(exc)
+                body = entry.get("MessageBody")
+                if isinstance(body, str):
+                    try:
+                        attributes = parse_message_attributes(entry.get("MessageAttributes"))
+                    except SqsError:
+                        attributes = ()
+                    total_bytes += message_size_bytes(body, attributes)
+                continue
+            plans.append(plan)
+            total_bytes += plan.size_bytes
         if total_bytes > BATCH_PAYLOAD_BYTES_MAX:
             raise SqsError(
                 "BatchRequestTooLong",
@@ -665,17 +675,16 @@ class MessageQueue:
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         effects: list[Effect] = []
-        for entry in entries:
-            try:
-                plan = self._plan_send(entry, batch=True)
-            except SqsError as exc:
-                missing = exc.shape == "MissingRequiredParameterException"
-                if missing and "MessageGroupId" in exc.message:
+        for entry, planned in zip(entries, plans, strict=True):
+            if isinstance(planned, SqsError):
+                error = planned
+                missing = error.shape == "MissingRequiredParameterException"
+                if missing and "MessageGroupId" in error.message:
                     # Recorded SQS behaviour: in a batch this one is InvalidParameterValue.
-                    exc = invalid_parameter(exc.message)
-                failed.append(_failed_entry(entry["Id"], exc))
+                    error = invalid_parameter(error.message)
+                failed.append(_failed_entry(entry["Id"], error))
                 continue
-            response, entry_effects = self._execute_send(plan, now_ms, entropy, sender_id)
+            response, entry_effects = self._execute_send(planned, now_ms, entropy, sender_id)
             successful.append({"Id": entry["Id"], **response})
             effects.extend(entry_effects)
         return self._batch_response(successful, failed), effects
