@@ -1,5 +1,8 @@
 """Model-based test: MessageQueue (with a dead-letter queue) against a deliberately
-naive reference model made of lists and dicts, driven by hypothesis."""
+naive reference model made of lists and dicts, driven by hypothesis: sends (with
+per-message delays on standard queues), receives with visibility timeouts, deletes,
+visibility changes, the clock, purge, retention, FIFO groups and dedup, redrive, and
+rebuilding from effects."""
 
 from __future__ import annotations
 
@@ -159,12 +162,16 @@ class QueueMachine(RuleBasedStateMachine):
     # ---- rules ---------------------------------------------------------------
 
     @rule(body=st.sampled_from(["a", "b", "c"]), group=st.sampled_from(["g1", "g2", "g3"]),
-          dedup=st.sampled_from(["d1", "d2", "d3", "d4", "d5"]))
-    def send(self, body: str, group: str, dedup: str) -> None:
+          dedup=st.sampled_from(["d1", "d2", "d3", "d4", "d5"]),
+          delay_s=st.sampled_from([0, 0, 1, 5]))
+    def send(self, body: str, group: str, dedup: str, delay_s: int) -> None:
         self._expire()
         params: dict[str, Any] = {"MessageBody": body, "MessageGroupId": group}
         if self.fifo:
             params["MessageDeduplicationId"] = dedup
+            delay_s = 0  # FIFO queues refuse per-message delays
+        elif delay_s:
+            params["DelaySeconds"] = delay_s
         response, effects = self.q.send_message(params, self.now, self.entropy, "S")
         self.effects += effects
         if self.fifo and dedup in self.model.dedup:
@@ -172,7 +179,8 @@ class QueueMachine(RuleBasedStateMachine):
             assert effects == []
             return
         self.model.messages.append(
-            ModelMessage(response["MessageId"], group if self.fifo else None, self.now, self.now)
+            ModelMessage(response["MessageId"], group if self.fifo else None, self.now,
+                         self.now + delay_s * 1000)
         )
         if self.fifo:
             self.model.dedup[dedup] = (response["MessageId"], self.now + DEDUP_WINDOW_MS)
