@@ -105,3 +105,36 @@ def test_a_request_after_shutdown_is_refused_without_a_fatal_error(tmp_path: Pat
         assert fatal == [] and service.fatal is None
 
     asyncio.run(scenario())
+
+
+def test_one_arrival_wakes_one_poller() -> None:
+    async def scenario() -> None:
+        service = QueueService(Broker(), open_store("memory", None))
+        service.start()
+        await service.call("CreateQueue", {"QueueName": "q"}, CTX)
+        receive = {"QueueUrl": URL, "WaitTimeSeconds": 10}
+        executed = 0
+        execute = service.broker.execute
+
+        def counting_execute(action: str, *args: object, **kwargs: object) -> object:
+            nonlocal executed
+            executed += action == "ReceiveMessage"
+            return execute(action, *args, **kwargs)  # type: ignore[arg-type]
+
+        service.broker.execute = counting_execute  # type: ignore[method-assign,assignment]
+        pollers = [asyncio.create_task(service.call("ReceiveMessage", receive, CTX))
+                   for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert executed == 3 and not any(p.done() for p in pollers)
+        await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "one"}, CTX)
+        await asyncio.sleep(0.2)
+        done = [p for p in pollers if p.done()]
+        assert len(done) == 1 and [m["Body"] for m in done[0].result()["Messages"]] == ["one"]
+        assert executed == 4  # only the woken poller ran the receive again
+        for body in ("two", "three"):
+            await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": body}, CTX)
+        results = await asyncio.wait_for(asyncio.gather(*pollers), 2)
+        assert sorted(m["Body"] for r in results for m in r["Messages"]) == ["one", "three", "two"]
+        await service.close()
+
+    asyncio.run(scenario())
