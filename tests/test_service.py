@@ -138,3 +138,33 @@ def test_one_arrival_wakes_one_poller() -> None:
         await service.close()
 
     asyncio.run(scenario())
+
+
+def test_fifo_delete_wakes_a_poller_for_the_groups_next_message() -> None:
+    async def scenario() -> None:
+        service = QueueService(Broker(), open_store("memory", None))
+        service.start()
+        fifo_url = "http://h:1/000000000000/q.fifo"
+        await service.call("CreateQueue", {"QueueName": "q.fifo", "Attributes": {
+            "FifoQueue": "true", "ContentBasedDeduplication": "true"}}, CTX)
+        for body in ("first", "second"):
+            await service.call("SendMessage", {"QueueUrl": fifo_url, "MessageBody": body,
+                                               "MessageGroupId": "g"}, CTX)
+        got = await service.call("ReceiveMessage", {"QueueUrl": fifo_url}, CTX)
+        (first,) = got["Messages"]
+        # The group is blocked while "first" is in flight, so this poller parks...
+        poller = asyncio.create_task(service.call(
+            "ReceiveMessage", {"QueueUrl": fifo_url, "WaitTimeSeconds": 10}, CTX))
+        await asyncio.sleep(0.2)
+        assert not poller.done()
+        # ...and the delete that unblocks the group wakes it at once.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await service.call("DeleteMessage", {"QueueUrl": fifo_url,
+                                             "ReceiptHandle": first["ReceiptHandle"]}, CTX)
+        result = await asyncio.wait_for(poller, 2)
+        assert [m["Body"] for m in result["Messages"]] == ["second"]
+        assert loop.time() - started < 1
+        await service.close()
+
+    asyncio.run(scenario())

@@ -23,7 +23,7 @@ from typing import Any
 from ferrymq._api import CallContext
 from ferrymq._core._broker import Broker, Outcome, RequestInfo
 from ferrymq._core._errors import SqsError
-from ferrymq._core._records import Effect, MessageStored, VisibilityChanged
+from ferrymq._core._records import Effect, MessageRemoved, MessageStored, VisibilityChanged
 from ferrymq._storage import Store
 
 __all__ = ["QueueService", "SystemEntropy", "wall_clock_ms"]
@@ -238,6 +238,10 @@ class QueueService:
             if isinstance(effect, MessageStored):
                 self._waiters.notify(effect.record.queue)
             elif isinstance(effect, VisibilityChanged):
+                self._waiters.notify(effect.queue)
+            elif isinstance(effect, MessageRemoved) and effect.queue.endswith(".fifo"):
+                # Deleting a FIFO group's in-flight message unblocks the group's next
+                # one (every FIFO queue name ends in .fifo).
                 self._waiters.notify(effect.queue)
         try:
             await self.store.commit(effects)
