@@ -446,3 +446,13 @@ def test_unknown_action_and_bad_params(sqs: Harness) -> None:
     with pytest.raises(SqsError) as exc:
         sqs("CreateQueue", QueueName="q", Attributes={"VisibilityTimeout": 5})
     assert code(exc) == "InvalidAttributeValue"
+
+
+def test_kms_and_sqs_managed_encryption_are_exclusive(sqs: Harness) -> None:
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q",
+            Attributes={"KmsMasterKeyId": "alias/k", "SqsManagedSseEnabled": "true"})
+    assert code(exc) == "InvalidAttributeName"
+    sqs("CreateQueue", QueueName="q", Attributes={"KmsMasterKeyId": "alias/k"})
+    attrs = sqs("GetQueueAttributes", QueueUrl=sqs.url("q"), AttributeNames=["All"])["Attributes"]
+    assert attrs["KmsMasterKeyId"] == "alias/k" and attrs["SqsManagedSseEnabled"] == "false"

@@ -148,18 +148,16 @@ def normalize(
             if value:
                 value = _redrive_allow_policy(value)
         out[name] = value
-    merged = dict(current or {})
-    merged.update(out)
-    if (
-        merged.get("KmsMasterKeyId")
-        and merged.get("SqsManagedSseEnabled") == "true"
-        and ("SqsManagedSseEnabled" in out and "KmsMasterKeyId" in out)
-    ):
+    # Asking for both kinds of encryption in one request is refused; enabling one
+    # later simply replaces the other (the broker switches SqsManagedSseEnabled off).
+    if out.get("KmsMasterKeyId") and out.get("SqsManagedSseEnabled") == "true":
         raise SqsError(
             "InvalidAttributeName",
             "You can use one type of server-side encryption (SSE) at one time. You can either "
             "enable KMS SSE or SQS SSE.",
         )
+    merged = dict(current or {})
+    merged.update(out)
     if (
         merged.get("FifoThroughputLimit") == "perMessageGroupId"
         and merged.get("DeduplicationScope", "queue") != "messageGroup"

@@ -225,7 +225,7 @@ class Broker:
     def _url(self, info: RequestInfo, name: str) -> str:
         return f"{info.base_url}/{self.account_id}/{name}"
 
-    def _resolve(self, params: Mapping[str, Any], now_ms: int) -> _Queue:
+    def _resolve(self, params: Mapping[str, Any]) -> _Queue:
         url = params.get("QueueUrl")
         if url is None:
             raise missing_parameter("QueueUrl")
@@ -338,7 +338,7 @@ class Broker:
     def _delete_queue(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         effect = QueueDeleted(entry.record.name, now_ms)
         self.apply(effect)
         return Outcome({}, [effect])
@@ -398,7 +398,7 @@ class Broker:
     def _get_queue_attributes(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         wanted = self._attribute_names(params, "AttributeNames")
         for name in wanted:
             if name != "All" and name not in attrs.ALL_NAMES:
@@ -424,7 +424,7 @@ class Broker:
     def _set_queue_attributes(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         given = params.get("Attributes")
         if given is None:
             raise missing_parameter("Attributes")
@@ -450,7 +450,7 @@ class Broker:
     def _purge_queue(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         last = entry.record.last_purge_ms
         if last is not None and now_ms - last < self.purge_interval_ms:
             raise SqsError(
@@ -466,7 +466,7 @@ class Broker:
 
     def _message_queue(self, params: Mapping[str, Any], now_ms: int) -> tuple[MessageQueue,
                                                                               list[Effect]]:
-        queue = self._resolve(params, now_ms).messages
+        queue = self._resolve(params).messages
         return queue, queue.expire(now_ms)
 
     def _send(
@@ -553,7 +553,7 @@ class Broker:
     def _tag_queue(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         if "Tags" not in params:
             raise missing_parameter("Tags")
         new = self._validate_tags(params["Tags"])
@@ -569,7 +569,7 @@ class Broker:
     def _untag_queue(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         if "TagKeys" not in params:
             raise missing_parameter("TagKeys")
         keys = self._attribute_names(params, "TagKeys")
@@ -582,14 +582,14 @@ class Broker:
     def _list_queue_tags(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         tags = dict(entry.record.tags)
         return Outcome({"Tags": tags} if tags else {}, [])
 
     def _add_permission(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         for key in ("Label", "AWSAccountIds", "Actions"):
             if key not in params:
                 raise missing_parameter(key)
@@ -640,7 +640,7 @@ class Broker:
     def _remove_permission(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         label = params.get("Label")
         if label is None:
             raise missing_parameter("Label")
@@ -690,7 +690,7 @@ class Broker:
     def _list_dead_letter_sources(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
-        entry = self._resolve(params, now_ms)
+        entry = self._resolve(params)
         names = self._sources_of(entry.record.name)
         return Outcome(self._page(names, params, info, "queueUrls"), [])
 
