@@ -4,8 +4,10 @@ long-poll behaviour over the real in-memory and SQLite stores (no server)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,5 +168,114 @@ def test_fifo_delete_wakes_a_poller_for_the_groups_next_message() -> None:
         assert [m["Body"] for m in result["Messages"]] == ["second"]
         assert loop.time() - started < 1
         await service.close()
+
+    asyncio.run(scenario())
+
+
+class _CountingEntropy:
+    """Deterministic ids and tokens, so two services can be compared response by
+    response."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def message_id(self) -> str:
+        self.n += 1
+        return f"00000000-0000-7000-8000-{self.n:012d}"
+
+    def token(self) -> str:
+        self.n += 1
+        return f"token{self.n:020d}"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bodies_beyond_the_budget_are_read_from_the_store(
+    kind: str, seed: int, tmp_path: Path
+) -> None:
+    # Differential: one service keeps every body in memory, the other may hold ~3 bodies
+    # and must fetch the rest from its store (and restarts halfway, restoring under the
+    # budget). Every response must be the same, redrives to a DLQ included.
+    import random
+
+    rng = random.Random(seed)
+    now = [1_700_000_000_000]
+    budget_bytes = 3 * 2_100
+
+    def service(store_kind: str, path: Path, body_bytes_max: int | None) -> QueueService:
+        broker = Broker(purge_interval_ms=0, body_memory_bytes_max=body_bytes_max)
+        return QueueService(broker, open_store(store_kind, path), clock_ms=lambda: now[0],
+                            entropy=entropy_of[body_bytes_max])
+
+    entropy_of = {None: _CountingEntropy(), budget_bytes: _CountingEntropy()}
+    path = tmp_path / "s.db"
+
+    async def scenario() -> None:
+        reference = service("memory", path, None)
+        tested = service(kind, path, budget_bytes)
+        handles: list[str] = []
+        fetched = 0
+
+        def on_disk() -> set[str]:
+            ids: set[str] = set()
+            for name in ("q", "dlq"):
+                messages = tested.broker.queue_messages(name)
+                if messages is not None:
+                    ids.update(r.message_id for r in messages.snapshot() if r.body is None)
+            return ids
+
+        async def both(action: str, params: dict[str, Any]) -> dict[str, Any]:
+            nonlocal fetched
+            not_in_memory = on_disk()
+            expected = await reference.call(action, params, CTX)
+            got = await tested.call(action, params, CTX)
+            assert got == expected, (action, params)
+            fetched += sum(1 for m in got.get("Messages", ()) if m["MessageId"] in not_in_memory)
+            return got
+
+        dlq = (await both("CreateQueue", {"QueueName": "dlq"}))["QueueUrl"]
+        await both("CreateQueue", {"QueueName": "q", "Attributes": {"RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": "arn:aws:sqs:us-east-1:000000000000:dlq",
+             "maxReceiveCount": 2})}})
+        for step in range(400):
+            if step == 200 and kind == "sqlite":
+                await tested.close()
+                tested = service(kind, path, budget_bytes)
+                tested.restore()
+                used = tested.broker.body_budget.bytes_used
+                assert 0 < used <= budget_bytes
+            roll = rng.random()
+            now[0] += rng.choice((0, 1, 10, 1_000))
+            if roll < 0.35:
+                body = rng.choice(("x", "\u00e9t\u00e9", "\U0001f600")) * rng.randrange(1, 1500)
+                await both("SendMessage", {"QueueUrl": URL, "MessageBody": body})
+            elif roll < 0.45:
+                await both("SendMessageBatch", {"QueueUrl": URL, "Entries": [
+                    {"Id": str(i), "MessageBody": "b" * rng.randrange(1, 2500)}
+                    for i in range(rng.randrange(1, 11))]})
+            elif roll < 0.8:
+                queue_url = dlq if rng.random() < 0.2 else URL
+                got = await both("ReceiveMessage", {
+                    "QueueUrl": queue_url, "MaxNumberOfMessages": rng.randrange(1, 11),
+                    "VisibilityTimeout": rng.choice((0, 0, 5)), "AttributeNames": ["All"]})
+                if queue_url == URL:
+                    handles.extend(m["ReceiptHandle"] for m in got.get("Messages", ()))
+            elif roll < 0.97 and handles:
+                handle = handles.pop(rng.randrange(len(handles)))
+                await both("DeleteMessage", {"QueueUrl": URL, "ReceiptHandle": handle})
+            elif roll >= 0.99:
+                await both("PurgeQueue", {"QueueUrl": URL})
+            assert tested.broker.body_budget.bytes_used <= budget_bytes
+        assert fetched > 10, "the budget never pushed a body out of memory"
+        # Every body held is given back: by deletes, by a purge, by a queue deletion.
+        received = await both("ReceiveMessage", {"QueueUrl": URL, "MaxNumberOfMessages": 10})
+        for message in received.get("Messages", ()):
+            await both("DeleteMessage", {"QueueUrl": URL,
+                                         "ReceiptHandle": message["ReceiptHandle"]})
+        await both("PurgeQueue", {"QueueUrl": URL})
+        await both("DeleteQueue", {"QueueUrl": dlq})
+        assert tested.broker.body_budget.bytes_used == 0
+        await reference.close()
+        await tested.close()
 
     asyncio.run(scenario())

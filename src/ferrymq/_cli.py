@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite",
                        help="sqlite: durable, fsync before every acknowledgement (default); "
                        "memory: nothing survives a restart (tests and experiments only)")
+    serve.add_argument("--body-memory-mib", type=_non_negative_int, default=256,
+                       help="message bodies held in memory, in MiB, across all queues; "
+                       "bodies beyond it are read from the store when received, so memory "
+                       "per stored message stays small (default: %(default)s; 0 keeps "
+                       "every body on disk only)")
     serve.add_argument("--log-level", default="warning",
                        choices=["debug", "info", "warning", "error"])
     bench = commands.add_parser(
@@ -67,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +113,7 @@ async def _run(args: argparse.Namespace) -> int:
         region=args.region,
         purge_interval_ms=max(0, args.purge_interval_seconds) * 1000,
         recreate_delay_ms=max(0, args.recreate_delay_seconds) * 1000,
+        body_memory_bytes_max=args.body_memory_mib * 1024 * 1024,
     )
     path: Path | None = None
     if args.storage == "sqlite":

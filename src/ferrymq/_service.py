@@ -22,7 +22,7 @@ from typing import Any
 
 from ferrymq._api import CallContext
 from ferrymq._core._broker import Broker, Outcome, RequestInfo
-from ferrymq._core._errors import SqsError
+from ferrymq._core._errors import InternalError, SqsError
 from ferrymq._core._records import Effect, MessageRemoved, MessageStored, VisibilityChanged
 from ferrymq._storage import Store
 
@@ -187,7 +187,7 @@ class QueueService:
             now_ms = self._clock_ms()
             outcome = self.broker.execute(action, params, now_ms, self._entropy, info)
             seen_version = self._waiters.version(outcome.queue) if outcome.queue else 0
-            await self._commit(outcome.effects)
+            await self._commit(outcome.effects, outcome.body_fetches)
             if not self._should_wait(action, outcome):
                 return outcome.response
             if deadline_ms is None:
@@ -228,8 +228,12 @@ class QueueService:
         finally:
             self._waiters.unpark(queue, fut)
 
-    async def _commit(self, effects: Sequence[Effect]) -> None:
-        if not effects:
+    async def _commit(
+        self,
+        effects: Sequence[Effect],
+        body_fetches: Sequence[tuple[str, str, dict[str, Any]]] = (),
+    ) -> None:
+        if not effects and not body_fetches:
             return
         # Wake long pollers before the fsync completes: whatever they receive is
         # committed after these effects, so their own acknowledgement still
@@ -244,7 +248,9 @@ class QueueService:
                 # one (every FIFO queue name ends in .fifo).
                 self._waiters.notify(effect.queue)
         try:
-            await self.store.commit(effects)
+            bodies = await self.store.commit(
+                effects, [(queue, message_id) for queue, message_id, _ in body_fetches]
+            )
         except Exception as exc:
             if self._closing:
                 # A request that outlived the shutdown: the store is closed on purpose,
@@ -252,6 +258,12 @@ class QueueService:
                 raise SqsError("InternalFailure", "The server is shutting down.") from exc
             self._die(exc)
             raise SqsError("InternalFailure", "The request could not be stored.") from exc
+        for (queue, message_id, message), body in zip(body_fetches, bodies, strict=True):
+            if body is None:
+                # The core delivered a message the store does not hold: a bug. The
+                # message stays in flight and returns at its deadline; nothing is lost.
+                raise InternalError(f"no stored body for {queue}/{message_id}")
+            message["Body"] = body
 
     def _die(self, exc: BaseException) -> None:
         # The core has already applied effects the disk refused: serving on would

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from typing import Any
 
 import pytest
 
 from ferrymq._core._broker import Broker, RequestInfo
 from ferrymq._core._errors import SqsError
-from ferrymq._core._records import Effect
+from ferrymq._core._queue import BodyBudget
+from ferrymq._core._records import Effect, MessageRemoved, MessageStored
 
 INFO = RequestInfo(base_url="http://localhost:9324", sender_id="AKIDTEST")
 ARN = "arn:aws:sqs:us-east-1:000000000000:"
@@ -456,3 +459,78 @@ def test_kms_and_sqs_managed_encryption_are_exclusive(sqs: Harness) -> None:
     sqs("CreateQueue", QueueName="q", Attributes={"KmsMasterKeyId": "alias/k"})
     attrs = sqs("GetQueueAttributes", QueueUrl=sqs.url("q"), AttributeNames=["All"])["Attributes"]
     assert attrs["KmsMasterKeyId"] == "alias/k" and attrs["SqsManagedSseEnabled"] == "false"
+
+
+# ---- bodies beyond the memory budget ------------------------------------------------
+
+
+def test_body_budget_admits_until_full_and_releases() -> None:
+    budget = BodyBudget(sys.getsizeof("a" * 100) * 2)
+    first, second = budget.admit("a" * 100), budget.admit("b" * 100)
+    assert first == second == sys.getsizeof("a" * 100)
+    assert budget.admit("c") == 0  # full: the caller keeps the body on disk only
+    budget.release(first)
+    assert budget.admit("\U0001f600" * 10) == sys.getsizeof("\U0001f600" * 10)
+    assert BodyBudget(None).admit("x" * 10**6) > 0
+    with pytest.raises(AssertionError):
+        BodyBudget(10).release(1)
+
+
+def test_bodies_over_budget_are_rendered_for_the_shell_to_fetch() -> None:
+    sqs = Harness(body_memory_bytes_max=2 * sys.getsizeof("x" * 1000))
+    sqs("CreateQueue", QueueName="q")
+    for i in range(4):
+        sqs("SendMessage", QueueUrl=sqs.url("q"), MessageBody=f"{i}" * 1000)
+    # The effects always carry the body: the store must receive every one.
+    stored = [e for e in sqs.effects if isinstance(e, MessageStored)]
+    assert [e.record.body for e in stored] == [f"{i}" * 1000 for i in range(4)]
+    outcome = sqs.broker.execute("ReceiveMessage", {"QueueUrl": sqs.url("q"),
+                                                    "MaxNumberOfMessages": 10},
+                                 sqs.now_ms, sqs.entropy, INFO)
+    messages = outcome.response["Messages"]
+    # First come, first kept: the two oldest are in memory, the two newest are not.
+    assert [m["Body"] for m in messages] == ["0" * 1000, "1" * 1000, None, None]
+    assert [m["MD5OfBody"] for m in messages[2:]] == [
+        hashlib.md5(f"{i}".encode() * 1000).hexdigest() for i in (2, 3)]
+    assert outcome.body_fetches == [("q", m["MessageId"], m) for m in messages[2:]]
+    assert all(fetch[2] is message for fetch, message in zip(outcome.body_fetches,
+                                                             messages[2:], strict=True))
+    # Deleting a message held in memory frees room for the next send.
+    sqs("DeleteMessage", QueueUrl=sqs.url("q"), ReceiptHandle=messages[0]["ReceiptHandle"])
+    sqs("SendMessage", QueueUrl=sqs.url("q"), MessageBody="new")
+    queue = sqs.broker.queue_messages("q")
+    assert queue is not None
+    assert sorted(r.body or "-" for r in queue.snapshot()) == sorted(
+        ["1" * 1000, "-", "-", "new"])
+    sqs.now_ms += 60_000
+    sqs("PurgeQueue", QueueUrl=sqs.url("q"))
+    assert sqs.broker.body_budget.bytes_used == 0
+
+
+def test_redrive_of_a_body_on_disk_names_the_queue_it_leaves() -> None:
+    sqs = Harness(body_memory_bytes_max=sys.getsizeof("kept"))
+    sqs("CreateQueue", QueueName="dlq")
+    sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq", 1)})
+    sqs("SendMessage", QueueUrl=sqs.url("src"), MessageBody="kept")
+    sqs("SendMessage", QueueUrl=sqs.url("src"), MessageBody="disk")
+    sqs("ReceiveMessage", QueueUrl=sqs.url("src"), MaxNumberOfMessages=10, VisibilityTimeout=0)
+    before = len(sqs.effects)
+    assert "Messages" not in sqs("ReceiveMessage", QueueUrl=sqs.url("src"),
+                                 MaxNumberOfMessages=10)
+    moves = [e for e in sqs.effects[before:] if isinstance(e, MessageStored)]
+    assert [(e.record.queue, e.record.body, e.moved_from) for e in moves] == [
+        ("dlq", "kept", None),  # in memory: the effect carries it
+        ("dlq", None, "src"),  # on disk: the store copies it from src
+    ]
+    removed = [e for e in sqs.effects[before:] if isinstance(e, MessageRemoved)]
+    assert [e.queue for e in removed] == ["src", "src"]
+    # A move task back out of the DLQ does the same.
+    sqs("StartMessageMoveTask", SourceArn=ARN + "dlq", MaxNumberOfMessagesPerSecond=100)
+    sqs.now_ms += 1_000
+    moved_back = [e for e in sqs.broker.tick(sqs.now_ms, sqs.entropy)
+                  if isinstance(e, MessageStored)]
+    assert [(e.record.queue, e.record.body, e.moved_from) for e in moved_back] == [
+        ("src", "kept", None), ("src", None, "dlq")]
+    assert sqs.broker.body_budget.bytes_used == sys.getsizeof("kept")
+    sqs("DeleteQueue", QueueUrl=sqs.url("src"))
+    assert sqs.broker.body_budget.bytes_used == 0

@@ -3,6 +3,10 @@
 One ``server`` (SQS's 60-s purge/re-create rules on) and one ``dev_server`` (both rules
 off) run for the whole session; every test gets fresh queue names instead of a fresh
 server, which keeps the suite fast.
+
+A module that overrides the ``bodies`` fixture with ``params=BODY_MODES`` runs its
+``sqs`` tests twice: against ``server`` (every body in memory) and against
+``disk_bodies_server`` (``--body-memory-mib 0``: every body is read from the store).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ._harness import PROTOCOLS, ServerProcess, make_client
 __all__: list[str] = []
 
 DEV_FLAGS = ("--purge-interval-seconds", "0", "--recreate-delay-seconds", "0")
+BODY_MODES = ("memory", "disk")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,6 +69,21 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
 
 
 @pytest.fixture(scope="session")
+def disk_bodies_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("disk-bodies-data"),
+                         ("--body-memory-mib", "0"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def bodies() -> str:
+    """Where the server under ``sqs`` keeps bodies; see the module docstring."""
+    return "memory"
+
+
+@pytest.fixture(scope="session")
 def client_cache() -> dict[tuple[str, str], Any]:
     # Building a client parses the service model (~0.1 s); hundreds of tests share them.
     return {}
@@ -90,7 +110,18 @@ def protocol(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def sqs(server: ServerProcess, protocol: str, client_cache: dict[tuple[str, str], Any]) -> Any:
+def sqs_server(request: pytest.FixtureRequest, bodies: str) -> ServerProcess:
+    """The server ``sqs`` talks to."""
+    server: ServerProcess = request.getfixturevalue(
+        "server" if bodies == "memory" else "disk_bodies_server"
+    )
+    return server
+
+
+@pytest.fixture
+def sqs(sqs_server: ServerProcess, protocol: str,
+        client_cache: dict[tuple[str, str], Any]) -> Any:
+    server = sqs_server
     require_running(server)
     client = cached_client(client_cache, server.url, protocol)
     assert client.meta.service_model.protocol == protocol

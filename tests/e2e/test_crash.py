@@ -7,6 +7,8 @@ per-group order survive too.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ._harness import ServerProcess, make_client, receive, wait_until
+from ._harness import ServerProcess, approximate_counts, make_client, receive, wait_until
 
 SENDER_THREADS = 4
 # Long enough to cover the restart and the drain below, short enough for a fast suite.
@@ -69,8 +71,11 @@ def drain(sqs: Any, url: str, *, delete: bool) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(120)
-def test_kill9_keeps_acknowledged_state(tmp_path: Path, protocol: str) -> None:
-    proc = ServerProcess(tmp_path / "data")
+@pytest.mark.parametrize("body_memory_mib", ["256", "0"], ids=["bodies-in-memory",
+                                                             "bodies-on-disk"])
+def test_kill9_keeps_acknowledged_state(tmp_path: Path, protocol: str,
+                                        body_memory_mib: str) -> None:
+    proc = ServerProcess(tmp_path / "data", ["--body-memory-mib", body_memory_mib])
     proc.start()
     try:
         sqs = make_client(proc.url, protocol)
@@ -166,6 +171,45 @@ def test_kill9_keeps_acknowledged_state(tmp_path: Path, protocol: str) -> None:
             seqs = [int(b) for b in groups.get(f"t{s.index}", [])]
             assert seqs == sorted(set(seqs)), f"group t{s.index} out of order: {seqs}"
             assert set(s.acked_fifo) <= set(seqs), f"group t{s.index} lost acknowledged sends"
+    finally:
+        proc.stop()
+
+
+@pytest.mark.timeout(60)
+def test_kill9_after_redrive_keeps_bodies_read_from_disk(tmp_path: Path, protocol: str) -> None:
+    # With no body in memory, a redrive copies the body inside the store from the
+    # source queue's row to the dead-letter queue's; a crash right after must find
+    # every body in the dead-letter queue, byte for byte.
+    proc = ServerProcess(tmp_path / "data", ["--body-memory-mib", "0"])
+    proc.start()
+    try:
+        sqs = make_client(proc.url, protocol)
+        dlq = sqs.create_queue(QueueName="dead")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(
+            QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        src = sqs.create_queue(QueueName="src", Attributes={"RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 1})})["QueueUrl"]
+        sent = {f"m{i}-" + "\u00e9\U0001f600" * i for i in range(20)}
+        for chunk in (sorted(sent)[:10], sorted(sent)[10:]):
+            sqs.send_message_batch(QueueUrl=src, Entries=[
+                {"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)])
+        first: set[str] = set()
+        while len(first) < len(sent):
+            first.update(m["Body"] for m in receive(sqs, src, VisibilityTimeout=0))
+        assert first == sent
+        # Every message has been received once: the next receive redrives them all.
+        def all_redriven() -> bool:
+            assert not receive(sqs, src), "a message was delivered a second time"
+            return approximate_counts(sqs, dlq)[0] == len(sent)
+
+        wait_until(all_redriven, timeout_s=10, what="the redrive of every message")
+        proc.kill9()
+        proc.restart()
+        sqs = make_client(proc.url, protocol)
+        got = drain(sqs, dlq, delete=True)
+        assert sorted(m["Body"] for m in got) == sorted(sent)
+        assert all(m["MD5OfBody"] == hashlib.md5(m["Body"].encode()).hexdigest() for m in got)
+        assert approximate_counts(sqs, src) == (0, 0, 0)
     finally:
         proc.stop()
 

@@ -11,6 +11,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ._harness import approximate_counts, error_of, receive, receive_until, wait_until
+from .conftest import BODY_MODES
+
+
+@pytest.fixture(params=BODY_MODES)
+def bodies(request: pytest.FixtureRequest) -> str:
+    # Every test here runs with bodies in memory and with bodies read from the store.
+    value: str = request.param
+    return value
 
 
 def arn_of(sqs: Any, url: str) -> str:

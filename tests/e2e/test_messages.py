@@ -20,6 +20,14 @@ from ._harness import (
     receive_until,
     wait_until,
 )
+from .conftest import BODY_MODES
+
+
+@pytest.fixture(params=BODY_MODES)
+def bodies(request: pytest.FixtureRequest) -> str:
+    # Every test here runs with bodies in memory and with bodies read from the store.
+    value: str = request.param
+    return value
 
 
 def md5_hex(data: str | bytes) -> str:
@@ -515,9 +523,9 @@ def test_wait_time_seconds_out_of_range(sqs: Any, queue_url: str) -> None:
 
 
 def test_long_poll_returns_promptly_when_message_arrives(
-    sqs: Any, server: ServerProcess, protocol: str, queue_url: str
+    sqs: Any, sqs_server: ServerProcess, protocol: str, queue_url: str
 ) -> None:
-    sender = make_client(server.url, protocol)
+    sender = make_client(sqs_server.url, protocol)
     sent = threading.Event()
 
     def send_later() -> None:

@@ -81,7 +81,7 @@ def write_and_reload(h: Harness, *calls: Sequence[Effect]) -> list[Effect]:
             await store.commit(effects)
         await store.close()
         again = h.open()
-        loaded = again.load()
+        loaded = list(again.load())
         await again.close()
         return loaded
 
@@ -91,7 +91,7 @@ def write_and_reload(h: Harness, *calls: Sequence[Effect]) -> list[Effect]:
 def load_fresh(h: Harness) -> list[Effect]:
     async def go() -> list[Effect]:
         store = h.open()
-        loaded = store.load()
+        loaded = list(store.load())
         await store.close()
         return loaded
 
@@ -539,7 +539,7 @@ def test_sqlite_write_failure_fails_waiters_and_refuses_more(db_path: Path) -> N
     acknowledged = run(go())
     # Re-opened: exactly what was acknowledged before the failure.
     store = SqliteStore(db_path)
-    ids = [m.message_id for m in messages_of(store.load())]
+    ids = [m.message_id for m in messages_of(list(store.load()))]
     run(store.close())
     assert ids == ["kept", *acknowledged]
 
@@ -567,7 +567,7 @@ def test_sqlite_full_handoff_keeps_call_order(
 
     run(go())
     store = SqliteStore(db_path)
-    got = messages_of(store.load())
+    got = messages_of(list(store.load()))
     run(store.close())
     assert [m.message_id for m in got] == [f"m{i:02d}" for i in range(60)]
     assert all(m.receipt_token == f"t{int(m.message_id[1:])}" for m in got)
@@ -585,7 +585,7 @@ def test_sqlite_cancelled_caller_is_still_written(db_path: Path) -> None:
 
     run(go())
     store = SqliteStore(db_path)
-    ids = [m.message_id for m in messages_of(store.load())]
+    ids = [m.message_id for m in messages_of(list(store.load()))]
     run(store.close())
     assert ids == ["m1", "m2"]
 
@@ -648,3 +648,76 @@ def test_open_store_factory(tmp_path: Path) -> None:
         open_store("sqlite", None)
     with pytest.raises(ValueError):
         open_store("redis", tmp_path)
+
+
+# ---- bodies that are not in memory --------------------------------------------------
+
+
+def test_move_without_body_takes_the_body_from_the_source_queue(harness: Harness) -> None:
+    original = msg("src", "m1", body="payload \u00e9\U0001f600", receive_count=3)
+    moved = dataclasses.replace(original, queue="dlq", body=None, receive_count=3,
+                                dead_letter_source_arn="arn:src")
+    loaded = write_and_reload(
+        harness,
+        [MessageStored(original), MessageStored(msg("src", "m2"))],
+        [MessageStored(moved, moved_from="src"), MessageRemoved("src", "m1")],
+    )
+    assert messages_of(loaded, "dlq") == [dataclasses.replace(moved, body=original.body)]
+    assert [m.message_id for m in messages_of(loaded, "src")] == ["m2"]
+
+
+def test_move_in_the_same_transaction_as_the_send(harness: Harness) -> None:
+    # Grouped into one SQLite transaction: the copy must see the row written before it.
+    async def go() -> None:
+        store = harness.open()
+        moved = dataclasses.replace(msg("a", "m"), queue="b", body=None)
+        await asyncio.gather(
+            store.commit([MessageStored(msg("a", "m", body="first"))]),
+            store.commit([MessageStored(moved, moved_from="a"), MessageRemoved("a", "m")]),
+        )
+        await store.close()
+
+    run(go())
+    assert [(m.queue, m.body) for m in messages_of(load_fresh(harness))] == [("b", "first")]
+
+
+def test_move_without_body_from_a_missing_source_stores_nothing(harness: Harness) -> None:
+    moved = dataclasses.replace(msg("dlq", "m1"), body=None)
+    loaded = write_and_reload(harness, [MessageStored(moved, moved_from="src")])
+    assert messages_of(loaded) == []
+
+
+def test_fetched_bodies_reflect_exactly_the_calls_before(harness: Harness) -> None:
+    # Calls in flight together (one SQLite group): each fetch sees the effects of the
+    # calls before it and of its own call, never those of a later call.
+    async def go() -> list[list[str | None]]:
+        store = harness.open()
+        results = await asyncio.gather(
+            store.commit([MessageStored(msg("q", "a", body="A"))]),
+            store.commit([], [("q", "a"), ("q", "b")]),
+            store.commit([MessageStored(msg("q", "b", body="B"))], [("q", "b")]),
+            store.commit([MessageRemoved("q", "a")]),
+            store.commit([], [("q", "a"), ("q", "b"), ("other", "b")]),
+            store.commit([QueuePurged("q", 2_000)]),
+            store.commit([], [("q", "b")]),
+        )
+        await store.close()
+        return list(results)
+
+    results = run(go())
+    assert results == [[], ["A", None], ["B"], [], [None, "B", None], [], [None]]
+
+
+def test_fetch_reads_a_moved_body(harness: Harness) -> None:
+    async def go() -> list[str | None]:
+        store = harness.open()
+        await store.commit([MessageStored(msg("src", "m", body="moved body"))])
+        moved = dataclasses.replace(msg("dlq", "m"), body=None)
+        bodies = await store.commit(
+            [MessageStored(moved, moved_from="src"), MessageRemoved("src", "m")],
+            [("dlq", "m"), ("src", "m")],
+        )
+        await store.close()
+        return bodies
+
+    assert run(go()) == ["moved body", None]

@@ -72,7 +72,7 @@ def test_every_acknowledged_commit_survives_kill_9(tmp_path: Path, seed: int) ->
     acked = _run_and_kill(db_path, seed)
 
     store = SqliteStore(db_path)
-    loaded = store.load()
+    loaded = list(store.load())
     messages = {e.record.message_id: e.record for e in loaded if isinstance(e, MessageStored)}
     dedup_keys = {e.key for e in loaded if isinstance(e, DedupRecorded)}
     present = sorted(int(k[1:]) for k in dedup_keys)
@@ -99,7 +99,7 @@ def test_every_acknowledged_commit_survives_kill_9(tmp_path: Path, seed: int) ->
 
     asyncio.run(more())
     reopened = SqliteStore(db_path)
-    keys = {e.key for e in reopened.load() if isinstance(e, DedupRecorded)}
+    keys = {e.key for e in list(reopened.load()) if isinstance(e, DedupRecorded)}
     asyncio.run(reopened.close())
     assert f"k{last + 1}" in keys
 
@@ -151,5 +151,5 @@ def test_message_round_trips_through_the_file(
 
     asyncio.run(go())
     store = SqliteStore(db_path)
-    assert store.load() == [MessageStored(record)]
+    assert list(store.load()) == [MessageStored(record)]
     asyncio.run(store.close())

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ferrymq._core import _attributes as attrs
 from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
-from ferrymq._core._queue import MessageQueue
+from ferrymq._core._queue import BodyBudget, MessageQueue
 from ferrymq._core._records import (
     DedupRecorded,
     Effect,
@@ -87,6 +87,10 @@ class Outcome:
     # (long polling), and which queue to watch for arrivals meanwhile.
     wait_ms: int = 0
     queue: str | None = None
+    # ReceiveMessage only: messages rendered with ``"Body": None`` because their body
+    # is not in memory, as (queue, message id, the message's response dict). The shell
+    # reads those bodies from the store in the same commit and fills them in.
+    body_fetches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -104,12 +108,15 @@ class Broker:
         region: str = "us-east-1",
         purge_interval_ms: int = 60_000,
         recreate_delay_ms: int = 60_000,
+        body_memory_bytes_max: int | None = None,
     ) -> None:
         self.account_id = account_id
         self.region = region
         self.purge_interval_ms = purge_interval_ms
         self.recreate_delay_ms = recreate_delay_ms
         self._queues: dict[str, _Queue] = {}
+        # Shared by every queue: the bound is on the process, not per queue.
+        self.body_budget = BodyBudget(body_memory_bytes_max)
         self._deleted_ms: dict[str, int] = {}
         self._tasks: dict[str, MoveTaskRecord] = {}
         self._task_progress_ms: dict[str, int] = {}
@@ -189,7 +196,9 @@ class Broker:
             attributes = dict(record.attributes)
             settings = attrs.settings_from(attributes)
             if entry is None:
-                queue = MessageQueue(record.name, self._arn(record.name), settings)
+                queue = MessageQueue(
+                    record.name, self._arn(record.name), settings, self.body_budget
+                )
                 self._queues[record.name] = _Queue(record, queue, attributes)
             else:
                 entry.record = record
@@ -197,7 +206,9 @@ class Broker:
                 entry.messages.settings = settings
             self._deleted_ms.pop(record.name, None)
         elif isinstance(effect, QueueDeleted):
-            self._queues.pop(effect.name, None)
+            gone = self._queues.pop(effect.name, None)
+            if gone is not None:
+                gone.messages.release_bodies()
             self._deleted_ms[effect.name] = effect.deleted_at_ms
         elif isinstance(effect, MoveTaskUpserted):
             self._tasks[effect.record.task_handle] = effect.record
@@ -498,7 +509,13 @@ class Broker:
         if dlq is not None:
             effects.extend(dlq.expire(now_ms))
         response, more, wait_ms = queue.receive_message(params, now_ms, entropy, dlq)
-        return Outcome(response, effects + more, wait_ms=wait_ms, queue=queue.name)
+        fetches = [
+            (queue.name, message["MessageId"], message)
+            for message in response.get("Messages", ())
+            if message["Body"] is None
+        ]
+        return Outcome(response, effects + more, wait_ms=wait_ms, queue=queue.name,
+                       body_fetches=fetches)
 
     def _on_handles(
         self, params: dict[str, Any], now_ms: int,
@@ -783,8 +800,9 @@ class Broker:
             if dest is None:
                 finish("FAILED", "AWS.SimpleQueueService.NonExistentQueue")
                 return effects
+            removed = source.messages.remove(record.message_id)  # frees its body's room
             effects.extend(dest.messages.accept_moved(record, now_ms, entropy, None))
-            effects.extend(source.messages.remove(record.message_id))
+            effects.extend(removed)
             moved += 1
         if source.messages.approximate_number_of_messages(now_ms) == 0 or (
             task.moved + moved >= task.to_move

@@ -16,12 +16,19 @@ state that is not carried by effects is derived or deliberately volatile:
   ChangeMessageVisibility (``MessageReceived`` does not carry it; after a restore the
   cap is exact for messages received once and is not enforced otherwise).
 
+Bodies are held in memory only while a ``BodyBudget`` shared by all queues has room;
+beyond it an entry keeps its metadata and ``body=None``, and a receive renders such a
+message with ``"Body": None`` for the I/O shell to fill from the store. Which bodies
+stay in memory is decided when a message arrives (first come, first kept): the
+oldest messages are the next to be received, so they are the ones worth keeping.
+
 ``now_ms`` is assumed not to go backwards between commands on one queue.
 """
 
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -60,6 +67,7 @@ from ._settings import QueueSettings
 __all__ = [
     "BATCH_ENTRIES_MAX",
     "BATCH_PAYLOAD_BYTES_MAX",
+    "BodyBudget",
     "DEDUP_WINDOW_MS",
     "INFLIGHT_MESSAGES_MAX",
     "MessageQueue",
@@ -92,11 +100,38 @@ _BATCH_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 _BATCH_ID_CHARS_MAX = 80
 
 
+class BodyBudget:
+    """How many bytes of message bodies the queues sharing it may hold in memory.
+
+    Counted with ``sys.getsizeof`` (the real size of the ``str``, header included), so
+    the bound holds for non-ASCII bodies too. ``bytes_max=None``: no bound."""
+
+    __slots__ = ("bytes_max", "bytes_used")
+
+    def __init__(self, bytes_max: int | None = None) -> None:
+        assert bytes_max is None or bytes_max >= 0, bytes_max
+        self.bytes_max = bytes_max
+        self.bytes_used = 0
+
+    def admit(self, body: str) -> int:
+        """Reserve room for ``body``: its size, or 0 if it does not fit."""
+        size = sys.getsizeof(body)
+        if self.bytes_max is not None and self.bytes_used + size > self.bytes_max:
+            return 0
+        self.bytes_used += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.bytes_used -= size
+        assert self.bytes_used >= 0, "released more body bytes than were admitted"
+
+
 class _Entry:
     """One live message: its immutable content plus mutable receive state."""
 
     __slots__ = (
         "record",
+        "body_bytes",
         "order",
         "gen",
         "state",
@@ -109,8 +144,9 @@ class _Entry:
         "group",
     )
 
-    def __init__(self, record: MessageRecord, order: int) -> None:
+    def __init__(self, record: MessageRecord, order: int, body_bytes: int) -> None:
         self.record = record
+        self.body_bytes = body_bytes  # held in the body budget; 0 when body is None
         self.order = order  # delivery order: FIFO sequence number, else arrival counter
         self.gen = 0  # bumped on every re-indexing; heap entries with an old gen are stale
         self.state = _DELAYED
@@ -185,10 +221,13 @@ class MessageQueue:
 
     inflight_messages_max = INFLIGHT_MESSAGES_MAX  # an instance may lower it (tests)
 
-    def __init__(self, name: str, arn: str, settings: QueueSettings) -> None:
+    def __init__(
+        self, name: str, arn: str, settings: QueueSettings, budget: BodyBudget | None = None
+    ) -> None:
         self.name = name
         self.arn = arn
         self.settings = settings
+        self._budget = BodyBudget() if budget is None else budget
         self._fifo = settings.fifo  # the queue type never changes
         self._messages: dict[str, _Entry] = {}
         self._counts = [0, 0, 0]  # per state: ready, delayed, in flight
@@ -250,7 +289,12 @@ class MessageQueue:
             order = self._order
         if record.sequence_number is not None:
             self._last_sequence = max(self._last_sequence, record.sequence_number)
-        entry = _Entry(record, order)
+        body_bytes = 0
+        if record.body is not None:
+            body_bytes = self._budget.admit(record.body)
+            if not body_bytes:
+                record = replace(record, body=None)  # the store holds it
+        entry = _Entry(record, order, body_bytes)
         self._messages[record.message_id] = entry
         self._counts[_DELAYED] += 1  # _place moves it to its real state
         if self._fifo:
@@ -281,6 +325,7 @@ class MessageQueue:
         self._place(entry, effect.visible_at_ms)
 
     def _apply_purged(self) -> None:
+        self.release_bodies()
         for entry in self._messages.values():
             entry.removed = True
         self._messages.clear()
@@ -293,6 +338,14 @@ class MessageQueue:
         self._dedup.clear()
         self._dedup_expiry.clear()
         self._attempts.clear()
+
+    def release_bodies(self) -> None:
+        """Give every body this queue holds back to the budget (purge, queue deletion)."""
+        budget = self._budget
+        for entry in self._messages.values():
+            if entry.body_bytes:
+                budget.release(entry.body_bytes)
+                entry.body_bytes = 0
 
     # ---- indexes -----------------------------------------------------------
 
@@ -350,6 +403,9 @@ class MessageQueue:
         self._set_state(entry, _READY)  # leaves the in-flight count of its group
         self._counts[_READY] -= 1
         entry.removed = True
+        if entry.body_bytes:
+            self._budget.release(entry.body_bytes)
+            entry.body_bytes = 0
         del self._messages[entry.record.message_id]
         if len(self._by_sent) > 2 * len(self._messages) + _SLACK:
             # Deleted messages would otherwise stay referenced (bodies included)
@@ -488,6 +544,8 @@ class MessageQueue:
         """Store a message moved here from another queue (redrive or move task).
 
         It keeps its id, body, attributes and SentTimestamp, and is visible at once.
+        The caller removes it from ``record.queue`` in the same commit, after this
+        effect (a body that is not in memory is copied from there by the store).
         With ``source_arn`` (redrive into a dead-letter queue) it also keeps its
         receive count and records DeadLetterQueueSourceArn. Without it (a move task
         taking messages out of a DLQ) its receive history starts afresh: keeping the
@@ -503,6 +561,7 @@ class MessageQueue:
             sequence_number = self._next_sequence(now_ms)
             if group_id is None:
                 group_id = record.message_id  # only a broker bug moves standard -> FIFO
+        moved_from = record.queue if record.body is None else None
         moved = replace(
             record,
             queue=self.name,
@@ -514,7 +573,7 @@ class MessageQueue:
         )
         if source_arn is None:
             moved = replace(moved, receive_count=0, first_receive_ms=None)
-        effects: list[Effect] = [MessageStored(moved)]
+        effects: list[Effect] = [MessageStored(moved, moved_from)]
         self.apply(effects[0])
         return effects
 
@@ -904,9 +963,12 @@ class MessageQueue:
         def deliver(entry: _Entry) -> bool:
             """Receive ``entry`` or redrive it; True if it was delivered."""
             if dead_letter_queue is not None and entry.receive_count >= settings.max_receive_count:
-                moved = dead_letter_queue.accept_moved(entry.snapshot(), now_ms, entropy, self.arn)
-                effects.extend(moved)
-                effects.extend(self.remove(entry.record.message_id))
+                record = entry.snapshot()
+                # Removed here first so its body's room in the budget is free for the
+                # copy; the effects keep the order the store needs (copy, then remove).
+                removed = self.remove(record.message_id)
+                effects.extend(dead_letter_queue.accept_moved(record, now_ms, entropy, self.arn))
+                effects.extend(removed)
                 return False
             token = entropy.token()
             effect = MessageReceived(

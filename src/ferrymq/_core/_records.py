@@ -47,7 +47,9 @@ class MessageRecord:
 
     queue: str
     message_id: str
-    body: str
+    # None: the body is not held in memory (over the broker's body budget); the store
+    # has it. Effects that create a message always carry it, except a move (below).
+    body: str | None
     attributes: tuple[tuple[str, AttributeValue], ...]  # sorted by name
     md5_of_body: str
     md5_of_attributes: str | None
@@ -95,9 +97,16 @@ class MoveTaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class MessageStored:
-    """A message now exists with exactly this state (send, DLQ move, restore)."""
+    """A message now exists with exactly this state (send, DLQ move, restore).
+
+    A move whose body is not in memory carries ``record.body is None`` and
+    ``moved_from``, the queue the message leaves in the same commit: the store takes
+    the body from that queue's copy, which the ``MessageRemoved`` following this effect
+    then deletes.
+    """
 
     record: MessageRecord
+    moved_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

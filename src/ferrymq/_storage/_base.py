@@ -8,7 +8,7 @@ every implementation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +56,9 @@ class Store(Protocol):
 
     - ``MessageStored`` upserts the message (key: queue + message id). A new message
       takes the next position in insertion order; an existing one keeps its position.
+      With ``record.body is None`` (a move of a message whose body is not in memory)
+      the body is copied from the message of the same id in queue ``moved_from``; if
+      there is none, nothing is stored.
     - ``MessageReceived`` sets receipt token, visible_at_ms, receive count and first
       receive time; ``VisibilityChanged`` sets visible_at_ms; ``MessageRemoved``
       deletes the message. Effects on messages that do not exist change nothing.
@@ -74,19 +77,29 @@ class Store(Protocol):
     @property
     def stats(self) -> StoreStats: ...
 
-    def load(self) -> list[Effect]:
+    def load(self) -> Iterator[Effect]:
         """Effects that, applied in order to an empty core, rebuild the durable state:
         ``QueueUpserted`` per live queue, ``QueueDeleted`` per remembered deletion,
         ``MoveTaskUpserted`` per task, ``MessageStored`` per live message with its
-        current state (per queue in first-stored order), then ``DedupRecorded`` per
-        entry. Synchronous; called once at start-up before serving."""
+        current state and body (per queue in first-stored order), then
+        ``DedupRecorded`` per entry. Yielded one at a time, so a store larger than
+        memory can be restored into a core that keeps only some bodies. Synchronous;
+        called once at start-up before serving; consume it to the end."""
         ...
 
-    async def commit(self, effects: Sequence[Effect]) -> None:
+    async def commit(
+        self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = ()
+    ) -> list[str | None]:
         """Return once ``effects`` are durable. Calls are applied in call order, each
         call's effects in list order, and a call's effects are durable all or none.
         Raises ``StorageError`` if the write failed or an earlier one did, or the
-        store is closed."""
+        store is closed.
+
+        ``fetch_bodies`` names messages as (queue, message id); the result holds their
+        bodies in that order (None for a message that is not stored), read after this
+        call's effects and every earlier call's, before any later call's: exactly the
+        state the core had when it produced ``effects``. A call with fetches and no
+        effects still takes its place in that order."""
         ...
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ferrymq._core._records import (
     DedupRecorded,
@@ -59,15 +59,17 @@ class MemoryStore:
         self._closed = False
         return self
 
-    def load(self) -> list[Effect]:
+    def load(self) -> Iterator[Effect]:
         effects: list[Effect] = [QueueUpserted(q) for q in self._queues.values()]
         effects.extend(QueueDeleted(name, at_ms) for name, at_ms in self._deleted.items())
         effects.extend(MoveTaskUpserted(t) for t in self._tasks.values())
         effects.extend(MessageStored(m) for m in self._messages.values())
         effects.extend(self._dedup.values())
-        return effects
+        return iter(effects)
 
-    async def commit(self, effects: Sequence[Effect]) -> None:
+    async def commit(
+        self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = ()
+    ) -> list[str | None]:
         if self._closed:
             raise StorageError("the store is closed")
         for effect in effects:
@@ -75,6 +77,11 @@ class MemoryStore:
         self._stats.commits += 1
         self._stats.transactions += 1
         self._stats.effects += len(effects)
+        bodies: list[str | None] = []
+        for key in fetch_bodies:
+            record = self._messages.get(key)
+            bodies.append(None if record is None else record.body)
+        return bodies
 
     async def close(self) -> None:
         self._closed = True
@@ -83,7 +90,12 @@ class MemoryStore:
 
     def _apply(self, effect: Effect) -> None:
         match effect:
-            case MessageStored(record=m):
+            case MessageStored(record=m, moved_from=moved_from):
+                if m.body is None:
+                    source = self._messages.get((moved_from or "", m.message_id))
+                    if source is None:
+                        return
+                    m = dataclasses.replace(m, body=source.body)
                 self._messages[(m.queue, m.message_id)] = m
                 self._message_ids.setdefault(m.queue, set()).add(m.message_id)
             case MessageReceived():

@@ -33,7 +33,7 @@ import os
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +158,14 @@ _SQL_MESSAGE_STORE = (
     f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
     f"ON CONFLICT (queue, message_id) DO UPDATE SET {_MESSAGE_UPDATES}"
 )
+# A move of a message whose body is not in memory: the body comes from the copy in the
+# source queue, which the same transaction deletes right after.
+_SQL_MESSAGE_MOVE = (
+    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT ?, ?, body, "
+    f"{', '.join('?' * 14)} FROM messages WHERE queue = ? AND message_id = ? "
+    f"ON CONFLICT (queue, message_id) DO UPDATE SET {_MESSAGE_UPDATES}"
+)
+_SQL_BODY = "SELECT body FROM messages WHERE queue = ? AND message_id = ?"
 _SQL_MESSAGE_RECEIVED = (
     "UPDATE messages SET receipt_token = ?, visible_at_ms = ?, receive_count = ?, "
     "first_receive_ms = ? WHERE queue = ? AND message_id = ?"
@@ -272,11 +280,20 @@ def _message_params(m: MessageRecord) -> tuple[Any, ...]:
     )
 
 
+def _move_params(e: MessageStored) -> tuple[Any, ...]:
+    params = _message_params(e.record)
+    return (*params[:2], *params[3:], e.moved_from, e.record.message_id)
+
+
 def _write_run(cur: sqlite3.Cursor, kind: type, run: list[Any]) -> None:
     """Write consecutive effects of one kind, with executemany where the kind is a
     single statement per effect."""
     if kind is MessageStored:
-        cur.executemany(_SQL_MESSAGE_STORE, [_message_params(e.record) for e in run])
+        for moved, stored in itertools.groupby(run, key=lambda e: e.record.body is None):
+            if moved:
+                cur.executemany(_SQL_MESSAGE_MOVE, [_move_params(e) for e in stored])
+            else:
+                cur.executemany(_SQL_MESSAGE_STORE, [_message_params(e.record) for e in stored])
     elif kind is MessageReceived:
         cur.executemany(
             _SQL_MESSAGE_RECEIVED,
@@ -395,8 +412,10 @@ def _fsync_directory(directory: Path) -> None:
 @dataclass(slots=True)
 class _Pending:
     effects: Sequence[Effect]
-    future: asyncio.Future[None]
+    future: asyncio.Future[list[str | None]]
     loop: asyncio.AbstractEventLoop = field(repr=False)
+    fetch_bodies: Sequence[tuple[str, str]] = ()
+    bodies: list[str | None] = field(default_factory=list)  # filled by the writer
 
 
 class SqliteStore:
@@ -436,7 +455,7 @@ class SqliteStore:
         # Loop side only: callers who found the handoff full, in call order.
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._closed = False
-        self._last: asyncio.Future[None] | None = None
+        self._last: asyncio.Future[list[str | None]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer = threading.Thread(
             target=self._run_writer, name=f"ferrymq-store-writer:{path.name}", daemon=True
@@ -453,7 +472,7 @@ class SqliteStore:
 
     # ---- start-up ----------------------------------------------------------------
 
-    def load(self) -> list[Effect]:
+    def load(self) -> Iterator[Effect]:
         try:
             conn = sqlite3.connect(self._path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -461,7 +480,7 @@ class SqliteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             conn.execute("BEGIN")  # one consistent snapshot across all tables
-            return self._read_all(conn)
+            yield from self._read_all(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read store {self._path}: {exc}") from exc
         except (AssertionError, struct.error, UnicodeDecodeError, ValueError) as exc:
@@ -471,30 +490,29 @@ class SqliteStore:
             conn.close()
 
     @staticmethod
-    def _read_all(conn: sqlite3.Connection) -> list[Effect]:
-        effects: list[Effect] = []
+    def _read_all(conn: sqlite3.Connection) -> Iterator[Effect]:
         for name, attrs, tags, created_ms, modified_ms, last_purge_ms in conn.execute(
             "SELECT name, attributes, tags, created_ms, modified_ms, last_purge_ms "
             "FROM queues ORDER BY rowid"
         ):
-            effects.append(QueueUpserted(QueueRecord(
+            yield QueueUpserted(QueueRecord(
                 name, _pairs_from_json(attrs), _pairs_from_json(tags), created_ms,
                 modified_ms, last_purge_ms,
-            )))
+            ))
         for name, deleted_at_ms in conn.execute(
             "SELECT name, deleted_at_ms FROM deleted_queues ORDER BY rowid"
         ):
-            effects.append(QueueDeleted(name, deleted_at_ms))
+            yield QueueDeleted(name, deleted_at_ms)
         for row in conn.execute(
             "SELECT task_handle, source_arn, destination_arn, max_per_second, status, "
             "started_ms, moved, to_move, failure_reason FROM move_tasks ORDER BY rowid"
         ):
-            effects.append(MoveTaskUpserted(MoveTaskRecord(*row)))
+            yield MoveTaskUpserted(MoveTaskRecord(*row))
         for row in conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY rowid"):
             (queue, message_id, body, attrs, md5_body, md5_attrs, sent_ms, visible_at_ms,
              receive_count, first_receive_ms, receipt_token, sender_id, group_id, dedup_id,
              sequence_number, trace_header, dlq_source_arn) = row
-            effects.append(MessageStored(MessageRecord(
+            yield MessageStored(MessageRecord(
                 queue=queue, message_id=message_id, body=body,
                 attributes=decode_attributes(attrs), md5_of_body=md5_body,
                 md5_of_attributes=md5_attrs, sent_ms=sent_ms, visible_at_ms=visible_at_ms,
@@ -502,17 +520,18 @@ class SqliteStore:
                 receipt_token=receipt_token, sender_id=sender_id, group_id=group_id,
                 dedup_id=dedup_id, sequence_number=sequence_number,
                 trace_header=trace_header, dead_letter_source_arn=dlq_source_arn,
-            )))
+            ))
         for row in conn.execute(
             "SELECT queue, key, message_id, sequence_number, expires_at_ms FROM dedup "
             "ORDER BY rowid"
         ):
-            effects.append(DedupRecorded(*row))
-        return effects
+            yield DedupRecorded(*row)
 
     # ---- commit (event loop side) ------------------------------------------------
 
-    async def commit(self, effects: Sequence[Effect]) -> None:
+    async def commit(
+        self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = ()
+    ) -> list[str | None]:
         # Everything up to the handoff happens synchronously, so calls enter the
         # handoff (or the waiting line) in call order.
         if self._closed:
@@ -523,7 +542,7 @@ class SqliteStore:
             # fine once everything committed from the previous loop is settled.
             assert self._last is None or self._last.done(), "store used from two loops"
             self._loop = loop
-        item = _Pending(effects, loop.create_future(), loop)
+        item = _Pending(effects, loop.create_future(), loop, fetch_bodies)
         if self._waiting:
             # Settling the line fails it if the store broke meanwhile.
             self._waiting.append(item)
@@ -539,7 +558,7 @@ class SqliteStore:
         self._last = item.future
         # Shielded: a cancelled caller's effects are still written (the core has
         # applied them), so its future must stay resolvable by the writer.
-        await asyncio.shield(item.future)
+        return await asyncio.shield(item.future)
 
     async def close(self) -> None:
         if self._closed:
@@ -560,7 +579,7 @@ class SqliteStore:
         for item in batch:
             if not item.future.done():
                 if failure is None:
-                    item.future.set_result(None)
+                    item.future.set_result(item.bodies)
                 else:
                     item.future.set_exception(_refusal(failure))
         if failure is not None:
@@ -607,12 +626,15 @@ class SqliteStore:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                for kind, run_iter in itertools.groupby(
-                    _effects_in_order(batch), key=type
-                ):
-                    run = list(run_iter)
-                    effect_count += len(run)
-                    _write_run(cur, kind, run)
+                # Runs of one effect kind span calls (executemany), but a call that
+                # reads bodies is a boundary: its reads see exactly the effects of the
+                # calls up to and including it.
+                start = 0
+                for end, item in enumerate(batch, 1):
+                    if item.fetch_bodies or end == len(batch):
+                        effect_count += _write_effects(cur, batch[start:end])
+                        start = end
+                        item.bodies = [_read_body(cur, key) for key in item.fetch_bodies]
                 cur.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -652,4 +674,18 @@ def _refusal(failure: StorageError) -> StorageError:
 def _effects_in_order(batch: Iterable[_Pending]) -> Iterable[Effect]:
     for item in batch:
         yield from item.effects
+
+
+def _write_effects(cur: sqlite3.Cursor, batch: Iterable[_Pending]) -> int:
+    count = 0
+    for kind, run_iter in itertools.groupby(_effects_in_order(batch), key=type):
+        run = list(run_iter)
+        count += len(run)
+        _write_run(cur, kind, run)
+    return count
+
+
+def _read_body(cur: sqlite3.Cursor, key: tuple[str, str]) -> str | None:
+    row = cur.execute(_SQL_BODY, key).fetchone()
+    return None if row is None else str(row[0])
 
