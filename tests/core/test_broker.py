@@ -534,3 +534,14 @@ def test_redrive_of_a_body_on_disk_names_the_queue_it_leaves() -> None:
     assert sqs.broker.body_budget.bytes_used == sys.getsizeof("kept")
     sqs("DeleteQueue", QueueUrl=sqs.url("src"))
     assert sqs.broker.body_budget.bytes_used == 0
+
+
+def test_without_body_copies_every_other_field() -> None:
+    import dataclasses
+
+    from ferrymq._core._records import AttributeValue, MessageRecord
+
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(MessageRecord)}
+    values["attributes"] = (("a", AttributeValue("String", "s")),)
+    record = MessageRecord(**values)  # type: ignore[arg-type]
+    assert record.without_body() == dataclasses.replace(record, body=None)

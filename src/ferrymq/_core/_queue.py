@@ -293,7 +293,7 @@ class MessageQueue:
         if record.body is not None:
             body_bytes = self._budget.admit(record.body)
             if not body_bytes:
-                record = replace(record, body=None)  # the store holds it
+                record = record.without_body()  # the store holds it
         entry = _Entry(record, order, body_bytes)
         self._messages[record.message_id] = entry
         self._counts[_DELAYED] += 1  # _place moves it to its real state

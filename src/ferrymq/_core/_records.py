@@ -6,6 +6,13 @@ storage layer persists effects; applying the same effects, in order, to an empty
 core reproduces the same state (``Broker.apply``). Restart recovery is just that:
 storage yields effects describing its current contents and the core applies them.
 Nothing here may reference a clock, socket or random source.
+
+Every record is a value: nothing mutates one after it is built (effects are shared
+between the core, the store's queue and the core's indexes). The records built for
+every message (``MessageRecord`` and the message effects) are nevertheless not
+``frozen``: a frozen dataclass's ``__init__`` sets each field through
+``object.__setattr__``, which measured 2.1 µs against 0.7 µs for a ``MessageRecord``,
+paid once or twice per message sent.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ class AttributeValue:
     binary_value: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value: see the module docstring
 class MessageRecord:
     """Everything durable about one message at one moment."""
 
@@ -64,6 +71,17 @@ class MessageRecord:
     sequence_number: int | None = None
     trace_header: str | None = None
     dead_letter_source_arn: str | None = None
+
+    def without_body(self) -> MessageRecord:
+        """This record with ``body=None`` (positional: ``dataclasses.replace`` measured
+        3.4 µs, this 0.8 µs; it runs for every message sent beyond the body budget)."""
+        return MessageRecord(
+            self.queue, self.message_id, None, self.attributes, self.md5_of_body,
+            self.md5_of_attributes, self.sent_ms, self.visible_at_ms, self.receive_count,
+            self.first_receive_ms, self.receipt_token, self.sender_id, self.group_id,
+            self.dedup_id, self.sequence_number, self.trace_header,
+            self.dead_letter_source_arn,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +113,7 @@ class MoveTaskRecord:
 # ---- effects ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value: see the module docstring
 class MessageStored:
     """A message now exists with exactly this state (send, DLQ move, restore).
 
@@ -109,7 +127,7 @@ class MessageStored:
     moved_from: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value: see the module docstring
 class MessageReceived:
     queue: str
     message_id: str
@@ -119,14 +137,14 @@ class MessageReceived:
     first_receive_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value: see the module docstring
 class VisibilityChanged:
     queue: str
     message_id: str
     visible_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value: see the module docstring
 class MessageRemoved:
     """Deleted by a client, expired by retention, or moved away to a DLQ."""
 
@@ -134,7 +152,7 @@ class MessageRemoved:
     message_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value: see the module docstring
 class DedupRecorded:
     """A FIFO deduplication entry; ``key`` already includes the group when the
     queue's DeduplicationScope is messageGroup."""
