@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _doubles import CountingEntropy
 
 from ferrymq._api import CallContext
 from ferrymq._core._broker import Broker
@@ -172,22 +173,6 @@ def test_fifo_delete_wakes_a_poller_for_the_groups_next_message() -> None:
     asyncio.run(scenario())
 
 
-class _CountingEntropy:
-    """Deterministic ids and tokens, so two services can be compared response by
-    response."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def message_id(self) -> str:
-        self.n += 1
-        return f"00000000-0000-7000-8000-{self.n:012d}"
-
-    def token(self) -> str:
-        self.n += 1
-        return f"token{self.n:020d}"
-
-
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_bodies_beyond_the_budget_are_read_from_the_store(
@@ -207,7 +192,7 @@ def test_bodies_beyond_the_budget_are_read_from_the_store(
         return QueueService(broker, open_store(store_kind, path), clock_ms=lambda: now[0],
                             entropy=entropy_of[body_bytes_max])
 
-    entropy_of = {None: _CountingEntropy(), budget_bytes: _CountingEntropy()}
+    entropy_of = {None: CountingEntropy(), budget_bytes: CountingEntropy()}
     path = tmp_path / "s.db"
 
     async def scenario() -> None:

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+from _doubles import CountingEntropy
 
 from ferrymq._core._broker import Broker, RequestInfo
 from ferrymq._core._errors import SqsError
@@ -16,19 +17,6 @@ from ferrymq._core._records import Effect, MessageRemoved, MessageStored
 
 INFO = RequestInfo(base_url="http://localhost:9324", sender_id="AKIDTEST")
 ARN = "arn:aws:sqs:us-east-1:000000000000:"
-
-
-class CountingEntropy:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def message_id(self) -> str:
-        self.n += 1
-        return f"00000000-0000-4000-8000-{self.n:012d}"
-
-    def token(self) -> str:
-        self.n += 1
-        return f"token{self.n:020d}"
 
 
 class Harness:
