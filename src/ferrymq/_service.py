@@ -128,14 +128,15 @@ class _Waiters:
         if not waiters:
             del self._by_queue[queue]
 
-    def notify(self, queue: str, count: int = 1) -> None:
+    def notify(self, queue: str) -> None:
+        """Wake the oldest parked poller of ``queue``, if any."""
         self._versions[queue] += 1
         waiters = self._by_queue.get(queue)
-        while waiters and count > 0:
+        while waiters:
             fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
-                count -= 1
+                break
         if waiters is not None and not waiters:
             del self._by_queue[queue]
 

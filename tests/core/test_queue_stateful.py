@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from _doubles import CountingEntropy
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -23,19 +24,6 @@ from ferrymq._core._settings import QueueSettings
 T0 = 1_700_000_000_000
 RETENTION_MS = 60_000
 MAX_RECEIVE_COUNT = 2
-
-
-class SeqEntropy:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def message_id(self) -> str:
-        self.n += 1
-        return f"id{self.n:08d}"
-
-    def token(self) -> str:
-        self.n += 1
-        return f"tok{self.n:016d}"
 
 
 @dataclass
@@ -97,7 +85,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.model = ModelQueue()
         self.dlq_model = ModelQueue()
         self.now = T0
-        self.entropy = SeqEntropy()
+        self.entropy = CountingEntropy()
         self.effects: list[Effect] = []
         self.handles: list[str] = []
         self.calls = 0

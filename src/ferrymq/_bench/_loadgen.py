@@ -146,11 +146,10 @@ class _Window:
     last_completion_ns: int = 0
     error_samples: list[str] = field(default_factory=list)
 
-    def counts(self, started_ns: int, finished_ns: int) -> bool:
+    def counts(self, finished_ns: int) -> bool:
         # Completions inside the window count, wherever they started: a server whose
         # requests take longer than the window (moto at 64 connections) still shows
         # its rate instead of zero.
-        del started_ns
         return self.measuring and self.start_ns <= finished_ns <= self.end_ns
 
     def error(self, what: str) -> None:
@@ -262,7 +261,7 @@ class _Worker:
                 if self.role == "batch" and batch_failed(body):
                     window.error(f"batch entries failed: {body[:300]!r}")
                     continue
-                if window.counts(started, finished) or budget is not None:
+                if window.counts(finished) or budget is not None:
                     window.latencies_ns.append(finished - started)
                     window.sent += 10 if self.role == "batch" else 1
                     window.requests += 1
@@ -279,8 +278,7 @@ class _Worker:
             if status:
                 window.error(f"{status} {body[:300]!r}")
             return True
-        counted = window.counts(started, finished)
-        if counted:
+        if window.counts(finished):
             window.latencies_ns.append(finished - started)
             window.requests += 1
         messages = orjson.loads(body).get("Messages") or []
@@ -297,7 +295,7 @@ class _Worker:
             if status:
                 window.error(f"delete {status} {body[:300]!r}")
             return True
-        if window.counts(started, finished):
+        if window.counts(finished):
             window.latencies_ns.append(finished - started)
             window.requests += 1
             window.consumed += len(messages)

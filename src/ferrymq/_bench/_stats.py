@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "CLOCK_TICKS_PER_S",
@@ -122,24 +122,26 @@ def session_pids(root_pid: int, proc_dir: str = "/proc") -> list[int]:
     return pids
 
 
-def session_cpu_ns(pids: Iterable[int], proc_dir: str = "/proc") -> int:
-    """Summed user + system CPU time of ``pids`` (processes that vanished count 0)."""
-    total_ns = 0
+def _summed(pids: Iterable[int], proc_dir: str, file_name: str,
+            value_of: Callable[[str], int]) -> int:
+    """``value_of`` each live pid's ``/proc/<pid>/<file_name>``, summed (processes
+    that vanished count 0)."""
+    total = 0
     for pid in pids:
-        line = _read(f"{proc_dir}/{pid}/stat")
-        if line is not None:
-            total_ns += cpu_ns_from_stat_line(line)
-    return total_ns
+        text = _read(f"{proc_dir}/{pid}/{file_name}")
+        if text is not None:
+            total += value_of(text)
+    return total
+
+
+def session_cpu_ns(pids: Iterable[int], proc_dir: str = "/proc") -> int:
+    """Summed user + system CPU time of ``pids``."""
+    return _summed(pids, proc_dir, "stat", cpu_ns_from_stat_line)
 
 
 def session_rss_bytes(pids: Iterable[int], proc_dir: str = "/proc") -> int:
     """Summed resident set size of ``pids`` in bytes."""
-    total = 0
-    for pid in pids:
-        text = _read(f"{proc_dir}/{pid}/status")
-        if text is not None:
-            total += rss_bytes_from_status(text)
-    return total
+    return _summed(pids, proc_dir, "status", rss_bytes_from_status)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

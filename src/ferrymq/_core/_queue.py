@@ -341,11 +341,13 @@ class MessageQueue:
 
     def release_bodies(self) -> None:
         """Give every body this queue holds back to the budget (purge, queue deletion)."""
-        budget = self._budget
         for entry in self._messages.values():
-            if entry.body_bytes:
-                budget.release(entry.body_bytes)
-                entry.body_bytes = 0
+            self._release_body(entry)
+
+    def _release_body(self, entry: _Entry) -> None:
+        if entry.body_bytes:
+            self._budget.release(entry.body_bytes)
+            entry.body_bytes = 0
 
     # ---- indexes -----------------------------------------------------------
 
@@ -403,9 +405,7 @@ class MessageQueue:
         self._set_state(entry, _READY)  # leaves the in-flight count of its group
         self._counts[_READY] -= 1
         entry.removed = True
-        if entry.body_bytes:
-            self._budget.release(entry.body_bytes)
-            entry.body_bytes = 0
+        self._release_body(entry)
         del self._messages[entry.record.message_id]
         if len(self._by_sent) > 2 * len(self._messages) + _SLACK:
             # Deleted messages would otherwise stay referenced (bodies included)

@@ -92,9 +92,10 @@ class MemoryStore:
         match effect:
             case MessageStored(record=m, moved_from=moved_from):
                 if m.body is None:
-                    source = self._messages.get((moved_from or "", m.message_id))
+                    source = (None if moved_from is None
+                              else self._messages.get((moved_from, m.message_id)))
                     if source is None:
-                        return
+                        return  # nowhere to take the body from: nothing is stored
                     m = dataclasses.replace(m, body=source.body)
                 self._messages[(m.queue, m.message_id)] = m
                 self._message_ids.setdefault(m.queue, set()).add(m.message_id)
