@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -11,7 +12,8 @@ import pytest
 from _doubles import CountingEntropy
 
 from ferrymq._core._broker import Broker, RequestInfo
-from ferrymq._core._errors import SqsError
+from ferrymq._core._errors import InternalError, SqsError
+from ferrymq._core._messages import NAMES_PER_LIST_MAX
 from ferrymq._core._queue import BodyBudget
 from ferrymq._core._records import Effect, MessageRemoved, MessageStored
 
@@ -117,6 +119,7 @@ def test_default_attributes_match_sqs(sqs: Harness) -> None:
         ("ContentBasedDeduplication", "true", "InvalidAttributeName"),
         ("DeduplicationScope", "queue", "InvalidAttributeName"),
         ("Policy", "{not json", "InvalidAttributeValue"),
+        ("FifoQueue", "false", "InvalidAttributeName"),
     ],
 )
 def test_set_attributes_validation(sqs: Harness, name: str, value: str, expected: str) -> None:
@@ -124,6 +127,22 @@ def test_set_attributes_validation(sqs: Harness, name: str, value: str, expected
     with pytest.raises(SqsError) as exc:
         sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={name: value})
     assert code(exc) == expected
+
+
+UNKNOWN_FIFO_QUEUE = ("InvalidAttributeName", "Unknown Attribute FifoQueue.")
+
+
+@pytest.mark.parametrize("value", ["false", "False"])
+def test_fifo_queue_false_is_unknown_for_standard_queues(sqs: Harness, value: str) -> None:
+    # Recorded on AWS, for CreateQueue and SetQueueAttributes alike.
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q", Attributes={"FifoQueue": value})
+    assert (code(exc), exc.value.message) == UNKNOWN_FIFO_QUEUE
+    assert not sqs.broker.queue_exists("q")
+    sqs("CreateQueue", QueueName="q")
+    with pytest.raises(SqsError) as exc:
+        sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={"FifoQueue": value})
+    assert (code(exc), exc.value.message) == UNKNOWN_FIFO_QUEUE
 
 
 def test_fifo_type_cannot_change(sqs: Harness) -> None:
@@ -324,6 +343,114 @@ def test_redrive_allow_policy(sqs: Harness) -> None:
         assert code(exc) == "InvalidParameterValue"
 
 
+def nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("name", ["Policy", "RedrivePolicy", "RedriveAllowPolicy"])
+@pytest.mark.parametrize("depth", [33, 1000, 4000])
+def test_deeply_nested_policies_are_invalid_at_any_depth(
+    sqs: Harness, name: str, depth: int
+) -> None:
+    sqs("CreateQueue", QueueName="q")
+    for value in (nested(depth), "[" * depth + "]" * depth):
+        for action, params in (
+            ("SetQueueAttributes", {"QueueUrl": sqs.url("q")}),
+            ("CreateQueue", {"QueueName": "other"}),
+        ):
+            with pytest.raises(SqsError) as exc:
+                sqs(action, Attributes={name: value}, **params)
+            if name == "Policy" and len(value) > 8192:
+                assert (code(exc), exc.value.message) == (
+                    "OverLimit", "Submitted policy is over max allowed size.")
+            elif name == "Policy":
+                assert (code(exc), exc.value.message) == (
+                    "InvalidAttributeValue", "Invalid value for the parameter Policy.")
+            else:
+                reason = "Redrive policy" if name == "RedrivePolicy" else "Redrive allow policy"
+                assert code(exc) == "InvalidParameterValue"
+                assert exc.value.message.endswith(f"Reason: {reason} is not a valid JSON map.")
+                if len(value) > 8192:
+                    # Not copied back into the error: it could be most of the request.
+                    assert exc.value.message.startswith(f"Value for parameter {name} ")
+
+
+def test_policy_quotas_as_aws_words_them(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q")
+
+    def statement(i: int, actions: int = 1) -> dict[str, Any]:
+        return {"Sid": f"s{i}", "Effect": "Allow", "Principal": "*",
+                "Action": [f"sqs:Action{k}" for k in range(actions)], "Resource": "*"}
+
+    ok = {"Version": "2012-10-17", "Statement": [statement(i) for i in range(20)]}
+    sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={"Policy": json.dumps(ok)})
+    cases = [
+        ({"Statement": [statement(i) for i in range(21)]},
+         "21 statements were found in the submitted policy, max allowed is 20"),
+        ({"Statement": [statement(0, actions=8)]},
+         "8 actions were found in a statement from the submitted policy, max allowed is 7"),
+        ({"Statement": [statement(0)], "pad": "x" * 8192},
+         "Submitted policy is over max allowed size."),
+    ]
+    for doc, message in cases:
+        with pytest.raises(SqsError) as exc:
+            sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={"Policy": json.dumps(doc)})
+        assert (code(exc), exc.value.status, exc.value.message) == ("OverLimit", 403, message)
+    # AddPermission keeps the stored policy within the same quotas.
+    sqs("SetQueueAttributes", QueueUrl=sqs.url("q"), Attributes={"Policy": ""})
+    for i in range(20):
+        sqs("AddPermission", QueueUrl=sqs.url("q"), Label=f"l{i}", AWSAccountIds=["111122223333"],
+            Actions=["SendMessage"])
+    with pytest.raises(SqsError) as exc:
+        sqs("AddPermission", QueueUrl=sqs.url("q"), Label="l20", AWSAccountIds=["111122223333"],
+            Actions=["SendMessage"])
+    assert code(exc) == "OverLimit"
+
+
+def test_permission_policy_version_and_missing_label_as_recorded(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q")
+    sqs("AddPermission", QueueUrl=sqs.url("q"), Label="crossaccountpermission",
+        AWSAccountIds=["111122223333"], Actions=["ReceiveMessage"])
+    policy = json.loads(sqs("GetQueueAttributes", QueueUrl=sqs.url("q"),
+                            AttributeNames=["Policy"])["Attributes"]["Policy"])
+    assert policy["Version"] == "2008-10-17"
+    sqs("RemovePermission", QueueUrl=sqs.url("q"), Label="crossaccountpermission")
+    with pytest.raises(SqsError) as exc:
+        sqs("RemovePermission", QueueUrl=sqs.url("q"), Label="crossaccountpermission2")
+    assert exc.value.message == (
+        "Value crossaccountpermission2 for parameter Label is invalid. Reason: can't find label.")
+
+
+def test_request_lists_are_bounded_before_per_item_work(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q")
+    url = sqs.url("q")
+    many_tags = {f"k{i}": "v" for i in range(51)}
+    for action, params in (("TagQueue", {"QueueUrl": url, "Tags": many_tags}),
+                           ("CreateQueue", {"QueueName": "other", "tags": many_tags})):
+        with pytest.raises(SqsError) as exc:
+            sqs(action, **params)
+        assert exc.value.message.startswith("Too many tags added for queue ")
+    sqs("TagQueue", QueueUrl=url, Tags={f"k{i}": "v" for i in range(50)})
+    # Items that would each be refused are not even looked at past the bound.
+    too_many = [1] * (NAMES_PER_LIST_MAX + 1)
+    for action, params in (("UntagQueue", {"QueueUrl": url, "TagKeys": too_many}),
+                           ("GetQueueAttributes", {"QueueUrl": url, "AttributeNames": too_many})):
+        with pytest.raises(SqsError) as exc:
+            sqs(action, **params)
+        assert "at most 1000 values are allowed" in exc.value.message
+    sqs("UntagQueue", QueueUrl=url, TagKeys=[f"k{i % 60}" for i in range(NAMES_PER_LIST_MAX)])
+    assert sqs("ListQueueTags", QueueUrl=url) == {}
+    with pytest.raises(SqsError) as exc:
+        sqs("AddPermission", QueueUrl=url, Label="l", AWSAccountIds=[1] * 51,
+            Actions=["SendMessage"])
+    assert (code(exc), exc.value.message) == (
+        "OverLimit", "51 AWSAccountIds were found, maximum allowed is 50.")
+    with pytest.raises(SqsError) as exc:
+        sqs("AddPermission", QueueUrl=url, Label="l", AWSAccountIds=["111122223333"],
+            Actions=[1] * 8)
+    assert code(exc) == "OverLimit"
+
+
 def test_messages_move_to_dlq_and_back_with_a_move_task(sqs: Harness) -> None:
     sqs("CreateQueue", QueueName="dlq")
     sqs(
@@ -375,9 +502,38 @@ def test_messages_move_to_dlq_and_back_with_a_move_task(sqs: Harness) -> None:
     assert sorted(m["Body"] for m in back["Messages"]) == [f"m{i}" for i in range(5)]
     with pytest.raises(SqsError) as exc:
         sqs("CancelMessageMoveTask", TaskHandle=handle)
+    assert code(exc) == "InvalidParameterValue"  # only active tasks can be cancelled
+
+
+def task_handle(task_id: str, source_arn: str) -> str:
+    # AWS's handle format (LocalStack's recorded tests build handles the same way).
+    doc = json.dumps({"taskId": task_id, "sourceArn": source_arn})
+    return base64.b64encode(doc.encode()).decode()
+
+
+@pytest.mark.parametrize(("handle", "shape", "message"), [
+    # All three recorded on AWS (LocalStack test_sqs_move_task.snapshot.json).
+    ("foobared", "InvalidParameterValueException", "Value for parameter TaskHandle is invalid."),
+    (task_handle("10f57157-fc38-4da9-a113-4de7e12d05dd", ARN + "missing"),
+     "ResourceNotFoundException",
+     "The resource that you specified for the SourceArn parameter doesn't exist."),
+    (task_handle("10f57157-fc38-4da9-a113-4de7e12d05aa", ARN + "dlq"),
+     "ResourceNotFoundException", "Task does not exist."),
+    # Not handles either: base64 of something else, and far too long to be one.
+    (base64.b64encode(b"no-such-task").decode(), "InvalidParameterValueException",
+     "Value for parameter TaskHandle is invalid."),
+    (base64.b64encode(b'{"taskId": 1, "sourceArn": "x"}').decode(),
+     "InvalidParameterValueException", "Value for parameter TaskHandle is invalid."),
+    ("QQ" * 100_000, "InvalidParameterValueException",
+     "Value for parameter TaskHandle is invalid."),
+])
+def test_cancel_move_task_with_bad_handles(
+    sqs: Harness, handle: str, shape: str, message: str
+) -> None:
+    sqs("CreateQueue", QueueName="dlq")
     with pytest.raises(SqsError) as exc:
-        sqs("CancelMessageMoveTask", TaskHandle="nope")
-    assert code(exc) == "ResourceNotFoundException"
+        sqs("CancelMessageMoveTask", TaskHandle=handle)
+    assert (exc.value.shape, exc.value.message) == (shape, message)
 
 
 def test_cancel_move_task(sqs: Harness) -> None:
@@ -533,3 +689,20 @@ def test_without_body_copies_every_other_field() -> None:
     values["attributes"] = (("a", AttributeValue("String", "s")),)
     record = MessageRecord(**values)  # type: ignore[arg-type]
     assert record.without_body() == dataclasses.replace(record, body=None)
+
+
+def test_read_only_execution_changes_nothing(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q", Attributes={"MessageRetentionPeriod": "60"})
+    sqs("SendMessage", QueueUrl=sqs.url("q"), MessageBody="old")
+    sqs.now_ms += 61_000  # past retention: a normal read would expire it (an effect)
+    params = {"QueueUrl": sqs.url("q"), "AttributeNames": ["ApproximateNumberOfMessages"]}
+    outcome = sqs.broker.execute("GetQueueAttributes", params, sqs.now_ms, sqs.entropy, INFO,
+                                 read_only=True)
+    assert outcome.effects == []
+    outcome = sqs.broker.execute("ListQueues", {}, sqs.now_ms, sqs.entropy, INFO, read_only=True)
+    assert outcome.effects == [] and outcome.response["QueueUrls"] == [sqs.url("q")]
+    with pytest.raises(InternalError):
+        sqs.broker.execute("SendMessage", {"QueueUrl": sqs.url("q"), "MessageBody": "x"},
+                           sqs.now_ms, sqs.entropy, INFO, read_only=True)
+    outcome = sqs.broker.execute("GetQueueAttributes", params, sqs.now_ms, sqs.entropy, INFO)
+    assert [type(e).__name__ for e in outcome.effects] == ["MessageRemoved"]

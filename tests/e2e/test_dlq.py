@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -231,7 +232,8 @@ def test_move_task_errors(sqs: Any, queue_name: str) -> None:
     calls: list[Callable[[], Any]] = [
         lambda: sqs.start_message_move_task(SourceArn=unknown_arn),
         lambda: sqs.list_message_move_tasks(SourceArn=unknown_arn),
-        lambda: sqs.cancel_message_move_task(TaskHandle="bm8tc3VjaC10YXNr"),
+        lambda: sqs.cancel_message_move_task(TaskHandle=task_handle("t-1", unknown_arn)),
+        lambda: sqs.cancel_message_move_task(TaskHandle=task_handle("t-1", plain_arn)),
     ]
     for call in calls:
         with pytest.raises(ClientError) as ei:
@@ -239,3 +241,35 @@ def test_move_task_errors(sqs: Any, queue_name: str) -> None:
         code, _, status = error_of(ei.value)
         assert (code, status) == ("ResourceNotFoundException", 404)
         assert isinstance(ei.value, sqs.exceptions.ResourceNotFoundException)
+
+
+def task_handle(task_id: str, source_arn: str) -> str:
+    """A well-formed handle in AWS's format (base64 of taskId and sourceArn)."""
+    doc = json.dumps({"taskId": task_id, "sourceArn": source_arn})
+    return base64.b64encode(doc.encode()).decode()
+
+
+@pytest.mark.parametrize(("handle", "expected"), [
+    ("foobared", ("InvalidParameterValue", "Value for parameter TaskHandle is invalid.", 400)),
+    ("bm8tc3VjaC10YXNr",  # base64 of "no-such-task": not a handle either
+     ("InvalidParameterValue", "Value for parameter TaskHandle is invalid.", 400)),
+    (task_handle("10f57157-fc38-4da9-a113-4de7e12d05dd",
+                 "arn:aws:sqs:us-east-1:000000000000:ferry-queue-that-does-not-exist"),
+     ("ResourceNotFoundException",
+      "The resource that you specified for the SourceArn parameter doesn't exist.", 404)),
+], ids=["malformed", "not-json", "unknown-source"])
+def test_cancel_move_task_handle_errors_as_recorded(
+    sqs: Any, handle: str, expected: tuple[str, str, int]
+) -> None:
+    # The three cases of LocalStack's test_sqs_move_task snapshots, recorded on AWS.
+    with pytest.raises(ClientError) as ei:
+        sqs.cancel_message_move_task(TaskHandle=handle)
+    assert error_of(ei.value) == expected
+
+
+def test_cancel_unknown_task_of_an_existing_queue(sqs: Any, queue_name: str) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    handle = task_handle("10f57157-fc38-4da9-a113-4de7e12d05aa", arn_of(sqs, url))
+    with pytest.raises(ClientError) as ei:
+        sqs.cancel_message_move_task(TaskHandle=handle)
+    assert error_of(ei.value) == ("ResourceNotFoundException", "Task does not exist.", 404)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from ._harness import approximate_counts, error_of, receive, receive_until
+from ._harness import approximate_counts, error_of, receive, receive_until, wait_until
 from .conftest import BODY_MODES
 
 
@@ -228,3 +228,116 @@ def test_standard_queue_rejects_dedup_id(sqs: Any, queue_name: str) -> None:
     with pytest.raises(ClientError) as ei:
         sqs.send_message(QueueUrl=url, MessageBody="x", MessageDeduplicationId="d")
     assert error_of(ei.value)[0] == "InvalidParameterValue"
+
+
+def test_group_returns_its_head_up_to_the_first_message_in_flight(
+    sqs: Any, queue_name: str
+) -> None:
+    # Recorded on SQS: g1-m2 in flight holds back only what comes after it.
+    url = make_fifo(sqs, queue_name, VisibilityTimeout="30")
+    for body, group in (("g1-m1", "g1"), ("g1-m2", "g1"), ("g2-m1", "g2")):
+        send(sqs, url, body, group=group)
+    first = receive(sqs, url, MaxNumberOfMessages=2)
+    assert [m["Body"] for m in first] == ["g1-m1", "g1-m2"]
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"],
+                                  VisibilityTimeout=0)
+    # g2-m1 first: its head has been visible longer than g1's (sent vs. just released).
+    assert [m["Body"] for m in receive(sqs, url, MaxNumberOfMessages=3)] == ["g2-m1", "g1-m1"]
+    assert receive(sqs, url) == []
+
+
+@pytest.mark.parametrize(("extended", "expected"), [(1, ["foo"]), (2, ["foo", "bar"])],
+                         ids=["bar-extended", "baz-extended"])
+def test_messages_after_an_extended_one_stay_held_back(
+    sqs: Any, queue_name: str, extended: int, expected: list[str]
+) -> None:
+    # Recorded on SQS (queue VisibilityTimeout 1 s, one message extended to 4 s). The long
+    # poll wakes when the others' 1 s visibility lapses, well before the 4 s one does.
+    url = make_fifo(sqs, queue_name, VisibilityTimeout="1")
+    for body in ("foo", "bar", "baz"):
+        send(sqs, url, body, group="1")
+    msgs = receive(sqs, url, MaxNumberOfMessages=5)
+    assert [m["Body"] for m in msgs] == ["foo", "bar", "baz"]
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=msgs[extended]["ReceiptHandle"],
+                                  VisibilityTimeout=4)
+    got = receive(sqs, url, MaxNumberOfMessages=5, WaitTimeSeconds=2)
+    assert [m["Body"] for m in got] == expected
+
+
+EXPIRED = "Value {} for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired."
+
+
+def assert_handle_expired(sqs: Any, url: str, handle: str) -> None:
+    for call in (
+        lambda: sqs.delete_message(QueueUrl=url, ReceiptHandle=handle),
+        lambda: sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle,
+                                              VisibilityTimeout=5),
+    ):
+        with pytest.raises(ClientError) as ei:
+            call()
+        assert error_of(ei.value) == ("InvalidParameterValue", EXPIRED.format(handle), 400)
+    for result in (
+        sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": "a", "ReceiptHandle": handle}]),
+        sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+            {"Id": "a", "ReceiptHandle": handle, "VisibilityTimeout": 5}]),
+    ):
+        assert result.get("Successful", []) == []
+        assert result["Failed"] == [{"Id": "a", "SenderFault": True,
+                                     "Code": "ReceiptHandleIsInvalid",
+                                     "Message": "The receipt handle has expired"}]
+
+
+def test_handle_expires_when_its_visibility_timeout_lapses(sqs: Any, queue_name: str) -> None:
+    # Recorded on SQS: DeleteMessage after the visibility timeout, with no newer receive.
+    url = make_fifo(sqs, queue_name, VisibilityTimeout="1")
+    send(sqs, url, "late")
+    (m,) = receive(sqs, url)
+    wait_until(lambda: approximate_counts(sqs, url) == (1, 0, 0), timeout_s=5,
+               what="the visibility timeout to lapse")
+    assert_handle_expired(sqs, url, m["ReceiptHandle"])
+    (again,) = receive(sqs, url)
+    assert again["Body"] == "late"
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
+    assert approximate_counts(sqs, url) == (0, 0, 0)
+
+
+def test_handle_expires_when_made_visible_again(sqs: Any, queue_name: str) -> None:
+    url = make_fifo(sqs, queue_name)
+    send(sqs, url, "released")
+    (m,) = receive(sqs, url)
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"],
+                                  VisibilityTimeout=0)
+    assert_handle_expired(sqs, url, m["ReceiptHandle"])
+    assert approximate_counts(sqs, url) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(("missing", "message"), [
+    ("MessageGroupId", "The request must contain the parameter MessageGroupId."),
+    ("MessageDeduplicationId",
+     "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId "
+     "provided explicitly"),
+])
+def test_batch_entry_missing_fifo_id_fails_the_whole_request(
+    sqs: Any, queue_name: str, missing: str, message: str
+) -> None:
+    # Recorded on SQS: 400 for the request, not a per-entry failure; nothing is sent.
+    url = make_fifo(sqs, queue_name)
+    incomplete = {"Id": "b", "MessageBody": "b", "MessageGroupId": "g",
+                  "MessageDeduplicationId": "b"}
+    del incomplete[missing]
+    with pytest.raises(ClientError) as ei:
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": "a", "MessageBody": "a", "MessageGroupId": "g", "MessageDeduplicationId": "a"},
+            incomplete])
+    assert error_of(ei.value) == ("InvalidParameterValue", message, 400)
+    assert approximate_counts(sqs, url) == (0, 0, 0)
+
+
+def test_batch_entry_with_malformed_group_id_fails_alone(sqs: Any, queue_name: str) -> None:
+    url = make_fifo(sqs, queue_name)
+    result = sqs.send_message_batch(QueueUrl=url, Entries=[
+        {"Id": "a", "MessageBody": "a", "MessageGroupId": "g", "MessageDeduplicationId": "a"},
+        {"Id": "b", "MessageBody": "b", "MessageGroupId": "has space",
+         "MessageDeduplicationId": "b"}])
+    assert [e["Id"] for e in result["Successful"]] == ["a"]
+    assert [(f["Id"], f["Code"]) for f in result["Failed"]] == [("b", "InvalidParameterValue")]

@@ -390,3 +390,60 @@ def test_operations_on_unknown_queue(sqs: Any, server: ServerProcess, queue_name
         with pytest.raises(ClientError) as ei:
             call()
         assert isinstance(ei.value, sqs.exceptions.QueueDoesNotExist)
+
+
+def test_fifo_queue_false_is_an_unknown_attribute_of_standard_queues(
+    sqs: Any, queue_name: str
+) -> None:
+    # Recorded on AWS, for both actions.
+    unknown = ("InvalidAttributeName", "Unknown Attribute FifoQueue.", 400)
+    with pytest.raises(ClientError) as ei:
+        sqs.create_queue(QueueName=queue_name, Attributes={"FifoQueue": "false"})
+    assert error_of(ei.value) == unknown
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    for value in ("false", "true"):
+        with pytest.raises(ClientError) as ei:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes={"FifoQueue": value})
+        assert error_of(ei.value) == unknown
+
+
+@pytest.mark.parametrize("name", ["Policy", "RedrivePolicy", "RedriveAllowPolicy"])
+def test_deeply_nested_policies_are_refused_not_a_server_error(
+    sqs: Any, queue_name: str, name: str
+) -> None:
+    # About 1,000 levels made json.loads raise RecursionError (a 500). SQS answers with
+    # its error for an invalid policy.
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    deep = '{"a":' * 1000 + "1" + "}" * 1000
+    for call in (
+        lambda: sqs.set_queue_attributes(QueueUrl=url, Attributes={name: deep}),
+        lambda: sqs.create_queue(QueueName=queue_name + "-2", Attributes={name: deep}),
+    ):
+        with pytest.raises(ClientError) as ei:
+            call()
+        code, message, status = error_of(ei.value)
+        if name == "Policy":
+            assert (code, message, status) == (
+                "InvalidAttributeValue", "Invalid value for the parameter Policy.", 400)
+        else:
+            assert (code, status) == ("InvalidParameterValue", 400)
+            assert message.endswith("is not a valid JSON map.")
+    assert name not in sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+
+def test_policy_over_the_size_quota_is_over_limit(sqs: Any, queue_name: str) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    big = json.dumps({"Version": "2012-10-17", "Statement": [], "Id": "x" * 8192})
+    with pytest.raises(ClientError) as ei:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": big})
+    assert error_of(ei.value) == ("OverLimit", "Submitted policy is over max allowed size.", 403)
+
+
+def test_too_many_attribute_names_are_refused(sqs: Any, queue_name: str) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    with pytest.raises(ClientError) as ei:
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"] * 1001)
+    assert error_of(ei.value)[0] == "InvalidParameterValue"
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"] * 1000)
+    assert attrs["Attributes"] == {"VisibilityTimeout": "30"}

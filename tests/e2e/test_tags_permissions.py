@@ -120,3 +120,49 @@ def test_set_policy_attribute_directly(sqs: Any, queue_name: str) -> None:
     assert policy_of(sqs, url) == doc
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": ""})
     assert policy_of(sqs, url) is None
+
+
+def test_more_tags_than_a_queue_may_have_are_refused(sqs: Any, queue_name: str) -> None:
+    many = {f"k{i}": "v" for i in range(51)}
+    with pytest.raises(ClientError) as ei:
+        sqs.create_queue(QueueName=queue_name, tags=many)
+    assert error_of(ei.value)[0] == "InvalidParameterValue"
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    with pytest.raises(ClientError) as ei:
+        sqs.tag_queue(QueueUrl=url, Tags=many)
+    code, message, _ = error_of(ei.value)
+    assert (code, message) == (
+        "InvalidParameterValue", f"Too many tags added for queue {queue_name}.")
+    assert sqs.list_queue_tags(QueueUrl=url).get("Tags", {}) == {}
+    with pytest.raises(ClientError) as ei:
+        sqs.untag_queue(QueueUrl=url, TagKeys=["k"] * 1001)
+    assert error_of(ei.value)[0] == "InvalidParameterValue"
+
+
+def test_add_permission_for_more_accounts_than_a_policy_may_name(
+    sqs: Any, queue_name: str
+) -> None:
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    with pytest.raises(ClientError) as ei:
+        sqs.add_permission(QueueUrl=url, Label="many", AWSAccountIds=["111122223333"] * 51,
+                           Actions=["SendMessage"])
+    assert error_of(ei.value) == (
+        "OverLimit", "51 AWSAccountIds were found, maximum allowed is 50.", 403)
+    assert policy_of(sqs, url) is None
+
+
+def test_permission_policy_as_recorded(sqs: Any, queue_name: str) -> None:
+    # Recorded on AWS: the policy AddPermission creates is Version 2008-10-17, and
+    # removing a label that is not there says "can't find label."
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    sqs.add_permission(QueueUrl=url, Label="crossaccountpermission",
+                       AWSAccountIds=["111122223333"], Actions=["ReceiveMessage"])
+    policy = policy_of(sqs, url)
+    assert policy is not None and policy["Version"] == "2008-10-17"
+    sqs.remove_permission(QueueUrl=url, Label="crossaccountpermission")
+    with pytest.raises(ClientError) as ei:
+        sqs.remove_permission(QueueUrl=url, Label="crossaccountpermission2")
+    assert error_of(ei.value) == (
+        "InvalidParameterValue",
+        "Value crossaccountpermission2 for parameter Label is invalid. Reason: can't find label.",
+        400)

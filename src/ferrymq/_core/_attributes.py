@@ -16,7 +16,9 @@ __all__ = [
     "READ_ONLY",
     "ALL_NAMES",
     "FIFO_ONLY",
+    "check_policy",
     "defaults_for",
+    "json_object",
     "normalize",
     "settings_from",
     "queue_name_from_arn",
@@ -70,6 +72,17 @@ ALL_NAMES = SETTABLE | READ_ONLY
 
 # SQS limits a byQueue RedriveAllowPolicy to this many source ARNs.
 _REDRIVE_ALLOW_SOURCES_MAX = 10
+# SQS's documented policy quotas (SQSDeveloperGuide/quotas-policies.html).
+_POLICY_STATEMENTS_MAX = 20
+_POLICY_ACTIONS_PER_STATEMENT_MAX = 7
+# The policy quota is 8,192 bytes. Redrive policies (two fields; at most 10 ARNs) are
+# far smaller, so the same bound holds for them: every JSON attribute is checked
+# against it before it is scanned or parsed.
+POLICY_BYTES_MAX = 8192
+# Nesting accepted in these documents: an IAM policy nests about 6 levels (Statement,
+# a statement, Condition, an operator, a key, its values). Deeper documents are invalid
+# before json.loads sees them: its C parser recurses once per level.
+_JSON_DEPTH_MAX = 32
 _MAX_RECEIVE_COUNT_RANGE = (1, 1000)
 _ARN = re.compile(r"^arn:aws:sqs:([a-z0-9-]*):(\d+):([A-Za-z0-9_-]{1,80}(?:\.fifo)?)$")
 
@@ -109,8 +122,8 @@ def normalize(
             raise _bad_value(name)
         value = raw
         if name in FIFO_ONLY and not fifo:
-            if name == "FifoQueue" and raw.lower() == "false" and creating:
-                continue
+            # Recorded on SQS: even FifoQueue=false is an unknown attribute for a
+            # standard queue, in CreateQueue as in SetQueueAttributes.
             if name == "DeduplicationScope":
                 raise SqsError(
                     "InvalidAttributeName",
@@ -140,7 +153,7 @@ def normalize(
                 raise _bad_value(name)
         elif name == "Policy":
             if value:
-                _json_object(name, value)
+                check_policy(value)
         elif name == "RedrivePolicy":
             if value:
                 value = _redrive_policy(value)
@@ -170,27 +183,94 @@ def normalize(
     return out
 
 
-def _json_object(name: str, value: str) -> dict[str, Any]:
+def check_policy(value: str) -> None:
+    """The checks SQS makes of a Policy that need no IAM: size, JSON, and the quotas on
+    statements and actions, with the OverLimit texts AWS returns for them."""
+    if _utf8_bytes_exceed(value, POLICY_BYTES_MAX):
+        raise SqsError("OverLimit", "Submitted policy is over max allowed size.")
+    doc = json_object(value)
+    if doc is None:
+        raise _bad_value("Policy")
+    statements = doc.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not isinstance(statements, list):
+        return
+    if len(statements) > _POLICY_STATEMENTS_MAX:
+        raise SqsError(
+            "OverLimit",
+            f"{len(statements)} statements were found in the submitted policy, max allowed "
+            f"is {_POLICY_STATEMENTS_MAX}",
+        )
+    for statement in statements:
+        actions = statement.get("Action") if isinstance(statement, dict) else None
+        count = 1 if isinstance(actions, str) else len(actions) if isinstance(actions, list) else 0
+        if count > _POLICY_ACTIONS_PER_STATEMENT_MAX:
+            raise SqsError(
+                "OverLimit",
+                f"{count} actions were found in a statement from the submitted policy, max "
+                f"allowed is {_POLICY_ACTIONS_PER_STATEMENT_MAX}",
+            )
+
+
+def _utf8_bytes_exceed(text: str, bytes_max: int) -> bool:
+    if len(text) > bytes_max:  # a character is at least one byte: no need to encode
+        return True
+    return len(text.encode("utf-8", "surrogatepass")) > bytes_max
+
+
+def _within_policy_bounds(text: str) -> bool:
+    """At most POLICY_BYTES_MAX bytes of UTF-8 and _JSON_DEPTH_MAX levels of nesting
+    (counted outside strings), checked without parsing."""
+    if _utf8_bytes_exceed(text, POLICY_BYTES_MAX):
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in text:  # at most POLICY_BYTES_MAX characters
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > _JSON_DEPTH_MAX:
+                return False
+        elif char in "]}":
+            depth -= 1
+    return True
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object ``text`` holds, or None if it is not one, is longer than
+    POLICY_BYTES_MAX or nests deeper than _JSON_DEPTH_MAX (refused before parsing, so
+    no depth of nesting can exhaust the parser's recursion)."""
+    if not _within_policy_bounds(text):
+        return None
     try:
-        doc = json.loads(value)
-    except ValueError as exc:
-        raise _bad_value(name) from exc
-    if not isinstance(doc, dict):
-        raise _bad_value(name)
-    return doc
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _invalid_policy(name: str, value: str, reason: str) -> SqsError:
+    # SQS echoes the value; one beyond the policy bound is left out rather than
+    # copied into the error (it could be most of a 6 MiB request).
+    shown = f"Value {value} for" if len(value) <= POLICY_BYTES_MAX else "Value for"
+    return invalid_parameter(f"{shown} parameter {name} is invalid. Reason: {reason}")
 
 
 def _redrive_policy(value: str) -> str:
     def bad(reason: str) -> SqsError:
-        return invalid_parameter(
-            f"Value {value} for parameter RedrivePolicy is invalid. Reason: {reason}"
-        )
+        return _invalid_policy("RedrivePolicy", value, reason)
 
-    try:
-        doc = json.loads(value)
-    except ValueError as exc:
-        raise bad("Redrive policy is not a valid JSON map.") from exc
-    if not isinstance(doc, dict):
+    doc = json_object(value)
+    if doc is None:
         raise bad("Redrive policy is not a valid JSON map.")
     if "deadLetterTargetArn" not in doc:
         raise bad("Redrive policy does not contain mandatory attribute: deadLetterTargetArn.")
@@ -224,15 +304,12 @@ def _redrive_policy(value: str) -> str:
 
 def _redrive_allow_policy(value: str) -> str:
     def bad(reason: str) -> SqsError:
-        return invalid_parameter(
-            f"Value {value} for parameter RedriveAllowPolicy is invalid. Reason: {reason}"
-        )
+        return _invalid_policy("RedriveAllowPolicy", value, reason)
 
-    try:
-        doc = json.loads(value)
-    except ValueError as exc:
-        raise bad("Redrive allow policy is not a valid JSON map.") from exc
-    if not isinstance(doc, dict) or "redrivePermission" not in doc:
+    doc = json_object(value)
+    if doc is None:
+        raise bad("Redrive allow policy is not a valid JSON map.")
+    if "redrivePermission" not in doc:
         raise bad("Redrive allow policy does not contain mandatory attribute: redrivePermission.")
     permission = doc["redrivePermission"]
     if permission not in ("allowAll", "denyAll", "byQueue"):

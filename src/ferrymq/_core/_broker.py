@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from ferrymq._core import _attributes as attrs
 from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
+from ferrymq._core._messages import string_list
 from ferrymq._core._queue import BodyBudget, MessageQueue
 from ferrymq._core._records import (
     DedupRecorded,
@@ -37,7 +38,14 @@ from ferrymq._core._records import (
     VisibilityChanged,
 )
 
-__all__ = ["Broker", "Outcome", "RequestInfo"]
+__all__ = ["READ_ONLY_ACTIONS", "Broker", "Outcome", "RequestInfo"]
+
+# The actions ``execute(..., read_only=True)`` answers: they change nothing but lazily
+# applied retention, which a read-only call skips.
+READ_ONLY_ACTIONS = frozenset({
+    "GetQueueUrl", "ListQueues", "GetQueueAttributes", "ListQueueTags",
+    "ListDeadLetterSourceQueues", "ListMessageMoveTasks",
+})
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _FIFO_NAME = re.compile(r"^[A-Za-z0-9_-]{1,75}\.fifo$")
@@ -52,6 +60,14 @@ _MOVE_RATE_DEFAULT_PER_S = _MOVE_RATE_MAX_PER_S
 _MOVE_TASKS_LISTED_MAX = 10
 # AddPermission accepts at most this many actions per statement (SQS's limit).
 _PERMISSION_ACTIONS_MAX = 7
+# A queue policy may name at most this many principals (SQS's policy quota), so one
+# AddPermission cannot add more accounts than this.
+_PERMISSION_ACCOUNTS_MAX = 50
+# Task handles are base64 of {"taskId": ..., "sourceArn": ...} (AWS's format too): a
+# few hundred characters. Anything longer is not a handle and is not decoded.
+_TASK_HANDLE_CHARS_MAX = 1024
+# The Version SQS writes into a policy that AddPermission creates (recorded on AWS).
+_POLICY_VERSION = "2008-10-17"
 _PERMISSION_ACTIONS = frozenset(
     {
         "*",
@@ -155,13 +171,22 @@ class Broker:
 
     def execute(
         self, action: str, params: Mapping[str, Any], now_ms: int, entropy: Entropy,
-        info: RequestInfo,
+        info: RequestInfo, *, read_only: bool = False,
     ) -> Outcome:
+        """``read_only``: answer without any effect (the shell cannot store one now);
+        only READ_ONLY_ACTIONS, and retention is left for a later call to apply."""
         handler = self._handlers.get(action)
         if handler is None:
             raise SqsError("InvalidAction", f"The action {action} is not valid for this endpoint.")
         if not isinstance(params, Mapping):
             raise invalid_parameter("The request parameters must be a map.")
+        if read_only:
+            if action not in READ_ONLY_ACTIONS:
+                raise InternalError(f"{action} cannot be answered read-only")
+            if action == "GetQueueAttributes":
+                return self._get_queue_attributes(
+                    dict(params), now_ms, entropy, info, expire=False
+                )
         return handler(dict(params), now_ms, entropy, info)
 
     def queue_exists(self, name: str) -> bool:
@@ -257,10 +282,8 @@ class Broker:
         return effect
 
     def _attribute_names(self, params: Mapping[str, Any], key: str) -> list[str]:
-        names = params.get(key, [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise invalid_parameter(f"Value for parameter {key} is invalid.")
-        return names
+        """A list of names, bounded before any per-name work (see NAMES_PER_LIST_MAX)."""
+        return string_list(params.get(key), key)
 
     # ---- queues ------------------------------------------------------------
 
@@ -287,7 +310,7 @@ class Broker:
                 "Can only include alphanumeric characters, hyphens, or underscores. "
                 "1 to 80 in length"
             )
-        tags = self._validate_tags(params.get("tags") or {})
+        tags = self._validate_tags(params.get("tags") or {}, name)
         requested = attrs.normalize(given, fifo=wants_fifo, creating=True)
         self._check_redrive(name, wants_fifo, requested)
         existing = self._queues.get(name)
@@ -407,14 +430,15 @@ class Broker:
         return Outcome(self._page(names, params, info, "QueueUrls"), [])
 
     def _get_queue_attributes(
-        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
+        self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo,
+        expire: bool = True,
     ) -> Outcome:
         entry = self._resolve(params)
         wanted = self._attribute_names(params, "AttributeNames")
         for name in wanted:
             if name != "All" and name not in attrs.ALL_NAMES:
                 raise SqsError("InvalidAttributeName", f"Unknown Attribute {name}.")
-        effects = entry.messages.expire(now_ms)
+        effects = entry.messages.expire(now_ms) if expire else []
         everything = "All" in wanted
         visible, not_visible, delayed = entry.messages.counts(now_ms)
         values: dict[str, str] = {
@@ -549,9 +573,13 @@ class Broker:
 
     # ---- tags and permissions ---------------------------------------------
 
-    def _validate_tags(self, tags: Any) -> dict[str, str]:
+    def _validate_tags(self, tags: Any, queue_name: str) -> dict[str, str]:
         if not isinstance(tags, dict):
             raise invalid_parameter("Value for parameter Tags is invalid.")
+        if len(tags) > _TAGS_MAX:
+            # No request can carry more tags than a queue may have: refused before any
+            # per-tag work.
+            raise invalid_parameter(f"Too many tags added for queue {queue_name}.")
         for key, value in tags.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise invalid_parameter("Tag keys and values must be strings.")
@@ -573,7 +601,7 @@ class Broker:
         entry = self._resolve(params)
         if "Tags" not in params:
             raise missing_parameter("Tags")
-        new = self._validate_tags(params["Tags"])
+        new = self._validate_tags(params["Tags"], entry.record.name)
         if not new:
             raise invalid_parameter("The request must contain a non-empty list of tags.")
         tags = dict(entry.record.tags)
@@ -592,7 +620,8 @@ class Broker:
         keys = self._attribute_names(params, "TagKeys")
         if not keys:
             raise invalid_parameter("The request must contain a non-empty list of tag keys.")
-        tags = {k: v for k, v in entry.record.tags if k not in keys}
+        gone = frozenset(keys)
+        tags = {k: v for k, v in entry.record.tags if k not in gone}
         record = replace(entry.record, tags=tuple(sorted(tags.items())))
         return Outcome({}, [self._upsert(record)])
 
@@ -616,18 +645,26 @@ class Broker:
                 f"Value {label} for parameter Label is invalid. Reason: Can only include "
                 "alphanumeric characters, hyphens, or underscores. 1 to 80 in length."
             )
+        accounts, actions = params["AWSAccountIds"], params["Actions"]
+        # Counted before any per-item work: both lists have small SQS quotas.
+        if isinstance(actions, list) and len(actions) > _PERMISSION_ACTIONS_MAX:
+            raise SqsError(
+                "OverLimit",
+                f"{len(actions)} Actions were found, maximum allowed is "
+                f"{_PERMISSION_ACTIONS_MAX}.",
+            )
+        if isinstance(accounts, list) and len(accounts) > _PERMISSION_ACCOUNTS_MAX:
+            raise SqsError(
+                "OverLimit",
+                f"{len(accounts)} AWSAccountIds were found, maximum allowed is "
+                f"{_PERMISSION_ACCOUNTS_MAX}.",
+            )
         accounts = self._attribute_names(params, "AWSAccountIds")
         actions = self._attribute_names(params, "Actions")
         if not accounts:
             raise missing_parameter("AWSAccountIds")
         if not actions:
             raise missing_parameter("Actions")
-        if len(actions) > _PERMISSION_ACTIONS_MAX:
-            raise SqsError(
-                "OverLimit",
-                f"{len(actions)} Actions were found, maximum allowed is "
-                f"{_PERMISSION_ACTIONS_MAX}.",
-            )
         for action in actions:
             if action not in _PERMISSION_ACTIONS:
                 raise invalid_parameter(
@@ -664,9 +701,9 @@ class Broker:
         policy = self._policy(entry)
         statements = [s for s in policy["Statement"] if s.get("Sid") != label]
         if len(statements) == len(policy["Statement"]):
+            # Recorded on AWS (after the queue's last statement was removed).
             raise invalid_parameter(
-                f"Value {label} for parameter Label is invalid. Reason: can't find label on "
-                "existing policy."
+                f"Value {label} for parameter Label is invalid. Reason: can't find label."
             )
         policy["Statement"] = statements
         return Outcome({}, [self._set_policy(entry, policy if statements else None, now_ms)])
@@ -674,11 +711,11 @@ class Broker:
     def _policy(self, entry: _Queue) -> dict[str, Any]:
         text = entry.attributes.get("Policy")
         if text:
-            doc = json.loads(text)
+            doc = json.loads(text)  # stored, so within the policy bounds (check_policy)
             if isinstance(doc, dict) and isinstance(doc.get("Statement"), list):
                 return doc
         return {
-            "Version": "2012-10-17",
+            "Version": _POLICY_VERSION,
             "Id": f"{self._arn(entry.record.name)}/SQSDefaultPolicy",
             "Statement": [],
         }
@@ -690,7 +727,11 @@ class Broker:
         if policy is None:
             attributes.pop("Policy", None)
         else:
-            attributes["Policy"] = json.dumps(policy, separators=(",", ":"))
+            text = json.dumps(policy, separators=(",", ":"))
+            # The policy quotas hold for what AddPermission builds as for a Policy set
+            # directly, so every stored Policy is within them.
+            attrs.check_policy(text)
+            attributes["Policy"] = text
         return self._upsert(
             replace(entry.record, attributes=tuple(sorted(attributes.items())),
                     modified_ms=now_ms)
@@ -854,13 +895,35 @@ class Broker:
             results.append(item)
         return Outcome({"Results": results}, [])
 
+    @staticmethod
+    def _task_handle_source(handle: object) -> str:
+        """The source ARN a well-formed task handle carries."""
+        invalid = invalid_parameter("Value for parameter TaskHandle is invalid.")
+        if not isinstance(handle, str) or len(handle) > _TASK_HANDLE_CHARS_MAX:
+            raise invalid
+        try:
+            text = base64.b64decode(handle, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError) as exc:
+            raise invalid from exc
+        doc = attrs.json_object(text)
+        if doc is None:
+            raise invalid
+        task_id, source_arn = doc.get("taskId"), doc.get("sourceArn")
+        if not isinstance(task_id, str) or not isinstance(source_arn, str):
+            raise invalid
+        return source_arn
+
     def _cancel_move_task(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
         handle = params.get("TaskHandle")
         if handle is None:
             raise missing_parameter("TaskHandle")
-        task = self._tasks.get(handle) if isinstance(handle, str) else None
+        # As recorded on AWS: a handle that does not decode is InvalidParameterValue; one
+        # that does names its source queue, which must exist, and then its task.
+        source_arn = self._task_handle_source(handle)
+        self._queue_by_arn(source_arn, "SourceArn")
+        task = self._tasks.get(handle)
         if task is None:
             raise SqsError("ResourceNotFoundException", "Task does not exist.")
         if task.status != "RUNNING":

@@ -48,6 +48,8 @@ ERRORS: dict[str, tuple[str, int, str]] = {
     "InvalidAddress": ("InvalidAddress", 404, "Sender"),
     "RequestThrottled": ("RequestThrottled", 400, "Sender"),
     "InternalFailure": ("InternalFailure", 500, "Receiver"),
+    # AWS's common error for a temporary failure; SDKs retry 503s with back-off.
+    "ServiceUnavailable": ("ServiceUnavailable", 503, "Receiver"),
 }
 
 

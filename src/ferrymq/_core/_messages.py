@@ -12,8 +12,8 @@ import binascii
 import hashlib
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._errors import SqsError, invalid_parameter, missing_parameter
@@ -21,7 +21,10 @@ from ._records import AttributeValue
 
 __all__ = [
     "ATTRIBUTES_PER_MESSAGE_MAX",
+    "NAMES_PER_LIST_MAX",
     "SYSTEM_ATTRIBUTE_NAMES",
+    "AttributeFilter",
+    "attribute_filter",
     "content_dedup_id",
     "decode_receipt_handle",
     "encode_receipt_handle",
@@ -31,8 +34,8 @@ __all__ = [
     "message_size_bytes",
     "parse_message_attributes",
     "parse_system_attributes",
-    "select_message_attributes",
     "select_system_attribute_names",
+    "string_list",
     "validate_body",
     "validate_fifo_id",
 ]
@@ -44,7 +47,21 @@ _ATTRIBUTE_NAME_CHARS_MAX = 256
 _DATA_TYPE_CHARS_MAX = 256
 # Group and deduplication ids: 1..128 printable ASCII characters without space.
 _FIFO_ID = re.compile(r"[!-~]{1,128}")
-_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_ATTRIBUTE_NAME_ASCII = re.compile(r"[A-Za-z0-9_.\-]+")
+# Number attributes, as SQS documents them: "up to 38 digits of precision, and it can
+# be between 10^-128 and 10^+126" (the range of DynamoDB's numbers).
+_NUMBER = re.compile(r"[+-]?(?:([0-9]+)(?:\.([0-9]*))?|\.([0-9]+))(?:[eE]([+-]?)([0-9]+))?")
+NUMBER_DIGITS_MAX = 38
+NUMBER_EXPONENT_MIN = -128
+NUMBER_EXPONENT_MAX = 126
+# An exponent with more digits than this is out of range whatever the mantissa (the
+# mantissa's own length is bounded by the message size): it is never converted.
+_NUMBER_EXPONENT_DIGITS_MAX = 9
+# Bound on lists of names in one request (MessageAttributeNames, AttributeNames,
+# MessageSystemAttributeNames, TagKeys). SQS documents none; a message has at most 10
+# attributes and a queue about 20 attributes and 50 tags, so no useful request comes
+# near it, and a request that does is refused before any per-name work.
+NAMES_PER_LIST_MAX = 1000
 # Characters SQS rejects in bodies and string values: outside #x9 | #xA | #xD |
 # #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF (lone surrogates included).
 _INVALID_CHARS = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -119,6 +136,20 @@ def validate_fifo_id(value: object, name: str) -> str:
     return value
 
 
+def _attribute_name_chars_ok(name: str) -> bool:
+    """A-Z, a-z, 0-9, underscore, hyphen and period, as documented, and also letters and
+    digits beyond ASCII: SQS accepts ``attr.1øßä`` (recorded on AWS) while refusing
+    ``§``, ``!``, ``"``, ``(`` and ``?``, i.e. it checks for letters or digits
+    (Unicode categories L* and Nd, Java's ``Character.isLetterOrDigit``)."""
+    if name.isascii():
+        return _ATTRIBUTE_NAME_ASCII.fullmatch(name) is not None
+    return all(
+        _ATTRIBUTE_NAME_ASCII.fullmatch(c) is not None if c.isascii()
+        else c.isalpha() or c.isdecimal()
+        for c in name  # at most _ATTRIBUTE_NAME_CHARS_MAX, checked before
+    )
+
+
 def _validate_attribute_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise invalid_parameter("Message (user) attribute name must not be empty.")
@@ -127,7 +158,7 @@ def _validate_attribute_name(name: object) -> str:
             f"Message (user) attribute name '{name}' is invalid. Reason: must be at most "
             f"{_ATTRIBUTE_NAME_CHARS_MAX} characters long."
         )
-    if _ATTRIBUTE_NAME.fullmatch(name) is None:
+    if not _attribute_name_chars_ok(name):
         raise invalid_parameter(
             f"Message (user) attribute name '{name}' can only contain alphanumeric "
             "characters, hyphens, underscores and periods."
@@ -185,17 +216,46 @@ def _parse_attribute_value(name: str, raw: object, kind: str) -> AttributeValue:
             f"'{base}'."
         )
     if _INVALID_CHARS.search(string_value) is not None:
-        raise SqsError("InvalidMessageContents", _INVALID_CONTENTS)
-    if base == "Number":
-        try:
-            number = Decimal(string_value.strip())
-        except InvalidOperation:
-            number = None
-        if number is None or not number.is_finite() or string_value != string_value.strip():
-            raise invalid_parameter(
-                f"Can't cast the value of message ({kind}) attribute '{name}' to a number."
-            )
+        # SQS answers InvalidParameterValue for attribute values (compared with SQS),
+        # not the body's InvalidMessageContents; the text is the body's, unrecorded.
+        raise invalid_parameter(_INVALID_CONTENTS)
+    if base == "Number" and not _is_sqs_number(string_value):
+        raise invalid_parameter(
+            f"Can't cast the value of message ({kind}) attribute '{name}' to a number."
+        )
     return AttributeValue(data_type, string_value=string_value)
+
+
+def _is_sqs_number(text: str) -> bool:
+    """Whether ``text`` is a number SQS stores: decimal or scientific notation, at most
+    NUMBER_DIGITS_MAX significant digits, magnitude 0 or within 10^-128..10^+126.
+    Linear in ``text`` and converts only a bounded exponent: no ``int``/``Decimal`` of
+    client text of unbounded length."""
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return False
+    whole, fraction, bare_fraction, exp_sign, exp_digits = match.groups()
+    whole = whole or ""
+    fraction = fraction or bare_fraction or ""
+    digits = whole + fraction
+    significant = digits.lstrip("0")
+    if not significant:
+        return True  # zero, however written
+    leading_zeros = len(digits) - len(significant)
+    significant = significant.rstrip("0")
+    if len(significant) > NUMBER_DIGITS_MAX:
+        return False
+    exponent = 0
+    if exp_digits is not None:
+        exp_digits = exp_digits.lstrip("0") or "0"
+        if len(exp_digits) > _NUMBER_EXPONENT_DIGITS_MAX:
+            return False
+        exponent = int(exp_digits) * (-1 if exp_sign == "-" else 1)
+    # The power of ten of the most significant digit: the value is in [10^e, 10^(e+1)).
+    magnitude = len(whole) - leading_zeros - 1 + exponent
+    if magnitude == NUMBER_EXPONENT_MAX:
+        return significant == "1"  # exactly 10^+126
+    return NUMBER_EXPONENT_MIN <= magnitude < NUMBER_EXPONENT_MAX
 
 
 def parse_message_attributes(raw: object) -> tuple[tuple[str, AttributeValue], ...]:
@@ -310,51 +370,74 @@ def decode_receipt_handle(handle: object) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def _name_filter(names: Sequence[str]) -> tuple[bool, frozenset[str], tuple[str, ...]]:
-    """(everything?, exact names, prefixes) of a MessageAttributeNames filter."""
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    for name in names:
-        if name in ("All", ".*"):
-            return True, frozenset(), ()
-        if name.endswith(".*"):
-            prefixes.append(name[:-1])  # keep the dot: "a.*" matches "a.x"
-        else:
-            exact.add(name)
-    return False, frozenset(exact), tuple(prefixes)
-
-
-def _string_list(raw: object, name: str) -> list[str]:
+def string_list(raw: object, name: str) -> list[str]:
+    """An optional list of strings (names, keys), bounded by NAMES_PER_LIST_MAX before
+    any per-item work."""
     if raw is None:
         return []
-    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+    if not isinstance(raw, list):
+        raise invalid_parameter(
+            f"Value for parameter {name} is invalid. Reason: must be a list of strings."
+        )
+    if len(raw) > NAMES_PER_LIST_MAX:
+        raise invalid_parameter(
+            f"Value for parameter {name} is invalid. Reason: at most {NAMES_PER_LIST_MAX} "
+            f"values are allowed, {len(raw)} were given."
+        )
+    if not all(isinstance(item, str) for item in raw):
         raise invalid_parameter(
             f"Value for parameter {name} is invalid. Reason: must be a list of strings."
         )
     return raw
 
 
-def select_message_attributes(
-    attributes: tuple[tuple[str, AttributeValue], ...], names: object
-) -> tuple[tuple[str, AttributeValue], ...]:
-    """The attributes a ReceiveMessage returns for its MessageAttributeNames."""
-    wanted = _string_list(names, "MessageAttributeNames")
-    if not wanted or not attributes:
-        return ()
-    everything, exact, prefixes = _name_filter(wanted)
-    if everything:
-        return attributes
-    return tuple(
-        (name, value)
-        for name, value in attributes
-        if name in exact or name.startswith(prefixes)
-    )
+@dataclass(frozen=True, slots=True)
+class AttributeFilter:
+    """A ReceiveMessage MessageAttributeNames filter, compiled once per request."""
+
+    everything: bool
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def select(
+        self, attributes: tuple[tuple[str, AttributeValue], ...]
+    ) -> tuple[tuple[str, AttributeValue], ...]:
+        if self.everything or not attributes:
+            return attributes
+        exact, prefixes = self.exact, self.prefixes
+        return tuple(
+            (name, value) for name, value in attributes
+            if name in exact or name.startswith(prefixes)
+        )
+
+
+def attribute_filter(names: object) -> AttributeFilter | None:
+    """The filter of MessageAttributeNames; None when it selects nothing.
+
+    As recorded on SQS: ``All``, ``*`` and ``.*`` select every attribute, and
+    ``Hel.*`` selects the names starting with ``Hel`` (``Hello`` and ``Help.Me``: the
+    ``.*`` is the wildcard, the dot is not part of the prefix). Any other name selects
+    itself; names that cannot exist (``AWS.``, ``..foo``) simply match nothing.
+    """
+    wanted = string_list(names, "MessageAttributeNames")
+    if not wanted:
+        return None
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for name in wanted:
+        if name in ("All", "*", ".*"):
+            return AttributeFilter(True, frozenset(), ())
+        if name.endswith(".*"):
+            prefixes.append(name[:-2])
+        else:
+            exact.add(name)
+    return AttributeFilter(False, frozenset(exact), tuple(prefixes))
 
 
 def select_system_attribute_names(attribute_names: object, system_names: object) -> frozenset[str]:
     """The system attributes asked for by AttributeNames (deprecated) and
     MessageSystemAttributeNames together; unknown names are ignored like SQS does."""
-    wanted = _string_list(attribute_names, "AttributeNames") + _string_list(
+    wanted = string_list(attribute_names, "AttributeNames") + string_list(
         system_names, "MessageSystemAttributeNames"
     )
     if "All" in wanted:

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ._errors import ERRORS, SqsError, invalid_parameter, missing_parameter
+from ._errors import ERRORS, InternalError, SqsError, invalid_parameter, missing_parameter
 from ._messages import (
+    AttributeFilter,
+    attribute_filter,
     content_dedup_id,
     decode_receipt_handle,
     encode_receipt_handle,
@@ -45,7 +46,6 @@ from ._messages import (
     message_size_bytes,
     parse_message_attributes,
     parse_system_attributes,
-    select_message_attributes,
     select_system_attribute_names,
     validate_body,
     validate_fifo_id,
@@ -168,24 +168,86 @@ class _Entry:
         )
 
 
-class _Group:
-    """A FIFO message group: its messages in sequence order and how many are in flight."""
+class _GroupEntry(_Entry):
+    """A FIFO message: also a link in its group's list, kept in sequence order.
 
-    __slots__ = ("name", "entries", "inflight", "queued")
+    A doubly linked list rather than a deque, so that deleting any message of a group
+    is O(1) and a receive walks only live messages: with lazily deleted deque slots,
+    messages deleted behind a head that keeps being received were walked over again
+    on every receive. Only FIFO entries pay for the two links."""
+
+    __slots__ = ("prev", "next")
+    # Set by _Group.link (no __init__ of its own: one call less per FIFO message sent).
+    prev: _GroupEntry | None
+    next: _GroupEntry | None
+
+
+class _Group:
+    """A FIFO message group: its live messages, linked in sequence order.
+
+    SQS delivers a group from its head, in order, up to the first message that is not
+    visible (in flight, or delayed): what comes after an in-flight message is held
+    back, what comes before it is not. So a group can deliver exactly when its head is
+    visible, and it is offered to receivers in ``MessageQueue._groups_ready`` under
+    its head's (visible_at_ms, order): the group whose head became visible first goes
+    first, which is the order recorded on SQS (a group whose head turned visible again
+    after a visibility timeout queues behind groups that were waiting meanwhile)."""
+
+    __slots__ = ("name", "first", "last", "key")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        # Removed entries stay until they reach the head (lazy deletion keeps
-        # deletes O(1)); bounded by the group's messages.
-        self.entries: deque[_Entry] = deque()
-        self.inflight = 0
-        self.queued = False  # has an entry in MessageQueue._groups_ready
+        self.first: _GroupEntry | None = None
+        self.last: _GroupEntry | None = None
+        # The (visible_at_ms, order) this group is offered under in _groups_ready, or
+        # None when no offer is pending; heap items with another key are stale.
+        self.key: tuple[int, int] | None = None
 
-    def head(self) -> _Entry | None:
-        entries = self.entries
-        while entries and entries[0].removed:
-            entries.popleft()
-        return entries[0] if entries else None
+    def link(self, entry: _GroupEntry) -> None:
+        """Add ``entry`` at its place in sequence order (normally the tail)."""
+        last = self.last
+        if last is None:
+            entry.prev = entry.next = None
+            self.first = self.last = entry
+            return
+        if last.order <= entry.order:
+            last.next = entry
+            entry.prev = last
+            entry.next = None
+            self.last = entry
+            return
+        # Out-of-order restore (rare): walk back from the tail to the entry's place.
+        node: _GroupEntry | None = last
+        while node is not None and node.order > entry.order:
+            node = node.prev
+        if node is None:
+            first = self.first
+            if first is None:
+                raise InternalError(f"group {self.name!r} has a last message but no first")
+            entry.prev = None
+            entry.next = first
+            first.prev = entry
+            self.first = entry
+            return
+        after = node.next
+        if after is None:
+            raise InternalError(f"group {self.name!r}: a message before the last has no next")
+        entry.prev = node
+        entry.next = after
+        node.next = entry
+        after.prev = entry
+
+    def unlink(self, entry: _GroupEntry) -> None:
+        prev, nxt = entry.prev, entry.next
+        if prev is None:
+            self.first = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            self.last = prev
+        else:
+            nxt.prev = prev
+        entry.prev = entry.next = None
 
 
 @dataclass(slots=True)
@@ -242,7 +304,9 @@ class MessageQueue:
         self._by_sent: list[tuple[int, int, _Entry]] = []  # retention: (sent_ms, gen0, entry)
         # FIFO only.
         self._groups: dict[str, _Group] = {}
-        self._groups_ready: list[tuple[int, int, _Group]] = []  # (head order, tiebreak, group)
+        # Groups whose head is visible, as (head visible_at_ms, head order, tiebreak,
+        # group); items whose key is no longer the group's are stale (see _Group).
+        self._groups_ready: list[tuple[int, int, int, _Group]] = []
         self._dedup: dict[str, DedupRecorded] = {}
         self._dedup_expiry: list[tuple[int, str]] = []  # (expires_at_ms, key)
         self._attempts: dict[str, _Attempt] = {}
@@ -294,20 +358,20 @@ class MessageQueue:
             body_bytes = self._budget.admit(record.body)
             if not body_bytes:
                 record = record.without_body()  # the store holds it
-        entry = _Entry(record, order, body_bytes)
-        self._messages[record.message_id] = entry
-        self._counts[_DELAYED] += 1  # _place moves it to its real state
+        entry: _Entry
         if self._fifo:
             assert record.group_id is not None
             group = self._groups.get(record.group_id)
             if group is None:
                 group = self._groups[record.group_id] = _Group(record.group_id)
-            entry.group = group
-            if group.entries and group.entries[-1].order > order:
-                # Out-of-order restore: keep the group sorted (rare, O(group)).
-                group.entries = deque(sorted([*group.entries, entry], key=lambda e: e.order))
-            else:
-                group.entries.append(entry)
+            grouped = _GroupEntry(record, order, body_bytes)
+            grouped.group = group
+            group.link(grouped)
+            entry = grouped
+        else:
+            entry = _Entry(record, order, body_bytes)
+        self._messages[record.message_id] = entry
+        self._counts[_DELAYED] += 1  # _place moves it to its real state
         self._gen += 1
         heapq.heappush(self._by_sent, (record.sent_ms, self._gen, entry))
         self._place(entry, record.visible_at_ms)
@@ -354,10 +418,6 @@ class MessageQueue:
     def _set_state(self, entry: _Entry, state: int) -> None:
         self._counts[entry.state] -= 1
         self._counts[state] += 1
-        group = entry.group
-        if group is not None:
-            group.inflight += (state == _INFLIGHT) - (entry.state == _INFLIGHT)
-            assert group.inflight >= 0
         entry.state = state
 
     def _place(self, entry: _Entry, visible_at_ms: int) -> None:
@@ -390,15 +450,30 @@ class MessageQueue:
             self._queue_group(entry.group)
 
     def _queue_group(self, group: _Group) -> None:
-        """Offer a FIFO group to receivers if it can deliver now."""
-        if group.queued or group.inflight:
-            return
-        head = group.head()
+        """Offer a FIFO group to receivers if it can deliver now (its head is visible),
+        under its head's (visible_at_ms, order); a no-op if already offered so."""
+        head = group.first
         if head is None or head.state != _READY:
+            return  # a pending offer goes stale; the head's next change re-offers it
+        visible_at_ms, order = head.visible_at_ms, head.order
+        key = group.key
+        if key is not None and key[0] == visible_at_ms and key[1] == order:
             return
-        group.queued = True
+        group.key = (visible_at_ms, order)
         self._gen += 1
-        heapq.heappush(self._groups_ready, (head.order, self._gen, group))
+        ready = self._groups_ready
+        heapq.heappush(ready, (visible_at_ms, order, self._gen, group))
+        if len(ready) > 2 * len(self._groups) + _SLACK:
+            self._groups_ready = [item for item in ready if self._offer_is_live(item)]
+            heapq.heapify(self._groups_ready)
+
+    def _offer_is_live(self, item: tuple[int, int, int, _Group]) -> bool:
+        group = item[3]
+        key = group.key
+        return (
+            key is not None and key[0] == item[0] and key[1] == item[1]
+            and self._groups.get(group.name) is group
+        )
 
     def _drop(self, entry: _Entry) -> None:
         assert not entry.removed
@@ -414,11 +489,14 @@ class MessageQueue:
             heapq.heapify(self._by_sent)
         group = entry.group
         if group is not None:
-            if group.head() is None:
+            if not isinstance(entry, _GroupEntry):
+                raise InternalError(f"message {entry.record.message_id} has a group but no links")
+            group.unlink(entry)
+            if group.first is None:
                 if self._groups.get(group.name) is group:
                     del self._groups[group.name]
             else:
-                self._queue_group(group)
+                self._queue_group(group)  # the next message may now be the head
 
     def _advance(self, now_ms: int) -> None:
         """Promote every message whose visibility time has come."""
@@ -510,20 +588,17 @@ class MessageQueue:
         self._advance(now_ms)
         taken: list[MessageRecord] = []
         if self._fifo:
-            popped: list[tuple[int, int, _Group]] = []
+            kept_offers: list[tuple[int, int, int, _Group]] = []
             while len(taken) < limit and self._groups_ready:
                 item = heapq.heappop(self._groups_ready)
-                popped.append(item)
-                group = item[2]
-                if group.inflight or self._groups.get(group.name) is not group:
+                if not self._offer_is_live(item):
                     continue
-                for entry in group.entries:
-                    if entry.removed:
-                        continue
-                    if entry.state != _READY or len(taken) >= limit:
-                        break
-                    taken.append(entry.snapshot())
-            for item in popped:
+                kept_offers.append(item)  # left in place, like the messages
+                grouped = item[3].first
+                while grouped is not None and grouped.state == _READY and len(taken) < limit:
+                    taken.append(grouped.snapshot())
+                    grouped = grouped.next
+            for item in kept_offers:
                 heapq.heappush(self._groups_ready, item)
             return taken
         kept: list[tuple[int, int, _Entry]] = []
@@ -706,6 +781,8 @@ class MessageQueue:
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
         entries = self._batch_entries(params, "SendMessageBatchRequestEntry")
+        if self._fifo:
+            self._require_fifo_ids(entries)
         # Plan every entry first (planning is pure), so each message is validated and
         # measured once; the batch-size rule counts failing entries' bytes too.
         plans: list[_SendPlan | SqsError] = []
@@ -736,17 +813,27 @@ class MessageQueue:
         effects: list[Effect] = []
         for entry, planned in zip(entries, plans, strict=True):
             if isinstance(planned, SqsError):
-                error = planned
-                missing = error.shape == "MissingRequiredParameterException"
-                if missing and "MessageGroupId" in error.message:
-                    # Recorded SQS behaviour: in a batch this one is InvalidParameterValue.
-                    error = invalid_parameter(error.message)
-                failed.append(_failed_entry(entry["Id"], error))
+                failed.append(_failed_entry(entry["Id"], planned))
                 continue
             response, entry_effects = self._execute_send(planned, now_ms, entropy, sender_id)
             successful.append({"Id": entry["Id"], **response})
             effects.extend(entry_effects)
         return self._batch_response(successful, failed), effects
+
+    def _require_fifo_ids(self, entries: list[dict[str, Any]]) -> None:
+        """Recorded on SQS: a FIFO batch with an entry that lacks its MessageGroupId, or
+        its MessageDeduplicationId without content-based deduplication, fails as a
+        whole (400 InvalidParameterValue), before any entry is sent. Malformed ids and
+        DelaySeconds stay per-entry failures, as the other entry checks do."""
+        content_based = self.settings.content_based_dedup
+        for entry in entries:
+            if entry.get("MessageGroupId") is None:
+                raise invalid_parameter("The request must contain the parameter MessageGroupId.")
+            if entry.get("MessageDeduplicationId") is None and not content_based:
+                raise invalid_parameter(
+                    "The queue should either have ContentBasedDeduplication enabled or "
+                    "MessageDeduplicationId provided explicitly"
+                )
 
     # ---- batches -----------------------------------------------------------
 
@@ -757,15 +844,16 @@ class MessageQueue:
             raise SqsError(
                 "EmptyBatchRequest", f"There should be at least one {entry_name} in the request."
             )
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise invalid_parameter(
-                "Value for parameter Entries is invalid. Reason: must be a list."
-            )
-        if len(entries) > BATCH_ENTRIES_MAX:
+        if isinstance(entries, list) and len(entries) > BATCH_ENTRIES_MAX:
+            # Counted before anything is done per entry.
             raise SqsError(
                 "TooManyEntriesInBatchRequest",
                 f"Maximum number of entries per request are {BATCH_ENTRIES_MAX}. "
                 f"You have sent {len(entries)}.",
+            )
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise invalid_parameter(
+                "Value for parameter Entries is invalid. Reason: must be a list."
             )
         seen: set[str] = set()
         for entry in entries:
@@ -816,20 +904,32 @@ class MessageQueue:
 
     # ---- delete and visibility ---------------------------------------------
 
-    def _handle_target(self, handle: object) -> tuple[_Entry | None, str]:
-        """The live message a receipt handle names (None if gone); FIFO handles
-        superseded by a newer receive are rejected."""
+    def _handle_target(self, handle: object, batch: bool) -> tuple[_Entry | None, str]:
+        """The live message a receipt handle names (None if gone).
+
+        On a FIFO queue a handle is good only while its receive holds the message: one
+        superseded by a newer receive, or whose visibility timeout has lapsed (the
+        message is visible again, or was made so with visibility 0), has expired, as
+        recorded on SQS for DeleteMessage. The batch actions report it per entry as
+        ``ReceiptHandleIsInvalid`` "The receipt handle has expired" (what SQS returned
+        to a DeleteMessageBatch user, smaskalik/sqsmover#54).
+        """
         message_id, token = decode_receipt_handle(handle)
         entry = self._messages.get(message_id)
-        if entry is not None and self._fifo and entry.receipt_token != token:
+        if (
+            entry is not None and self._fifo
+            and (entry.receipt_token != token or entry.state != _INFLIGHT)
+        ):
+            if batch:
+                raise SqsError("ReceiptHandleIsInvalid", "The receipt handle has expired")
             raise invalid_parameter(
                 f"Value {handle} for parameter ReceiptHandle is invalid. Reason: The receipt "
                 "handle has expired."
             )
         return entry, token
 
-    def _delete_one(self, params: dict[str, Any]) -> list[Effect]:
-        entry, _ = self._handle_target(params.get("ReceiptHandle"))
+    def _delete_one(self, params: dict[str, Any], batch: bool) -> list[Effect]:
+        entry, _ = self._handle_target(params.get("ReceiptHandle"), batch)
         if entry is None:
             return []  # deleting a deleted message is not an error in SQS
         return self.remove(entry.record.message_id)
@@ -838,15 +938,20 @@ class MessageQueue:
         self, params: dict[str, Any], now_ms: int
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
-        return {}, self._delete_one(params)
+        return {}, self._delete_one(params, batch=False)
 
     def delete_message_batch(
         self, params: dict[str, Any], now_ms: int
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
-        return self._run_batch(params, "DeleteMessageBatchRequestEntry", self._delete_one)
+        return self._run_batch(
+            params, "DeleteMessageBatchRequestEntry",
+            lambda entry: self._delete_one(entry, batch=True),
+        )
 
-    def _change_visibility_one(self, params: dict[str, Any], now_ms: int) -> list[Effect]:
+    def _change_visibility_one(
+        self, params: dict[str, Any], now_ms: int, batch: bool
+    ) -> list[Effect]:
         if params.get("VisibilityTimeout") is None:
             raise missing_parameter("VisibilityTimeout")
         timeout_s = int_param(
@@ -855,7 +960,7 @@ class MessageQueue:
         )
         assert timeout_s is not None
         handle = params.get("ReceiptHandle")
-        entry, _ = self._handle_target(handle)
+        entry, _ = self._handle_target(handle, batch)
         if entry is None or entry.receipt_token is None:
             raise invalid_parameter(
                 f"Value {handle} for parameter ReceiptHandle is invalid. Reason: Message does "
@@ -879,7 +984,7 @@ class MessageQueue:
         self, params: dict[str, Any], now_ms: int
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
-        return {}, self._change_visibility_one(params, now_ms)
+        return {}, self._change_visibility_one(params, now_ms, batch=False)
 
     def change_message_visibility_batch(
         self, params: dict[str, Any], now_ms: int
@@ -888,7 +993,7 @@ class MessageQueue:
         return self._run_batch(
             params,
             "ChangeMessageVisibilityBatchRequestEntry",
-            lambda entry: self._change_visibility_one(entry, now_ms),
+            lambda entry: self._change_visibility_one(entry, now_ms, batch=True),
         )
 
     # ---- receive -----------------------------------------------------------
@@ -921,8 +1026,7 @@ class MessageQueue:
         system_names = select_system_attribute_names(
             params.get("AttributeNames"), params.get("MessageSystemAttributeNames")
         )
-        attribute_names = params.get("MessageAttributeNames")
-        select_message_attributes((), attribute_names)  # validates the filter's type
+        attributes_wanted = attribute_filter(params.get("MessageAttributeNames"))
         attempt_id: str | None = None
         if self._fifo and params.get("ReceiveRequestAttemptId") is not None:
             attempt_id = validate_fifo_id(
@@ -931,7 +1035,7 @@ class MessageQueue:
         self._advance(now_ms)
 
         def render(entry: _Entry, token: str) -> dict[str, Any]:
-            return self._render(entry, token, system_names, attribute_names)
+            return self._render(entry, token, system_names, attributes_wanted)
 
         if attempt_id is not None:
             attempt = self._attempts.get(attempt_id)
@@ -1018,40 +1122,50 @@ class MessageQueue:
             heapq.heappush(self._ready, item)
 
     def _receive_fifo(self, limit: int, deliver: Callable[[_Entry], bool]) -> None:
+        """Deliver groups in offer order, each from its head up to its first message
+        that is not visible. Work: O(messages walked + offers popped), never the depth
+        of the queue or of a group."""
         count = 0
-        # Groups that delivered in this receive; with visibility 0 they are ready
+        # Groups that delivered in this receive; with visibility 0 they are visible
         # again at once but must wait for the next receive.
         visited: set[_Group] = set()
         skipped: list[_Group] = []
-        groups_ready = self._groups_ready
-        while count < limit and groups_ready:
-            key, _, group = heapq.heappop(groups_ready)
-            group.queued = False
-            if self._groups.get(group.name) is not group:
-                continue  # emptied and forgotten
+        # Re-read self._groups_ready on every turn: offers may compact (replace) it.
+        while count < limit and self._groups_ready:
+            item = heapq.heappop(self._groups_ready)
+            if not self._offer_is_live(item):
+                continue  # superseded by a newer offer, or the group is gone
+            group = item[3]
+            group.key = None  # this offer is taken; _queue_group may make a new one
             if group in visited:
                 skipped.append(group)
                 continue
-            head = group.head()
-            if group.inflight or head is None or head.state != _READY:
-                continue
-            if head.order != key:
-                self._queue_group(group)  # stale key: re-offer at its real position
-                continue
-            assert group.inflight == 0  # never two receives holding one group
-            batch: list[_Entry] = []
-            for entry in group.entries:
-                if entry.removed:
-                    continue
-                if entry.state != _READY or len(batch) >= limit - count:
-                    break
-                batch.append(entry)
-            for entry in batch:
+            head = group.first
+            if head is None or head.state != _READY:
+                continue  # its head went in flight or was delayed since it was offered
+            if head.visible_at_ms != item[0] or head.order != item[1]:
+                raise InternalError(
+                    f"group {group.name!r} offered at {item[:2]} but its head is at "
+                    f"{(head.visible_at_ms, head.order)}"
+                )
+            entry: _GroupEntry | None = head
+            delivered_last: _GroupEntry | None = None
+            while entry is not None and entry.state == _READY and count < limit:
+                # The real FIFO invariant: a message is returned only if every earlier
+                # live message of its group is returned before it in this receive.
+                if entry.prev is not delivered_last:
+                    raise InternalError(
+                        f"message {entry.record.message_id} of group {group.name!r} would "
+                        "be returned while an earlier message of the group is not"
+                    )
+                nxt = entry.next  # read first: a redrive unlinks the entry
                 if deliver(entry):
                     count += 1
                     visited.add(group)
-            # Re-offer the group if nothing of it is in flight now (all redriven:
-            # continue with its next messages in this same receive).
+                    delivered_last = entry
+                entry = nxt
+            # Offer it again if its head is visible once more (visibility 0, or every
+            # message walked was redriven); a visited group waits for the next receive.
             self._queue_group(group)
         for group in skipped:
             self._queue_group(group)
@@ -1066,7 +1180,8 @@ class MessageQueue:
         attempts[attempt_id] = _Attempt(now_ms + ATTEMPT_WINDOW_MS, list(delivered))
 
     def _render(
-        self, entry: _Entry, token: str, system_names: frozenset[str], attribute_names: object
+        self, entry: _Entry, token: str, system_names: frozenset[str],
+        attributes_wanted: AttributeFilter | None,
     ) -> dict[str, Any]:
         record = entry.record
         message: dict[str, Any] = {
@@ -1093,7 +1208,7 @@ class MessageQueue:
             }
             if attributes:
                 message["Attributes"] = attributes
-        selected = select_message_attributes(record.attributes, attribute_names)
+        selected = () if attributes_wanted is None else attributes_wanted.select(record.attributes)
         if selected:
             message["MD5OfMessageAttributes"] = (
                 record.md5_of_attributes
