@@ -153,3 +153,105 @@ def test_message_round_trips_through_the_file(
     store = SqliteStore(db_path)
     assert list(store.load()) == [MessageStored(record)]
     asyncio.run(store.close())
+
+
+# ---- one process per store ---------------------------------------------------------
+
+
+def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    from ferrymq._storage import StoreLockedError
+
+    db_path = tmp_path / "s.db"
+    first = SqliteStore(db_path)
+    with pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):
+        SqliteStore(db_path)
+    asyncio.run(first.close())
+    asyncio.run(SqliteStore(db_path).close())  # released by close
+
+
+def test_the_lock_goes_with_a_killed_process(tmp_path: Path) -> None:
+    db_path = tmp_path / "s.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from ferrymq._storage import SqliteStore; SqliteStore(Path(sys.argv[1])); "
+         "print('open', flush=True); time.sleep(60)", str(db_path)],
+        stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        from ferrymq._storage import StoreLockedError
+
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}"):
+            SqliteStore(db_path)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)
+    assert holder.returncode == -signal.SIGKILL
+    store = SqliteStore(db_path)  # a crashed holder leaves no stale lock
+    asyncio.run(store.close())
+
+
+# ---- a full disk ---------------------------------------------------------------------
+
+
+def _message(i: int, body_bytes: int) -> MessageStored:
+    return MessageStored(MessageRecord(
+        queue="q", message_id=f"m{i:06d}", body="x" * body_bytes, attributes=(),
+        md5_of_body="0" * 32, md5_of_attributes=None, sent_ms=i, visible_at_ms=i,
+        receive_count=0, first_receive_ms=None, receipt_token=None, sender_id="s",
+        group_id=None, dedup_id=None, sequence_number=None, trace_header=None,
+        dead_letter_source_arn=None))
+
+
+def test_a_full_disk_refuses_the_commit_whole_and_resume_recovers(tmp_path: Path) -> None:
+    from _tmpfs import fill, free_bytes, mounted_tmpfs
+
+    from ferrymq._storage import StorageFullError
+
+    async def scenario(mount: Path) -> None:
+        store = SqliteStore(mount / "s.db", free_bytes_min=1024 * 1024)
+        await store.commit([_message(0, 1000)])
+        assert store.has_room()
+        filler = fill(mount, leave_bytes=200 * 1024)
+        # 300 KiB in one transaction cannot fit in 200 KiB: SQLite rolls it back.
+        with pytest.raises(StorageFullError):
+            await store.commit([_message(i, 30_000) for i in range(1, 11)])
+        assert not store.has_room()
+        with pytest.raises(StorageFullError):  # refused until resumed
+            await store.commit([_message(99, 10)])
+        with pytest.raises(StorageFullError, match="fewer than"):
+            await store.resume()  # still no room
+        ids = [e.record.message_id for e in store.load() if isinstance(e, MessageStored)]
+        assert ids == ["m000000"], "nothing of the refused transaction is durable"
+        filler.unlink()
+        assert free_bytes(mount) > 1024 * 1024
+        await store.resume()
+        assert store.has_room()
+        await store.commit([_message(2, 1000)])
+        ids = [e.record.message_id for e in store.load() if isinstance(e, MessageStored)]
+        assert ids == ["m000000", "m000002"]
+        # Low space is seen before the disk is full: has_room turns False at a commit
+        # that leaves less than free_bytes_min.
+        fill(mount, leave_bytes=512 * 1024)
+        await store.commit([_message(3, 100)])
+        assert not store.has_room()
+        await store.close()
+
+    with mounted_tmpfs(tmp_path / "disk", 16 * 1024 * 1024) as mount:
+        asyncio.run(scenario(mount))
+
+
+def test_the_wal_stays_small(tmp_path: Path) -> None:
+    # The WAL is the headroom a nearly full disk must hold: checkpoints keep it near
+    # 4 MiB, and after one the file is cut back instead of staying at its high-water mark.
+    wal = tmp_path / "s.db-wal"
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        for batch in range(60):
+            await store.commit([_message(batch * 10 + i, 20_000) for i in range(10)])
+            sizes.append(wal.stat().st_size)
+        await store.close()
+
+    asyncio.run(scenario())
+    assert sum(sizes) > 0 and max(sizes) <= 5 * 1024 * 1024, max(sizes)

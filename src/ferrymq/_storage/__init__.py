@@ -8,21 +8,28 @@ from pathlib import Path
 from ferrymq._storage._base import (
     DEDUP_PRUNE_MARGIN_MS,
     StorageError,
+    StorageFullError,
     Store,
     StoreFormatError,
+    StoreInconsistentError,
+    StoreLockedError,
     StoreStats,
 )
 from ferrymq._storage._memory import MemoryStore
-from ferrymq._storage._sqlite import SqliteStore
+from ferrymq._storage._sqlite import FREE_BYTES_MIN_DEFAULT, SqliteStore
 
 __all__ = [
     "DEDUP_PRUNE_MARGIN_MS",
+    "FREE_BYTES_MIN_DEFAULT",
     "STORE_FILE_NAME",
     "MemoryStore",
     "SqliteStore",
     "StorageError",
+    "StorageFullError",
     "Store",
     "StoreFormatError",
+    "StoreInconsistentError",
+    "StoreLockedError",
     "StoreStats",
     "open_store",
 ]
@@ -31,11 +38,14 @@ __all__ = [
 STORE_FILE_NAME = "ferrymq.sqlite3"
 
 
-def open_store(kind: str, path: Path | None) -> Store:
+def open_store(kind: str, path: Path | None, *,
+               free_bytes_min: int = FREE_BYTES_MIN_DEFAULT) -> Store:
     """Open a store. ``kind`` is ``"sqlite"`` (``path`` is the database file, or an
     existing directory to hold ``STORE_FILE_NAME``) or ``"memory"`` (``path`` ignored).
-    Raises ``StorageError`` (``StoreFormatError`` for a file that is not a Ferry store
-    or is too new) and ``ValueError`` for a bad ``kind``/missing path."""
+    ``free_bytes_min``: the sqlite store refuses writes when its filesystem has less
+    free space. Raises ``StorageError`` (``StoreFormatError`` for a file that is not a
+    Ferry store or is too new, ``StoreLockedError`` for a store another process has
+    open) and ``ValueError`` for a bad ``kind``/missing path."""
     if kind == "memory":
         return MemoryStore()
     if kind == "sqlite":
@@ -43,5 +53,5 @@ def open_store(kind: str, path: Path | None) -> Store:
             raise ValueError("the sqlite store needs a path")
         if path.is_dir():
             path = path / STORE_FILE_NAME
-        return SqliteStore(path)
+        return SqliteStore(path, free_bytes_min=free_bytes_min)
     raise ValueError(f"unknown storage kind {kind!r} (expected 'sqlite' or 'memory')")

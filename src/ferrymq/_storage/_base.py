@@ -17,8 +17,11 @@ from ferrymq._core._records import Effect
 __all__ = [
     "DEDUP_PRUNE_MARGIN_MS",
     "StorageError",
+    "StorageFullError",
     "Store",
     "StoreFormatError",
+    "StoreInconsistentError",
+    "StoreLockedError",
     "StoreStats",
 ]
 
@@ -33,8 +36,23 @@ class StorageError(Exception):
     the in-memory state has diverged from disk and the process must not keep serving."""
 
 
+class StorageFullError(StorageError):
+    """A commit failed because the disk (or quota) is full. Nothing of the failed
+    transaction reached the disk, so the durable state is exactly what was committed
+    before it; ``resume`` makes the store writable again once there is room."""
+
+
 class StoreFormatError(StorageError):
     """The file is not a Ferry store, or was written by a newer Ferry."""
+
+
+class StoreInconsistentError(StoreFormatError):
+    """The store's rows contradict each other (e.g. messages of a queue the store does
+    not hold). The message says which rows; docs/operations.md says how to recover."""
+
+
+class StoreLockedError(StorageError):
+    """Another process has the store open: two writers would corrupt it."""
 
 
 @dataclass(slots=True)
@@ -100,6 +118,20 @@ class Store(Protocol):
         call's effects and every earlier call's, before any later call's: exactly the
         state the core had when it produced ``effects``. A call with fetches and no
         effects still takes its place in that order."""
+        ...
+
+    def has_room(self) -> bool:
+        """False when writes are expected to fail for lack of disk space (the free
+        space fell under the store's low-water mark at its last transaction or
+        ``resume``). The shell then refuses writes before the core applies them."""
+        ...
+
+    async def resume(self) -> None:
+        """After a ``StorageFullError`` (or while ``has_room()`` is False), try to make
+        the store writable again: wait until every commit already called has settled,
+        then check that there is room and that a write succeeds. Returns once commits
+        are accepted again; raises ``StorageFullError`` (or ``StorageError``) if not.
+        A no-op on a healthy store."""
         ...
 
     async def close(self) -> None:

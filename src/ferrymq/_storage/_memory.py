@@ -83,6 +83,13 @@ class MemoryStore:
             bodies.append(None if record is None else record.body)
         return bodies
 
+    def has_room(self) -> bool:
+        return True  # memory is not the disk: a full disk never stops this store
+
+    async def resume(self) -> None:
+        if self._closed:
+            raise StorageError("the store is closed")
+
     async def close(self) -> None:
         self._closed = True
 

@@ -13,6 +13,18 @@ them in that order.
 
 Failure: if a transaction fails, every caller in it and every caller still waiting gets
 a ``StorageError`` raised from the SQLite error, and the store refuses further commits.
+A full disk (``SQLITE_FULL``: a write returned ENOSPC, so SQLite rolled the transaction
+back and nothing of it is durable) raises ``StorageFullError`` instead, and ``resume``
+reopens the writer once there is room again. Any other failure (an fsync error, EIO) is
+final for this process: after a failed fsync the kernel may have dropped the dirty
+pages, so only a restart that reads what is really on disk is safe.
+
+Free space: after every transaction the writer reads the free space of the store's
+filesystem; under ``free_bytes_min`` ``has_room()`` turns False, so the shell refuses
+writes before the core applies them and a full disk is usually never hit at all.
+
+Exclusive use: the store holds an ``flock`` on ``<file>.lock`` for its whole life, so a
+second server on the same file refuses to start (``StoreLockedError``).
 
 On-disk encodings (schema version 1):
 
@@ -28,11 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import fcntl
 import itertools
 import os
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +74,14 @@ from ferrymq._core._records import (
 from ferrymq._storage._base import (
     DEDUP_PRUNE_MARGIN_MS,
     StorageError,
+    StorageFullError,
     StoreFormatError,
+    StoreLockedError,
     StoreStats,
 )
 
 __all__ = [
+    "FREE_BYTES_MIN_DEFAULT",
     "PENDING_COMMITS_MAX",
     "SCHEMA_VERSION",
     "SqliteStore",
@@ -81,12 +99,21 @@ _FORMAT_NAME = "ferrymq-store"
 PENDING_COMMITS_MAX = 4096
 
 # WAL pages (4 KiB each) after which a commit also checkpoints into the main file.
-# 4000 pages = ~16 MiB: checkpoints are rare enough not to tax the write path, and the
-# WAL stays small enough that start-up reads and recovery stay fast.
-_WAL_AUTOCHECKPOINT_PAGES = 4000
-# After a checkpoint the WAL file is truncated to this size, so a burst does not leave
-# a huge file behind.
-_JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# 1000 pages = ~4 MiB. The WAL's size is disk space Ferry needs beyond its data, so it
+# is what a nearly full disk must still hold: at 4000 pages the WAL grew to 16.5 MiB and
+# a server on a full disk could not recover until far more than the missing space was
+# freed. Measured with `ferrymq bench` (docs/benchmarks.md): no loss of throughput
+# against 4000 pages within the run's noise.
+_WAL_AUTOCHECKPOINT_PAGES = 1000
+# After a checkpoint resets the WAL, its file is truncated to this size, so one large
+# transaction (a group of 1 MiB batches) does not leave a large file behind for good.
+_JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+# Under this much free space on the store's filesystem, writes are refused (503) before
+# they reach the disk: one WAL cycle (~4 MiB) plus a checkpoint's growth of the main
+# file plus the largest group of requests (a few 1 MiB batches) fits well inside it,
+# so the server stops short of ENOSPC instead of running into it. Configurable with
+# `ferrymq serve --disk-free-min-mib`.
+FREE_BYTES_MIN_DEFAULT = 32 * 1024 * 1024
 # How long a connection waits for a lock held by another connection (load() runs
 # beside the writer only in tests; a foreign process holding the file is an error).
 _BUSY_TIMEOUT_MS = 5_000
@@ -397,6 +424,48 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
     assert version == SCHEMA_VERSION, f"unexpected schema version {version}"
 
 
+def _free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem of ``directory``."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorname", None) == "SQLITE_FULL"
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _lock_file(path: Path) -> int:
+    """Take the exclusive lock that marks ``path`` as in use; return its descriptor.
+
+    ``flock`` is released by the kernel when the process dies, however it dies, so a
+    crashed server never leaves a stale lock behind. The holder's pid is written into
+    the file only to make the refusal message useful."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise StoreLockedError(
+            f"{path} is in use by another Ferry process (pid {holder}); two servers on "
+            f"one data directory would corrupt it") from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def _unlock_file(fd: int) -> None:
+    os.close(fd)  # closing the last descriptor releases the flock
+
+
 def _fsync_directory(directory: Path) -> None:
     """A newly created file survives power loss only once its directory entry does."""
     fd = os.open(directory, os.O_RDONLY)
@@ -421,31 +490,27 @@ class _Pending:
 class SqliteStore:
     """See the module docstring. Use from one event loop; ``load`` from any thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, free_bytes_min: int = FREE_BYTES_MIN_DEFAULT) -> None:
         self._path = path
         self._stats = StoreStats()
+        self._free_bytes_min = free_bytes_min
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = _connect(path)
-        except (OSError, sqlite3.Error) as exc:
+            self._lock_fd = _lock_file(path)
+        except StoreLockedError:
+            raise
+        except OSError as exc:
             raise StorageError(f"cannot open store {path}: {exc}") from exc
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StorageError(f"cannot put {path} in WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
-            conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT_BYTES}")
-            _check_or_create_schema(conn, path)
-        except sqlite3.Error as exc:
-            conn.close()
-            if getattr(exc, "sqlite_errorname", None) in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-                raise StoreFormatError(f"{path} is not a Ferry store: {exc}") from exc
-            raise StorageError(f"cannot open store {path}: {exc}") from exc
+            conn = self._open_writer_connection(create=True)
         except BaseException:
-            conn.close()
+            _unlock_file(self._lock_fd)
             raise
         self._conn = conn  # owned by the writer thread from here on
+        # Written by the writer thread after each transaction, read on the loop (a
+        # plain bool: assignment is atomic). Starts True: a server on a nearly full
+        # disk still starts, and learns at its first write or resume.
+        self._room = True
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         # Guarded by _lock: the handoff, and the writer's stop/failure state.
@@ -462,9 +527,39 @@ class SqliteStore:
         )
         self._writer.start()
 
+    def _open_writer_connection(self, *, create: bool) -> sqlite3.Connection:
+        path = self._path
+        try:
+            conn = _connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StorageError(f"cannot put {path} in WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT_BYTES}")
+            if create:
+                _check_or_create_schema(conn, path)
+        except sqlite3.Error as exc:
+            conn.close()
+            if getattr(exc, "sqlite_errorname", None) in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise StoreFormatError(f"{path} is not a Ferry store: {exc}") from exc
+            if _is_disk_full(exc):
+                raise StorageFullError(f"cannot open store {path}: {exc}") from exc
+            raise StorageError(f"cannot open store {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     @property
     def stats(self) -> StoreStats:
         return self._stats
+
+    def has_room(self) -> bool:
+        return self._room
 
     @property
     def path(self) -> Path:
@@ -560,6 +655,59 @@ class SqliteStore:
         # applied them), so its future must stay resolvable by the writer.
         return await asyncio.shield(item.future)
 
+    async def resume(self) -> None:
+        if self._closed:
+            raise StorageError("the store is closed")
+        last = self._last
+        if last is not None and not last.done():
+            # Calls are settled in order: once the last is, none is left in the writer.
+            await asyncio.wait([last])
+        free = await asyncio.to_thread(_free_bytes, self._path.parent)
+        if free < self._free_bytes_min:
+            self._room = False
+            raise StorageFullError(
+                f"{free} bytes free on the filesystem of {self._path}, fewer than the "
+                f"{self._free_bytes_min} Ferry keeps in reserve")
+        with self._lock:
+            failure = self._failure
+        if failure is not None:
+            if not isinstance(failure, StorageFullError):
+                raise _refusal(failure)  # only a full disk is recoverable in-process
+            await asyncio.to_thread(self._restart_writer)
+        self._room = True
+
+    def _restart_writer(self) -> None:
+        """Off the loop: open a new writer connection, prove that a write succeeds and
+        give the WAL's space back, then start a writer thread on it."""
+        self._writer.join()  # it returned after the failure; nothing else runs
+        conn = self._open_writer_connection(create=False)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO ferry_meta (key, value) VALUES ('resumed_ms', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(time.time_ns() // 1_000_000),))
+            conn.execute("COMMIT")
+            # Best effort: a full WAL is space the disk needs back.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the original error is the one worth reporting
+            conn.close()
+            if _is_disk_full(exc):
+                raise StorageFullError(f"writing to store {self._path} failed: {exc}") from exc
+            raise StorageError(f"writing to store {self._path} failed: {exc}") from exc
+        self._conn = conn
+        with self._lock:
+            self._failure = None
+        self._writer = threading.Thread(
+            target=self._run_writer, name=f"ferrymq-store-writer:{self._path.name}",
+            daemon=True)
+        self._writer.start()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -572,6 +720,7 @@ class SqliteStore:
             self._stopping = True
             self._wakeup.notify()
         await asyncio.to_thread(self._writer.join)
+        _unlock_file(self._lock_fd)
 
     def _settle(self, batch: list[_Pending], failure: StorageError | None) -> None:
         """On the loop: resolve a written batch, then refill the handoff from the
@@ -644,9 +793,18 @@ class SqliteStore:
                         pass  # the original error is the one worth reporting
                 raise
         except Exception as exc:  # any failure leaves memory and disk diverged
-            failure = StorageError(f"writing to store {self._path} failed: {exc}")
+            message = f"writing to store {self._path} failed: {exc}"
+            if _is_disk_full(exc):
+                self._room = False
+                failure: StorageError = StorageFullError(message)
+            else:
+                failure = StorageError(message)
             failure.__cause__ = exc
             return failure
+        try:
+            self._room = _free_bytes(self._path.parent) >= self._free_bytes_min
+        except OSError:
+            self._room = True  # cannot tell: let the next write find out
         self._stats.transactions += 1
         self._stats.commits += len(batch)
         self._stats.effects += effect_count
@@ -665,8 +823,8 @@ class SqliteStore:
 
 def _refusal(failure: StorageError) -> StorageError:
     """A fresh exception per caller (a shared instance would collect every caller's
-    traceback), chained to the SQLite error that broke the store."""
-    refusal = StorageError(str(failure))
+    traceback), of the same kind, chained to the SQLite error that broke the store."""
+    refusal = type(failure)(str(failure))
     refusal.__cause__ = failure.__cause__
     return refusal
 
