@@ -8,6 +8,7 @@ import json
 import random
 import socket
 import urllib.parse
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -57,6 +58,7 @@ def assert_xml_error(status: int, body: bytes) -> str:
     assert 400 <= status < 500, (status, body)
     text = body.decode()
     assert "<ErrorResponse" in text and "<Code>" in text and "<Message>" in text, text
+    ET.fromstring(body)  # well-formed, whatever the request echoed
     return text
 
 
@@ -138,9 +140,16 @@ def test_json_without_target_header(server: ServerProcess) -> None:
         b"Action=CreateQueue&QueueName=bad%20name&Version=2012-11-05",
         b"Action=CreateQueue&QueueName=q&Attribute.1.Value=orphan&Version=2012-11-05",
         bytes(random.Random(11).randrange(256) for _ in range(4096)),
+        b"Action=ListQueues&Version=2012-11-05&MaxResults=" + b"9" * 5000,
+        b"Action=ListQueues&Version=2012-11-05&MaxResults=-" + b"9" * 5000,
+        b"Action=UntagQueue&QueueUrl=q&TagKey." + b"9" * 5000 + b"=k",
+        b"Action=UntagQueue&QueueUrl=q&TagKey.%C2%B2=k",
+        b"Action=UntagQueue&QueueUrl=q&TagKey.%D9%A1=k",
+        b"Action=%00%01Nope",
     ],
     ids=["unknown-action", "no-action", "broken-form", "missing-name", "string-int",
-         "bad-name", "orphan-attribute", "binary"],
+         "bad-name", "orphan-attribute", "binary", "huge-int", "huge-negative-int",
+         "huge-index", "superscript-index", "arabic-index", "control-chars-echoed"],
 )
 def test_bad_query_requests(server: ServerProcess, body: bytes) -> None:
     status, _, payload = post(server, body, {"Content-Type": FORM_TYPE})

@@ -109,3 +109,23 @@ def test_get_without_action_is_404(server: ServerProcess) -> None:
     status, _, body = raw(server, "GET", "/")
     assert status == 404
     assert b"UnknownOperationException" in body
+
+
+def test_query_create_and_list_queues_are_invalid_on_a_queue_path(sqs: Any, server: ServerProcess,
+                                                                  queue_name: str) -> None:
+    # AWS-validated (LocalStack's TestSqsQueryApi): a queue URL is no endpoint for
+    # these two, over GET or POST; GetQueueUrl there is allowed, even for another queue.
+    sqs.create_queue(QueueName=queue_name)
+    path = f"/{ACCOUNT}/{queue_name}"
+    for method in ("GET", "POST"):
+        for action in ("CreateQueue", "ListQueues"):
+            status, text = query_call(server, method, path,
+                                      {"Action": action, "QueueName": queue_name + "-x"})
+            assert status == 400, text
+            assert "<Code>InvalidAction</Code>" in text
+            assert f"<Message>The action {action} is not valid for this endpoint." in text
+    status, body = json_call(server, "/", "GetQueueUrl", {"QueueName": queue_name + "-x"})
+    assert status == 400 and body["__type"].endswith("QueueDoesNotExist")
+    status, text = query_call(server, "GET", path, {"Action": "GetQueueUrl",
+                                                    "QueueName": queue_name})
+    assert status == 200 and f"/{ACCOUNT}/{queue_name}</QueueUrl>" in text

@@ -4,9 +4,12 @@ every action and both protocols (current JSON model; Query model of botocore 1.3
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import botocore.parsers
 import botocore.serialize
@@ -15,17 +18,25 @@ import pytest
 from botocore.model import ServiceModel
 
 from ferrymq._core._errors import ERRORS, SqsError, invalid_parameter, missing_parameter
+from ferrymq._gateway._app import Gateway
 from ferrymq._gateway._http import Request, Response
 from ferrymq._gateway._protocol import (
+    DECODED_ITEMS_MAX,
+    INTEGER_MAX,
+    INTEGER_MIN,
+    XMLNS,
     decode,
     encode_error,
     encode_result,
     http_fault,
+    protocol_of,
     xml_escape,
+    xml_text,
 )
 from ferrymq._gateway._wire_model import OPERATIONS
 
 URL = "http://127.0.0.1:9324/000000000000/orders"
+FORM = "application/x-www-form-urlencoded; charset=utf-8"
 ARN = "arn:aws:sqs:us-east-1:000000000000:orders-dlq"
 
 _ATTRS = {
@@ -423,3 +434,389 @@ def test_http_faults_follow_the_announced_protocol() -> None:
     assert orjson.loads(r.body)["__type"].endswith("#RequestEntityTooLarge")
     r = http_fault({}, 400, "bad", "r")
     assert r.status == 400 and b"<Code>MalformedHttpRequest</Code>" in r.body
+
+
+# ---- integers: the model's 32-bit range, before any int() of unbounded text ----------
+
+
+def test_every_input_number_is_a_32_bit_integer_in_the_model(json_model: ServiceModel) -> None:
+    # The wire table folds "integer" and "long" into one "i"; the decoders' bound
+    # (INTEGER_MIN..INTEGER_MAX) is right only while no input number is a long.
+    def numbers(shape: Any, seen: set[str]) -> Iterator[str]:
+        if shape.name in seen:
+            return
+        seen.add(shape.name)
+        if shape.type_name in ("integer", "long"):
+            yield shape.type_name
+        for child in getattr(shape, "members", {}).values():
+            yield from numbers(child, seen)
+        for attr in ("member", "key", "value"):
+            if hasattr(shape, attr):
+                yield from numbers(getattr(shape, attr), seen)
+
+    found = [kind for action in ALL_ACTIONS
+             for kind in numbers(json_model.operation_model(action).input_shape, set())]
+    assert found and set(found) == {"integer"}
+    assert (INTEGER_MIN, INTEGER_MAX) == (-(2**31), 2**31 - 1)
+
+
+_HUGE = "9" * 5000  # past Python's 4300-digit int() limit
+
+
+@pytest.mark.parametrize("text", [_HUGE, "-" + _HUGE, "1" + "0" * 4400, "2147483648",
+                                  "-2147483649", "\u00b2", "\u0661", "\uff15", "1e3", "1.5",
+                                  "", "-", "+", "0x1F", "1_000"])
+def test_query_integers_outside_the_model_are_invalid_parameters(text: str) -> None:
+    for form in (f"Action=ReceiveMessage&QueueUrl={URL}&MaxNumberOfMessages={quote(text)}",
+                 f"Action=SendMessage&QueueUrl={URL}&MessageBody=x&DelaySeconds={quote(text)}",
+                 f"Action=ChangeMessageVisibilityBatch&QueueUrl={URL}"
+                 "&ChangeMessageVisibilityBatchRequestEntry.1.Id=a"
+                 "&ChangeMessageVisibilityBatchRequestEntry.1.ReceiptHandle=r"
+                 f"&ChangeMessageVisibilityBatchRequestEntry.1.VisibilityTimeout={quote(text)}"):
+        err = _decode_error(Request("POST", "/", "", {}, form.encode(), ""))
+        assert (err.shape, err.status) == ("InvalidParameterValueException", 400), form[:80]
+        assert err.message.endswith("is invalid. Reason: Must be an integer."), err.message
+        # The value is echoed, but never megabytes of it.
+        assert len(err.message) < 300
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("2147483647", 2**31 - 1), ("-2147483648", -(2**31)), ("0" * 5000 + "7", 7),
+    ("+5", 5), (" 6 ", 6), ("-0", 0), ("00", 0)])
+def test_query_integers_inside_the_model_decode(text: str, value: int) -> None:
+    form = f"Action=ReceiveMessage&QueueUrl={URL}&WaitTimeSeconds={quote(text)}"
+    assert decode(Request("POST", "/", "", {}, form.encode(), ""))[2]["WaitTimeSeconds"] == value
+
+
+def _json_body(action: str, body: bytes) -> Request:
+    headers = {"content-type": "application/x-amz-json-1.0",
+               "x-amz-target": f"AmazonSQS.{action}"}
+    return Request("POST", "/", "", headers, body, "")
+
+
+@pytest.mark.parametrize(("number", "shape"), [
+    (_HUGE, "SerializationException"),  # orjson: a double overflowing to infinity
+    ("-" + _HUGE, "SerializationException"),
+    ("1e400", "SerializationException"),
+    ("18446744073709551616", "SerializationException"),  # past 64 bits: orjson gives a float
+    ("1.0", "SerializationException"),
+    ("2147483648", "InvalidParameterValueException"),
+    ("-2147483649", "InvalidParameterValueException"),
+    ("9223372036854775807", "InvalidParameterValueException"),
+])
+def test_json_integers_outside_the_model_are_refused(number: str, shape: str) -> None:
+    for action, body in (
+        ("SendMessage", f'{{"QueueUrl": "{URL}", "MessageBody": "x", "DelaySeconds": {number}}}'),
+        ("ReceiveMessage", f'{{"QueueUrl": "{URL}", "MaxNumberOfMessages": {number}}}'),
+        ("SendMessageBatch", f'{{"QueueUrl": "{URL}", "Entries": [{{"Id": "a", '
+                             f'"MessageBody": "x", "DelaySeconds": {number}}}]}}'),
+        ("StartMessageMoveTask", f'{{"SourceArn": "{ARN}", '
+                                 f'"MaxNumberOfMessagesPerSecond": {number}}}'),
+    ):
+        err = _decode_error(_json_body(action, body.encode()))
+        assert (err.shape, err.status) == (shape, 400), (action, number)
+        assert len(err.message) < 300
+
+
+def test_json_integers_at_the_model_bounds_decode() -> None:
+    for number in (2**31 - 1, -(2**31), 0):
+        body = orjson.dumps({"QueueUrl": URL, "VisibilityTimeout": number})
+        assert decode(_json_body("ReceiveMessage", body))[2]["VisibilityTimeout"] == number
+
+
+# ---- Query indices: small positive ASCII decimals ------------------------------------
+
+
+@pytest.mark.parametrize("index", ["\u00b2", "\u0661", "\uff11", "0", "01", "-1", "+1", " 1",
+                                   "1 ", "x", "", str(DECODED_ITEMS_MAX + 1), "9" * 5000,
+                                   "1" + "0" * 4400])
+def test_query_indices_must_be_small_ascii_decimals(index: str) -> None:
+    for key in (f"TagKey.{index}", f"MessageAttribute.{index}.Name",
+                f"Attribute.{index}.Name", f"MessageAttributeName.{index}",
+                f"SendMessageBatchRequestEntry.{index}.Id"):
+        action = {"T": "UntagQueue", "M": "SendMessage", "A": "SetQueueAttributes",
+                  "S": "SendMessageBatch"}[key[0]]
+        if key.startswith("MessageAttributeName"):
+            action = "ReceiveMessage"
+        form = f"Action={action}&QueueUrl={URL}&MessageBody=b&{quote(key)}=v"
+        err = _decode_error(Request("POST", "/", "", {}, form.encode(), ""))
+        assert (err.shape, err.status) == ("MalformedQueryString", 400), key[:40]
+        assert len(err.message) < 300
+
+
+def test_query_index_bounds_decode() -> None:
+    form = f"Action=UntagQueue&QueueUrl={URL}&TagKey.{DECODED_ITEMS_MAX}=last&TagKey.1=first"
+    got = decode(Request("POST", "/", "", {}, form.encode(), ""))[2]
+    assert got["TagKeys"] == ["first", "last"]
+
+
+# ---- how much a request may carry ------------------------------------------------------
+
+
+def test_json_lists_and_maps_are_bounded_before_their_items_are_read() -> None:
+    ok = orjson.dumps({"QueueUrl": URL, "MessageAttributeNames": ["a"] * DECODED_ITEMS_MAX})
+    assert len(decode(_json_body("ReceiveMessage", ok))[2]["MessageAttributeNames"]) == 1000
+    # One item too many is refused by count, before the (wrong) items are looked at.
+    for body in (
+        {"QueueUrl": URL, "MessageAttributeNames": [5] * (DECODED_ITEMS_MAX + 1)},
+        {"QueueUrl": URL, "MessageAttributeNames": ["a"] * 400_000},
+        {"QueueUrl": URL, "Tags": {f"k{i}": 5 for i in range(DECODED_ITEMS_MAX + 1)}},
+    ):
+        action = "TagQueue" if "Tags" in body else "ReceiveMessage"
+        err = _decode_error(_json_body(action, orjson.dumps(body)))
+        assert (err.shape, err.status) == ("InvalidParameterValueException", 400)
+        assert f"at most {DECODED_ITEMS_MAX} list and map items" in err.message
+    # Nested containers share one budget: 10 entries x 100 attributes is 1010 items.
+    entries = [{"Id": f"e{i}", "MessageBody": "b", "MessageAttributes": {
+        f"a{j}": {"DataType": "String", "StringValue": "v"} for j in range(100)}}
+        for i in range(10)]
+    err = _decode_error(_json_body("SendMessageBatch",
+                                   orjson.dumps({"QueueUrl": URL, "Entries": entries})))
+    assert err.shape == "InvalidParameterValueException"
+    entries[0]["MessageAttributes"] = {}
+    got = decode(_json_body("SendMessageBatch",
+                            orjson.dumps({"QueueUrl": URL, "Entries": entries})))[2]
+    assert len(got["Entries"]) == 10
+
+
+def test_query_lists_and_maps_are_bounded_before_their_items_are_read() -> None:
+    names = "&".join(f"MessageAttributeName.{i}=a" for i in range(1, DECODED_ITEMS_MAX + 1))
+    form = f"Action=ReceiveMessage&QueueUrl={URL}&{names}"
+    got = decode(Request("POST", "/", "", {}, form.encode(), ""))[2]
+    assert len(got["MessageAttributeNames"]) == DECODED_ITEMS_MAX
+    tags = "&".join(f"Tag.{i}.Key=k{i}&Tag.{i}.Value=v" for i in range(1, 600))
+    form = f"Action=TagQueue&QueueUrl={URL}&{tags}&Tag.600.Key=k&Tag.600.Value.x=bad"
+    err = _decode_error(Request("POST", "/", "", {}, form.encode(), ""))
+    assert err.shape == "MalformedQueryString"  # 600 tags pass the bound; the bad one fails
+    entries = "&".join(f"SendMessageBatchRequestEntry.{i}.Id=e{i}"
+                       f"&SendMessageBatchRequestEntry.{i}.MessageAttribute.1.Name=a"
+                       f"&SendMessageBatchRequestEntry.{i}.MessageAttribute.1.Value.DataType=x"
+                       for i in range(1, 502))
+    err = _decode_error(Request("POST", "/", "", {},
+                                f"Action=SendMessageBatch&QueueUrl={URL}&{entries}".encode(), ""))
+    assert (err.shape, err.status) == ("InvalidParameterValueException", 400)
+    assert f"at most {DECODED_ITEMS_MAX} list and map items" in err.message
+
+
+# ---- nesting ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [1000, 1023, 1024, 1025, 100_000])
+def test_deep_json_nesting_is_a_400(depth: int) -> None:
+    # orjson parses up to 1024 levels and refuses deeper documents (JSONDecodeError);
+    # within that, a nested value where the model wants a string or an attribute
+    # structure is a type error. Both are 400 SerializationException, never a 500.
+    for nested in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+        for body in (b'{"QueueUrl": "u", "MessageBody": ' + nested + b"}",
+                     b'{"QueueUrl": "u", "MessageBody": "x", "MessageAttributes": {"a": '
+                     b'{"DataType": ' + nested + b"}}}"):
+            err = _decode_error(_json_body("SendMessage", body))
+            assert (err.status, err.shape) == (400, "SerializationException"), (depth, body[:60])
+        # In a member the model does not know (or as the whole document, whose "a" is
+        # such a member), only the parser's own limit applies.
+        for body, extra in ((b'{"QueueUrl": "u", "Unknown": ' + nested + b"}", 1),
+                            (nested, 0)):
+            if depth + extra > 1024 or body.startswith(b"["):
+                assert _decode_error(_json_body("SendMessage", body)).shape == \
+                    "SerializationException"
+            else:
+                assert decode(_json_body("SendMessage", body))[2] in ({"QueueUrl": "u"}, {})
+
+
+# ---- Query answered in JSON (Accept: application/json) -----------------------------------
+
+
+@pytest.mark.parametrize(("accept", "protocol"), [
+    (None, "query"), ("application/json", "query-json"), ("Application/JSON", "query-json"),
+    ("text/xml", "query"), ("*/*", "query"), ("application/json;q=0", "query"),
+    ("application/json;q=0.5, text/xml", "query"), ("text/xml;q=0.1, application/json",
+                                                    "query-json"),
+    ("application/json, text/xml", "query-json"), ("text/xml, application/json", "query"),
+    ("application/json;q=bogus", "query"), ("text/html,application/xhtml+xml,*/*;q=0.8",
+                                            "query"),
+])
+def test_query_protocol_follows_the_accept_header(accept: str | None, protocol: str) -> None:
+    headers = {} if accept is None else {"accept": accept}
+    req = Request("GET", "/", "Action=ListQueues&Version=2012-11-05", headers, b"", "")
+    assert protocol_of(req) == protocol
+    assert decode(req)[0] == protocol
+    # A JSON 1.0 request stays JSON 1.0 whatever it accepts.
+    jreq = Request("POST", "/", "", {"content-type": "application/x-amz-json-1.0",
+                                     "x-amz-target": "AmazonSQS.ListQueues", **headers}, b"{}", "")
+    assert decode(jreq)[0] == "json"
+
+
+def test_query_results_in_json_follow_the_query_response() -> None:
+    r = encode_result("query-json", "GetQueueAttributes",
+                      {"Attributes": {"QueueArn": ARN, "VisibilityTimeout": "30"}}, "r-1")
+    assert r.status == 200 and dict(r.headers)["Content-Type"] == "application/json"
+    # The shape AWS returns (LocalStack's AWS-validated TestSqsQueryApi): the Query
+    # response and result elements, attributes as a list of Name/Value pairs.
+    assert orjson.loads(r.body) == {"GetQueueAttributesResponse": {
+        "GetQueueAttributesResult": {"Attributes": [
+            {"Name": "QueueArn", "Value": ARN}, {"Name": "VisibilityTimeout", "Value": "30"}]},
+        "ResponseMetadata": {"RequestId": "r-1"}}}
+    r = encode_result("query-json", "DeleteQueue", {}, "r-2")
+    assert orjson.loads(r.body) == {"DeleteQueueResponse": {
+        "ResponseMetadata": {"RequestId": "r-2"}}}
+    r = encode_result("query-json", "ReceiveMessage", copy.deepcopy(OUTPUTS["ReceiveMessage"]),
+                      "r-3")
+    message = orjson.loads(r.body)["ReceiveMessageResponse"]["ReceiveMessageResult"][
+        "Messages"][0]
+    assert message["Body"] == _MESSAGE["Body"]
+    assert {"Name": "bin", "Value": {"DataType": "Binary",
+                                     "BinaryValue": "AAH/YmluYXJ5"}} in message["MessageAttributes"]
+    assert {"Name": "SenderId", "Value": "AKIDEXAMPLE"} in message["Attributes"]
+
+
+def test_query_errors_in_json() -> None:
+    err = SqsError("InvalidAction", "The action ListQueues is not valid for this endpoint.")
+    r = encode_error("query-json", err, "r-4")
+    assert r.status == 400 and dict(r.headers)["Content-Type"] == "application/json"
+    doc = orjson.loads(r.body)
+    assert doc == {"Error": {"Type": "Sender", "Code": "InvalidAction",
+                             "Message": "The action ListQueues is not valid for this endpoint."},
+                   "RequestId": "r-4"}
+    qdne = SqsError("QueueDoesNotExist", "The specified queue does not exist.")
+    doc = orjson.loads(encode_error("query-json", qdne, "r").body)
+    assert doc["Error"]["Code"] == "AWS.SimpleQueueService.NonExistentQueue"
+    assert doc["Error"]["Message"] == "The specified queue does not exist for this wsdl version."
+    # Without an Action SQS answers the bare XML 404 even to a JSON Accept.
+    missing = _decode_error(Request("GET", "/", "", {"accept": "application/json"}, b"", ""))
+    r = encode_error("query-json", missing, "r")
+    assert (r.status, r.body) == (404, b"<UnknownOperationException/>")
+    r = http_fault({"accept": "application/json"}, 413, "too big", "r")
+    assert orjson.loads(r.body)["Error"]["Code"] == "RequestEntityTooLarge"
+
+
+# ---- XML that always parses ---------------------------------------------------------------
+
+
+def test_xml_answers_replace_characters_xml_cannot_carry() -> None:
+    bad = "a\x00b\x01c\x1f\ufffe\uffffd\x7f"
+    r = encode_error("query", invalid_parameter(f"Value {bad} is invalid."), "r")
+    text = ET.fromstring(r.body).findtext(f"{{{XMLNS}}}Error/{{{XMLNS}}}Message")
+    assert text == "Value a\ufffdb\ufffdc\ufffd\ufffd\ufffdd\x7f is invalid."
+    r = encode_result("query", "ListQueueTags", {"Tags": {"k\x02": "v\x03\r\n"}}, "r")
+    tag = ET.fromstring(r.body).find(f".//{{{XMLNS}}}Tag")
+    assert tag is not None
+    assert (tag.findtext(f"{{{XMLNS}}}Key"), tag.findtext(f"{{{XMLNS}}}Value")) == (
+        "k\ufffd", "v\ufffd\r\n")
+    assert xml_text("plain & <b>") == "plain &amp; &lt;b&gt;"
+
+
+# ---- the query string as the HTTP layer hands it over --------------------------------------
+
+
+def test_raw_utf8_in_the_query_string_is_utf8() -> None:
+    raw = "Action=GetQueueUrl&QueueName=caf\u00e9".encode().decode("latin-1")
+    assert decode(Request("GET", "/", raw, {}, b"", ""))[2] == {"QueueName": "caf\u00e9"}
+    bad = b"Action=GetQueueUrl&QueueName=\xff".decode("latin-1")
+    assert _decode_error(Request("GET", "/", bad, {}, b"", "")).shape == "MalformedQueryString"
+
+
+# ---- the gateway pipeline: routing and request headers -------------------------------------
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(self, action: str, params: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        self.calls.append((action, params))
+        return {}
+
+
+def _handle(request: Request) -> tuple[Response, list[tuple[str, dict[str, Any]]]]:
+    service = _Recorder()
+    gateway = Gateway(service, public_url=None)
+    response = asyncio.run(gateway.handle(request))
+    return response, service.calls
+
+
+QUEUE_PATH = "/000000000000/orders"
+
+
+@pytest.mark.parametrize("action", ["CreateQueue", "ListQueues"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_query_create_and_list_queues_are_invalid_on_a_queue_url(action: str,
+                                                                 method: str) -> None:
+    form = f"Action={action}&QueueName=other&Version=2012-11-05"
+    for accept in (None, "application/json"):
+        headers = {"host": "h:1"} if accept is None else {"host": "h:1", "accept": accept}
+        if method == "GET":
+            request = Request("GET", QUEUE_PATH, form, headers, b"", "")
+        else:
+            request = Request("POST", QUEUE_PATH, "", {**headers, "content-type": FORM},
+                              form.encode(), "")
+        response, calls = _handle(request)
+        assert (response.status, calls) == (400, [])
+        message = f"The action {action} is not valid for this endpoint."
+        if accept is None:
+            assert f"<Code>InvalidAction</Code><Message>{message}</Message>".encode() \
+                in response.body
+        else:
+            assert orjson.loads(response.body)["Error"] == {
+                "Type": "Sender", "Code": "InvalidAction", "Message": message}
+        # The same request to the endpoint itself is served.
+        root = Request(request.method, "/", request.query, request.headers, request.body, "")
+        assert _handle(root)[1][0][0] == action
+
+
+def test_other_actions_on_a_queue_url_are_served() -> None:
+    for form in ("Action=GetQueueUrl&QueueName=other", "Action=SendMessage&MessageBody=x",
+                 "Action=GetQueueAttributes&AttributeName.1=All"):
+        response, calls = _handle(Request("GET", QUEUE_PATH, form, {"host": "h:1"}, b"", ""))
+        assert response.status == 200 and len(calls) == 1, form
+    # JSON to a queue path is served as if sent to "/" (the PHP SDK does this).
+    response, calls = _handle(Request(
+        "POST", QUEUE_PATH, "", {"host": "h:1", "content-type": "application/x-amz-json-1.0",
+                                 "x-amz-target": "AmazonSQS.CreateQueue"},
+        b'{"QueueName": "other"}', ""))
+    assert response.status == 200 and calls == [("CreateQueue", {"QueueName": "other"})]
+
+
+TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+
+
+def _traced(action: str, params: dict[str, Any], trace: str | None) -> dict[str, Any]:
+    headers = {"host": "h:1", "content-type": "application/x-amz-json-1.0",
+               "x-amz-target": f"AmazonSQS.{action}"}
+    if trace is not None:
+        headers["x-amzn-trace-id"] = trace
+    response, calls = _handle(Request("POST", "/", "", headers, orjson.dumps(params), ""))
+    assert response.status == 200, response.body
+    return calls[0][1]
+
+
+def test_the_trace_header_becomes_each_messages_aws_trace_header() -> None:
+    header = {"AWSTraceHeader": {"DataType": "String", "StringValue": TRACE}}
+    got = _traced("SendMessage", {"QueueUrl": URL, "MessageBody": "x"}, TRACE)
+    assert got["MessageSystemAttributes"] == header
+    got = _traced("SendMessageBatch", {"QueueUrl": URL, "Entries": [
+        {"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": "y"}]}, TRACE)
+    assert [e["MessageSystemAttributes"] for e in got["Entries"]] == [header, header]
+    # Other actions do not get it; without the header nothing is added.
+    assert "MessageSystemAttributes" not in _traced("ReceiveMessage", {"QueueUrl": URL}, TRACE)
+    assert "MessageSystemAttributes" not in _traced(
+        "SendMessage", {"QueueUrl": URL, "MessageBody": "x"}, None)
+
+
+def test_an_explicit_aws_trace_header_overrides_the_trace_header() -> None:
+    # AWS X-Ray developer guide: "If both headers are set, the message system attribute
+    # overrides the HTTP trace header."
+    own = {"AWSTraceHeader": {"DataType": "String", "StringValue": "Root=1-own"}}
+    got = _traced("SendMessage", {"QueueUrl": URL, "MessageBody": "x",
+                                  "MessageSystemAttributes": own}, TRACE)
+    assert got["MessageSystemAttributes"] == own
+    got = _traced("SendMessageBatch", {"QueueUrl": URL, "Entries": [
+        {"Id": "a", "MessageBody": "x", "MessageSystemAttributes": own},
+        {"Id": "b", "MessageBody": "y"}]}, TRACE)
+    assert got["Entries"][0]["MessageSystemAttributes"] == own
+    assert got["Entries"][1]["MessageSystemAttributes"]["AWSTraceHeader"]["StringValue"] == TRACE
+
+
+@pytest.mark.parametrize("trace", ["", "   ", "Root=\x01", "Root=caf\u00e9"])
+def test_a_trace_header_that_cannot_be_an_xray_header_is_ignored(trace: str) -> None:
+    got = _traced("SendMessage", {"QueueUrl": URL, "MessageBody": "x"}, trace)
+    assert "MessageSystemAttributes" not in got

@@ -11,12 +11,13 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 from typing import Any
 from urllib.parse import parse_qsl
 
 from ferrymq._api import CallContext, Service
 from ferrymq._core._errors import SqsError
-from ferrymq._gateway._http import Request, Response, serve_http
+from ferrymq._gateway._http import HttpLimits, Request, Response, serve_http
 from ferrymq._gateway._protocol import (
     decode,
     encode_error,
@@ -35,7 +36,17 @@ _QUEUE_URL_ACTIONS = frozenset(
     action for action, (inp, _out) in OPERATIONS.items()
     if any(member[0] == "QueueUrl" for member in inp[1])
 )
+# What SQS refuses with InvalidAction when a Query request is sent to a queue URL
+# (AWS-validated in LocalStack's TestSqsQueryApi: GetQueueUrl there is allowed). JSON
+# requests to a queue path are served as if sent to "/", as the PHP SDK relies on.
+_NOT_ON_QUEUE_PATH = frozenset({"CreateQueue", "ListQueues"})
 _CREDENTIAL = "Credential="
+# X-Ray's HTTP trace header. SQS stores it as the AWSTraceHeader system attribute of
+# every message a SendMessage or SendMessageBatch sends; an explicit AWSTraceHeader
+# message system attribute overrides it (AWS X-Ray developer guide, "Amazon SQS").
+_TRACE_HEADER = "x-amzn-trace-id"
+_TRACE_ATTRIBUTE = "AWSTraceHeader"
+_TRACED_ACTIONS = frozenset({"SendMessage", "SendMessageBatch"})
 
 
 def queue_path_of(path: str) -> str | None:
@@ -65,7 +76,7 @@ def access_key_of(request: Request) -> str | None:
             return _key_from_credential(auth[start:] if end < 0 else auth[start:end])
         return None
     sources = [request.query]
-    if request.body and protocol_of(request) == "query":
+    if request.body and protocol_of(request) != "json":
         sources.append(request.body.decode("utf-8", "replace"))
     for text in sources:
         if "X-Amz-Credential=" not in text and "AWSAccessKeyId=" not in text:
@@ -82,6 +93,28 @@ def access_key_of(request: Request) -> str | None:
 # counter, formatted like the UUIDs SQS returns. uuid4() made a system call per request.
 _REQUEST_ID_PREFIX = os.urandom(8).hex()
 _request_counter = itertools.count(1)
+
+
+def _with_trace(params: dict[str, Any], trace: dict[str, Any]) -> None:
+    system = params.get("MessageSystemAttributes")
+    if system is None:
+        params["MessageSystemAttributes"] = {_TRACE_ATTRIBUTE: trace}
+    elif _TRACE_ATTRIBUTE not in system:
+        params["MessageSystemAttributes"] = {**system, _TRACE_ATTRIBUTE: trace}
+
+
+def _apply_trace_header(action: str, params: dict[str, Any], header: str) -> None:
+    """The trace header as each message's AWSTraceHeader, unless the message names one."""
+    # A header is latin-1 text; only a visible-ASCII value can be an X-Ray header, and
+    # anything else is ignored rather than failing a send the client did not annotate.
+    if not header or not header.isascii() or not header.isprintable():
+        return
+    trace = {"DataType": "String", "StringValue": header}
+    if action == "SendMessage":
+        _with_trace(params, trace)
+    elif action == "SendMessageBatch":
+        for entry in params.get("Entries", ()):
+            _with_trace(entry, trace)
 
 
 def _next_request_id() -> str:
@@ -118,6 +151,12 @@ class Gateway:
         try:
             protocol, action, params = decode(request)
             path_queue = queue_path_of(request.path)
+            if path_queue is not None and protocol != "json" and action in _NOT_ON_QUEUE_PATH:
+                raise SqsError("InvalidAction",
+                               f"The action {action} is not valid for this endpoint.")
+            trace = request.headers.get(_TRACE_HEADER)
+            if trace is not None and action in _TRACED_ACTIONS:
+                _apply_trace_header(action, params, trace.strip())
             ctx = CallContext(
                 request_id=request_id,
                 base_url=self._base_url(request),
@@ -142,13 +181,16 @@ class Gateway:
                 request_id)
 
 
-async def start_gateway(service: Service, host: str, port: int, public_url: str | None = None,
-                        reuse_port: bool = False, *, account_id: str = "000000000000",
-                        region: str = "us-east-1") -> asyncio.Server:
-    """Serve ``service`` over HTTP on host:port (port 0 picks a free one)."""
+async def start_gateway(service: Service, host: str | None, port: int | None,
+                        public_url: str | None = None, reuse_port: bool = False, *,
+                        account_id: str = "000000000000", region: str = "us-east-1",
+                        http_limits: HttpLimits | None = None,
+                        sock: socket.socket | None = None) -> asyncio.Server:
+    """Serve ``service`` over HTTP on host:port (port 0 picks a free one), or on the
+    listening socket ``sock``, within ``http_limits`` (the HTTP layer's defaults if None)."""
     gateway = Gateway(service, public_url=public_url, account_id=account_id, region=region)
     server = await serve_http(gateway.handle, host, port, reuse_port=reuse_port,
-                              fault=http_fault)
+                              fault=http_fault, limits=http_limits, sock=sock)
     sockname = server.sockets[0].getsockname()
     host_text = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
     gateway.listen_address = f"{host_text}:{sockname[1]}"
