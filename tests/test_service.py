@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -262,5 +263,187 @@ def test_bodies_beyond_the_budget_are_read_from_the_store(
         assert tested.broker.body_budget.bytes_used == 0
         await reference.close()
         await tested.close()
+
+    asyncio.run(scenario())
+
+
+# ---- a full disk ------------------------------------------------------------------
+
+
+def _counts(attributes: dict[str, Any]) -> int:
+    return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+
+
+async def _until_writable(service: QueueService) -> None:
+    for _ in range(200):
+        if service.writable:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the service did not resume writes")
+
+
+@pytest.fixture
+def fast_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ferrymq._service
+
+    monkeypatch.setattr(ferrymq._service, "_RESUME_INTERVAL_MS", 10)
+
+
+def test_a_commit_refused_by_a_full_disk_rebuilds_from_the_store_and_resumes(
+    fast_resume: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from _doubles import FillableStore
+
+    async def scenario() -> None:
+        store = FillableStore()
+        service = QueueService(Broker(), store, broker_factory=Broker)
+        fatal: list[BaseException] = []
+        service.on_fatal = fatal.append
+        service.start()
+        await service.call("CreateQueue", {"QueueName": "q"}, CTX)
+        await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "kept"}, CTX)
+        attrs = {"QueueUrl": URL, "AttributeNames": ["ApproximateNumberOfMessages"]}
+        # The disk fills between the last check and this commit: the core applies the
+        # send, the store refuses it.
+        store.full = True
+        with pytest.raises(SqsError) as refused:
+            await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "lost"}, CTX)
+        assert (refused.value.shape, refused.value.status) == ("ServiceUnavailable", 503)
+        for action, params in (("SendMessage", {"QueueUrl": URL, "MessageBody": "x"}),
+                               ("ReceiveMessage", {"QueueUrl": URL}),
+                               ("CreateQueue", {"QueueName": "other"})):
+            with pytest.raises(SqsError) as exc:
+                await service.call(action, params, CTX)
+            assert exc.value.shape == "ServiceUnavailable", action
+        # Reads are answered from the rebuilt core, which holds only what is durable.
+        for _ in range(100):
+            try:
+                got = await service.call("GetQueueAttributes", attrs, CTX)
+                break
+            except SqsError:
+                await asyncio.sleep(0.01)  # still rebuilding
+        assert _counts(got) == 1
+        assert (await service.call("ListQueues", {}, CTX))["QueueUrls"] == [URL]
+        assert not service.writable and store.resumes >= 1
+        store.full = False
+        await _until_writable(service)
+        await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "after"}, CTX)
+        got = await service.call("ReceiveMessage", {"QueueUrl": URL, "MaxNumberOfMessages": 10},
+                                 CTX)
+        assert sorted(m["Body"] for m in got["Messages"]) == ["after", "kept"]
+        assert fatal == []
+        await service.close()
+
+    with caplog.at_level("WARNING", logger="ferrymq"):
+        asyncio.run(scenario())
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "disk is full" in errors[0].getMessage()
+
+
+def test_low_space_refuses_writes_before_the_core_applies_them(fast_resume: None) -> None:
+    from _doubles import FillableStore
+
+    async def scenario() -> None:
+        store = FillableStore()
+        service = QueueService(Broker(), store, broker_factory=Broker)
+        service.start()
+        await service.call("CreateQueue", {"QueueName": "q"}, CTX)
+        broker = service.broker
+        store.room = False
+        with pytest.raises(SqsError) as exc:
+            await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "no"}, CTX)
+        assert exc.value.shape == "ServiceUnavailable"
+        got = await service.call("GetQueueAttributes", {"QueueUrl": URL,
+                                                        "AttributeNames": ["All"]}, CTX)
+        assert _counts(got) == 0
+        assert service.broker is broker, "nothing diverged, so nothing was rebuilt"
+        store.room = True
+        await _until_writable(service)
+        await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "yes"}, CTX)
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_a_broker_factory_a_full_disk_is_fatal() -> None:
+    from _doubles import FillableStore
+
+    async def scenario() -> None:
+        store = FillableStore()
+        service = QueueService(Broker(), store)
+        fatal: list[BaseException] = []
+        service.on_fatal = fatal.append
+        await service.call("CreateQueue", {"QueueName": "q"}, CTX)
+        store.full = True
+        with pytest.raises(SqsError):
+            await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "x"}, CTX)
+        assert len(fatal) == 1
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_answers_parked_long_polls_at_once() -> None:
+    async def scenario() -> None:
+        service = QueueService(Broker(), open_store("memory", None))
+        service.start()
+        await service.call("CreateQueue", {"QueueName": "q"}, CTX)
+        polls = [asyncio.create_task(service.call(
+            "ReceiveMessage", {"QueueUrl": URL, "WaitTimeSeconds": 20}, CTX))
+            for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert not any(p.done() for p in polls)
+        service.begin_shutdown()
+        assert await asyncio.wait_for(asyncio.gather(*polls), 1) == [{}, {}, {}]
+        # A poll that starts during the drain does not park either.
+        assert await asyncio.wait_for(service.call(
+            "ReceiveMessage", {"QueueUrl": URL, "WaitTimeSeconds": 20}, CTX), 1) == {}
+        await service.close()
+
+    asyncio.run(scenario())
+
+
+def test_restore_names_every_orphaned_queue_in_one_line(tmp_path: Path) -> None:
+    from ferrymq._core._records import DedupRecorded
+    from ferrymq._service import repair_orphans, restore_into
+    from ferrymq._storage import StoreInconsistentError
+
+    async def scenario() -> None:
+        store = open_store("sqlite", tmp_path / "s.db")
+        donor = QueueService(Broker(), store)
+        for name in ("shared", "gone.fifo", "kept"):
+            attributes = {"FifoQueue": "true"} if name.endswith(".fifo") else {}
+            await donor.call("CreateQueue", {"QueueName": name, "Attributes": attributes}, CTX)
+        for i in range(3):
+            await donor.call("SendMessage", {"QueueUrl": "http://h:1/000000000000/shared",
+                                             "MessageBody": f"s{i}"}, CTX)
+        await donor.call("SendMessage", {"QueueUrl": "http://h:1/000000000000/gone.fifo",
+                                         "MessageBody": "f", "MessageGroupId": "g",
+                                         "MessageDeduplicationId": "d"}, CTX)
+        # What a second server sharing the file leaves behind: the queue rows gone,
+        # their messages and dedup entries still there.
+        await store.close()
+        conn = sqlite3.connect(tmp_path / "s.db")
+        conn.execute("DELETE FROM queues WHERE name IN ('shared', 'gone.fifo')")
+        conn.commit()
+        conn.close()
+        store = open_store("sqlite", tmp_path / "s.db")
+        with pytest.raises(StoreInconsistentError) as exc:
+            restore_into(Broker(), store.load())
+        message = str(exc.value)
+        assert "\n" not in message
+        assert "3 messages and 0 deduplication entries of queue 'shared'" in message
+        assert "1 messages and 1 deduplication entries of queue 'gone.fifo'" in message
+        assert "'kept'" not in message
+        lines = await repair_orphans(store, "adopt")
+        assert len(lines) == 2
+        broker = Broker()
+        restore_into(broker, store.load())
+        shared = broker.queue_messages("shared")
+        assert shared is not None and len(shared.snapshot()) == 3
+        fifo = broker.queue_messages("gone.fifo")
+        assert fifo is not None and len(fifo.snapshot()) == 1
+        assert any(isinstance(e, DedupRecorded) for e in store.load())
+        await store.close()
 
     asyncio.run(scenario())

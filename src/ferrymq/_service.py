@@ -7,6 +7,14 @@ effects it produced. Only then is the response released: nothing is acknowledged
 before it is fsynced. Long polls wait on a per-queue notification, woken by effects
 that make messages receivable, or by a timer at the next delay/visibility deadline;
 nothing polls.
+
+A full disk does not stop the service. When the store reports that it is low on space,
+writes are refused with 503 ``ServiceUnavailable`` before the core applies them, and
+reads go on. When a commit fails because the disk filled up anyway, the core has
+applied effects the disk refused: every request is refused while the core is rebuilt
+from the store (the durable truth), and then the same read-only mode applies. A
+background task asks the store to resume once a second and writes are accepted again
+as soon as it does. Any other storage failure stops the process (``on_fatal``).
 """
 
 from __future__ import annotations
@@ -17,16 +25,23 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ferrymq._api import CallContext
-from ferrymq._core._broker import Broker, Outcome, RequestInfo
+from ferrymq._core._broker import READ_ONLY_ACTIONS, Broker, Outcome, RequestInfo
 from ferrymq._core._errors import InternalError, SqsError
-from ferrymq._core._records import Effect, MessageRemoved, MessageStored, VisibilityChanged
-from ferrymq._storage import Store
+from ferrymq._core._records import (
+    DedupRecorded,
+    Effect,
+    MessageRemoved,
+    MessageStored,
+    QueueDeleted,
+    VisibilityChanged,
+)
+from ferrymq._storage import StorageFullError, Store, StoreInconsistentError
 
-__all__ = ["QueueService", "SystemEntropy", "wall_clock_ms"]
+__all__ = ["QueueService", "SystemEntropy", "repair_orphans", "restore_into", "wall_clock_ms"]
 
 log = logging.getLogger("ferrymq.service")
 
@@ -37,6 +52,15 @@ _HOUSEKEEPING_INTERVAL_MS = 1_000
 # While a message move task runs, it advances this often: small enough that a
 # task's rate limit is smooth, large enough that each step batches many messages.
 _MOVE_TASK_INTERVAL_MS = 100
+# While writes are refused for lack of disk space, how often the store is asked to
+# resume: often enough that writes come back within a second of space returning, rare
+# enough that a statvfs and (after a failed commit) a probe write cost nothing.
+_RESUME_INTERVAL_MS = 1_000
+
+
+def _unavailable() -> SqsError:
+    return SqsError("ServiceUnavailable", "The request has failed due to a temporary "
+                    "failure of the server: its disk is full.")
 
 
 def wall_clock_ms() -> int:
@@ -128,6 +152,17 @@ class _Waiters:
         if not waiters:
             del self._by_queue[queue]
 
+    def wake_all(self) -> None:
+        """Wake every parked poller (shutdown, state rebuilt): each re-checks and
+        answers instead of waiting out its poll."""
+        for waiters in self._by_queue.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        self._by_queue.clear()
+        for queue in self._versions:
+            self._versions[queue] += 1
+
     def notify(self, queue: str) -> None:
         """Wake the oldest parked poller of ``queue``, if any."""
         self._versions[queue] += 1
@@ -145,39 +180,65 @@ class QueueService:
     """Implements ``ferrymq._api.Service`` over a ``Broker`` and a ``Store``."""
 
     def __init__(self, broker: Broker, store: Store, *, clock_ms: Any = wall_clock_ms,
-                 entropy: Any = None) -> None:
+                 entropy: Any = None,
+                 broker_factory: Callable[[], Broker] | None = None) -> None:
         self.broker = broker
         self.store = store
         self._clock_ms = clock_ms
         self._entropy = entropy or SystemEntropy()
+        # Builds an empty broker configured like ``broker``: needed to rebuild the core
+        # from the store after a commit failed for lack of space. Without one, such a
+        # failure stops the process like any other storage failure.
+        self._broker_factory = broker_factory
         self._waiters = _Waiters()
         self._housekeeping: asyncio.Task[None] | None = None
         self._closing = False
+        # Shutting down: long polls answer at once instead of parking.
+        self._draining = False
+        # False while writes are refused (disk full); _rebuilding while the core is
+        # being rebuilt from the store, when nothing at all can be answered.
+        self._writable = True
+        self._rebuilding = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._commits_in_flight = 0
+        self._commits_idle = asyncio.Event()
+        self._commits_idle.set()
         self.fatal: BaseException | None = None
         self.on_fatal: Any = None  # callable(exc) set by the CLI to stop the server
 
     # ---- lifecycle ------------------------------------------------------
 
     def restore(self) -> int:
-        """Rebuild the core from the store. Returns the number of effects replayed."""
-        count = 0
-        for effect in self.store.load():
-            self.broker.apply(effect)
-            count += 1
-        return count
+        """Rebuild the core from the store. Returns the number of effects replayed.
+        Raises ``StoreInconsistentError`` (one line: which rows, which queue) when the
+        store's rows cannot make a consistent state."""
+        return restore_into(self.broker, self.store.load())
 
     def start(self) -> None:
         self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep())
 
+    def begin_shutdown(self) -> None:
+        """Answer every parked long poll now (empty, as at the end of its wait) and
+        park no more, so a graceful stop answers its clients instead of dropping them."""
+        self._draining = True
+        self._waiters.wake_all()
+
     async def close(self) -> None:
         self._closing = True
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            try:
-                await self._housekeeping
-            except asyncio.CancelledError:
-                pass
+        self.begin_shutdown()
+        for task in (self._housekeeping, self._recovery):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self.store.close()
+
+    @property
+    def writable(self) -> bool:
+        """False while writes are refused for lack of disk space."""
+        return self._writable
 
     # ---- requests -------------------------------------------------------
 
@@ -186,10 +247,12 @@ class QueueService:
         deadline_ms: int | None = None
         while True:
             now_ms = self._clock_ms()
+            if not (self._writable and self.store.has_room()):
+                return self._call_read_only(action, params, now_ms, info)
             outcome = self.broker.execute(action, params, now_ms, self._entropy, info)
             seen_version = self._waiters.version(outcome.queue) if outcome.queue else 0
             await self._commit(outcome.effects, outcome.body_fetches)
-            if not self._should_wait(action, outcome):
+            if self._draining or not self._should_wait(action, outcome):
                 return outcome.response
             if deadline_ms is None:
                 deadline_ms = now_ms + outcome.wait_ms
@@ -198,6 +261,20 @@ class QueueService:
                 return outcome.response
             if self._waiters.version(outcome.queue) == seen_version:
                 await self._park(outcome.queue, remaining_ms)
+
+    def _call_read_only(self, action: str, params: dict[str, Any], now_ms: int,
+                        info: RequestInfo) -> dict[str, Any]:
+        """Writes are refused: answer what needs no write, refuse the rest (503)."""
+        if self._writable:
+            # The store ran low on space: stop before the core applies anything.
+            self._degrade("the disk is nearly full")
+        if self._rebuilding or action not in READ_ONLY_ACTIONS:
+            raise _unavailable()
+        outcome = self.broker.execute(action, params, now_ms, self._entropy, info,
+                                      read_only=True)
+        if outcome.effects:
+            raise InternalError(f"read-only {action} produced effects: {outcome.effects!r}")
+        return outcome.response
 
     @staticmethod
     def _should_wait(action: str, outcome: Outcome) -> bool:
@@ -248,10 +325,17 @@ class QueueService:
                 # Deleting a FIFO group's in-flight message unblocks the group's next
                 # one (every FIFO queue name ends in .fifo).
                 self._waiters.notify(effect.queue)
+        self._commits_in_flight += 1
+        self._commits_idle.clear()
         try:
             bodies = await self.store.commit(
                 effects, [(queue, message_id) for queue, message_id, _ in body_fetches]
             )
+        except StorageFullError as exc:
+            if self._closing:
+                raise SqsError("InternalFailure", "The server is shutting down.") from exc
+            self._on_disk_full(exc)
+            raise _unavailable() from exc
         except Exception as exc:
             if self._closing:
                 # A request that outlived the shutdown: the store is closed on purpose,
@@ -259,12 +343,79 @@ class QueueService:
                 raise SqsError("InternalFailure", "The server is shutting down.") from exc
             self._die(exc)
             raise SqsError("InternalFailure", "The request could not be stored.") from exc
+        finally:
+            self._commits_in_flight -= 1
+            if self._commits_in_flight == 0:
+                self._commits_idle.set()
         for (queue, message_id, message), body in zip(body_fetches, bodies, strict=True):
             if body is None:
                 # The core delivered a message the store does not hold: a bug. The
                 # message stays in flight and returns at its deadline; nothing is lost.
                 raise InternalError(f"no stored body for {queue}/{message_id}")
             message["Body"] = body
+
+    # ---- a full disk ------------------------------------------------------
+
+    def _degrade(self, reason: str) -> None:
+        """Refuse writes until the store has room; nothing diverged, so reads go on."""
+        if not self._writable:
+            return
+        self._writable = False
+        log.error("%s: refusing writes (503 ServiceUnavailable) until there is room; "
+                  "reads go on", reason)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(rebuild=False))
+
+    def _on_disk_full(self, exc: StorageFullError) -> None:
+        """A commit failed for lack of space: the core holds effects the disk refused."""
+        if self._rebuilding:
+            return
+        if self._broker_factory is None:
+            self._die(exc)
+            return
+        was_writable = self._writable
+        self._writable = False
+        self._rebuilding = True
+        if was_writable:
+            log.error("the disk is full (%s): refusing writes (503 ServiceUnavailable) "
+                      "until there is room", exc)
+        if self._recovery is not None:
+            self._recovery.cancel()
+        self._recovery = asyncio.get_running_loop().create_task(self._recover(rebuild=True))
+
+    async def _recover(self, *, rebuild: bool) -> None:
+        try:
+            if rebuild:
+                # Every commit the core issued before the failure must have settled
+                # (the store fails them all) before the store is read back.
+                await self._commits_idle.wait()
+                broker = await asyncio.to_thread(self._rebuilt_broker)
+                self.broker = broker
+                self._rebuilding = False
+                # Parked polls watched the old core's queues: let them look again.
+                self._waiters.wake_all()
+                log.warning("state rebuilt from the store after the failed write; "
+                            "reads are answered again")
+            while not self._closing:
+                try:
+                    await self.store.resume()
+                except StorageFullError:
+                    await asyncio.sleep(_RESUME_INTERVAL_MS / 1000)
+                    continue
+                self._writable = True
+                log.warning("the disk has room again: accepting writes")
+                return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._die(exc)
+
+    def _rebuilt_broker(self) -> Broker:
+        """Off the loop: a new core restored from the store. The old one is in use on
+        the loop meanwhile, so the new one must share nothing with it."""
+        assert self._broker_factory is not None
+        broker = self._broker_factory()
+        restore_into(broker, self.store.load())
+        return broker
 
     def _die(self, exc: BaseException) -> None:
         # The core has already applied effects the disk refused: serving on would
@@ -282,10 +433,89 @@ class QueueService:
                 else _HOUSEKEEPING_INTERVAL_MS
             )
             await asyncio.sleep(interval / 1000)
+            if not (self._writable and self.store.has_room()):
+                continue  # its effects could not be stored: wait for room
             try:
                 effects = self.broker.tick(self._clock_ms(), self._entropy)
                 await self._commit(effects)
             except SqsError:
-                return
+                if self.fatal is not None:
+                    return
+                # Refused for lack of space: the recovery task takes it from here.
             except Exception:  # a bug: keep serving, but make it loud
                 log.exception("housekeeping failed (bug)")
+
+
+def restore_into(broker: Broker, effects: Iterable[Effect],
+                 orphans: dict[str, list[int]] | None = None) -> int:
+    """Apply a store's ``load()`` to an empty ``broker``; the number of effects applied.
+
+    Rows of a queue the store does not hold (what two servers sharing one file leave
+    behind) are counted rather than applied, so the error names every such queue at
+    once; anything else the core refuses is reported with the record that broke it.
+    With ``orphans`` given, those rows are counted into it (queue -> [messages,
+    deduplication entries]) and skipped instead of raising."""
+    count = 0
+    collect = orphans is not None
+    if orphans is None:
+        orphans = {}
+    for effect in effects:
+        if isinstance(effect, MessageStored | DedupRecorded):
+            queue = effect.record.queue if isinstance(effect, MessageStored) else effect.queue
+            if not broker.queue_exists(queue):
+                orphans.setdefault(queue, [0, 0])[isinstance(effect, DedupRecorded)] += 1
+                continue
+        try:
+            broker.apply(effect)
+        except Exception as exc:
+            raise StoreInconsistentError(
+                f"the store cannot be restored: {_describe(effect)} was refused: {exc}"
+            ) from exc
+        count += 1
+    if orphans and not collect:
+        parts = [f"{messages} messages and {dedup} deduplication entries of queue {name!r}"
+                 for name, (messages, dedup) in sorted(orphans.items())]
+        raise StoreInconsistentError(
+            f"the store is inconsistent: it holds {'; '.join(parts)}, but no such queue "
+            "(was the data directory used by two servers at once?)")
+    return count
+
+
+async def repair_orphans(store: Store, mode: str) -> list[str]:
+    """Mend rows of queues the store does not hold (``ferrymq repair``): ``"adopt"``
+    re-creates each such queue with default attributes, so its messages are served
+    again; ``"drop"`` deletes its rows. Returns one line per queue mended."""
+    broker = Broker(purge_interval_ms=0, recreate_delay_ms=0)
+    orphans: dict[str, list[int]] = {}
+    restore_into(broker, store.load(), orphans)
+    lines = []
+    for name, (messages, dedup) in sorted(orphans.items()):
+        what = f"{messages} messages and {dedup} deduplication entries"
+        if mode == "adopt":
+            attributes = {"FifoQueue": "true"} if name.endswith(".fifo") else {}
+            try:
+                outcome = broker.execute(
+                    "CreateQueue", {"QueueName": name, "Attributes": attributes},
+                    wall_clock_ms(), SystemEntropy(),
+                    RequestInfo(base_url="http://localhost", sender_id="ferrymq-repair"))
+            except SqsError as exc:
+                raise StoreInconsistentError(
+                    f"queue {name!r} cannot be re-created: {exc.message}") from exc
+            await store.commit(outcome.effects)
+            lines.append(f"queue {name!r} re-created with default attributes; its {what} "
+                         "are kept")
+        elif mode == "drop":
+            await store.commit([QueueDeleted(name, wall_clock_ms())])
+            lines.append(f"queue {name!r}: its {what} are deleted")
+        else:
+            raise ValueError(f"unknown repair mode {mode!r}")
+    return lines
+
+
+def _describe(effect: Effect) -> str:
+    if isinstance(effect, MessageStored):
+        return (f"message {effect.record.message_id} of queue {effect.record.queue!r}")
+    name = type(effect).__name__
+    queue = getattr(effect, "queue", None) or getattr(getattr(effect, "record", None),
+                                                       "name", None)
+    return f"{name} of queue {queue!r}" if queue else name
