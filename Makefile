@@ -4,7 +4,10 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Serving needs only the runtime dependencies; testing adds the tool chain (boto3,
+# awscli, ruff, mypy, hypothesis, matplotlib, Celery), several hundred MB more.
+STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
 # The last botocore whose SQS model speaks the Query protocol (DESIGN.md §4): a boto3
 # client loading this model first speaks Query, so the suite can exercise both wire
 # protocols with one SDK.
@@ -20,12 +23,16 @@ venv: $(STAMP)
 # Re-installs whenever pyproject.toml changes (dependencies or entry points).
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
 	$(VPY) -m pip install -e '.[test]'
 	touch $@
 
 query-model: $(QUERY_MODEL)
 
-$(QUERY_MODEL): $(STAMP)
+$(QUERY_MODEL): $(TEST_STAMP)
 	rm -rf $(VENV)/query-model
 	$(VPY) -m pip install --no-deps --target $(VENV)/query-model $(QUERY_BOTOCORE)
 	mkdir -p $(dir $@)
@@ -36,19 +43,20 @@ $(QUERY_MODEL): $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/ferrymq serve --host 127.0.0.1 --port 9324 --data-dir ./ferrymq-data
 
-test: $(STAMP) $(QUERY_MODEL)
+# What CI runs (.ci/run): lint and type errors fail it like a failing test.
+test: lint typecheck $(QUERY_MODEL)
 	$(VPY) -m pytest -q
 
-test-e2e: $(STAMP) $(QUERY_MODEL)
+test-e2e: $(TEST_STAMP) $(QUERY_MODEL)
 	$(VPY) -m pytest -q tests/e2e
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(VENV)/bin/mypy src
 
-check: lint typecheck test
+check: test
 
 clean:
 	rm -rf $(VENV) build ferrymq-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
@@ -62,7 +70,7 @@ clean:
 # See docs/benchmarks.md.
 .PHONY: bench-quick
 BENCH_STAMP := $(VENV)/.bench-installed
-$(BENCH_STAMP): $(STAMP)
+$(BENCH_STAMP): $(TEST_STAMP)
 	$(VPY) -m pip install -e '.[test,bench]'
 	touch $@
 

@@ -1,16 +1,33 @@
-"""The ``ferrymq`` command line: ``ferrymq serve`` runs the embedded single node."""
+"""The ``ferrymq`` command line: ``ferrymq serve`` runs the embedded single node,
+``ferrymq repair`` mends a store that cannot be restored, ``ferrymq bench`` compares
+Ferry with its peers.
+
+Every option is validated here, before anything starts: a bad value is one line on
+stderr and exit code 2 (argparse's convention), a failure to start is one line and
+exit code 1. Tracebacks are for bugs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
+import math
+import os
+import re
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 from ferrymq import __version__
+from ferrymq._gateway._http import HttpLimits
+
+_HTTP_DEFAULTS = HttpLimits()
 
 __all__ = ["main"]
 
@@ -23,34 +40,125 @@ log = logging.getLogger("ferrymq")
 # (reference counting frees it), so collect rarely. Measured with `ferrymq bench`:
 # batch p99 176 -> 52 ms, CPU per message 45 -> 37.5 µs.
 _GC_THRESHOLDS = (50_000, 20, 100)
+# How long a graceful stop (SIGTERM, Ctrl-C) waits for requests in flight to be
+# answered before dropping them: parked long polls are answered at once, so this only
+# has to cover commits and slow clients reading their answers; shorter than the 10 s
+# service managers (systemd, Kubernetes' default 30 s) give before SIGKILL.
+_DRAIN_TIMEOUT_S = 5.0
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+# AWS region names: lower-case words and digits joined by hyphens (us-east-1,
+# eu-central-2, us-gov-west-1); they appear in every ARN Ferry hands out.
+_REGION = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+$")
+_MIB = 1024 * 1024
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return int(text)
+
+
+def _account_id(text: str) -> str:
+    if not _ACCOUNT_ID.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 12-digit AWS account id")
+    return text
+
+
+def _region(text: str) -> str:
+    if not _REGION.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an AWS region name (e.g. us-east-1)")
+    return text
+
+
+def _public_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") \
+            or parts.query or parts.fragment:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a base URL such as http://sqs.local:9324 (scheme and host, "
+            "no path)")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} has an invalid port") from exc
+    return text.rstrip("/")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _listen_fd(text: str) -> socket.socket:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file descriptor number")
+    fd = int(text)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{fd} is not an open socket: "
+                                         f"{exc.strerror or exc}") from None
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()  # not ours to close
+        raise argparse.ArgumentTypeError(f"socket {fd} is not a listening TCP socket")
+    return sock
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferrymq", description="Ferry: a durable, "
-                                     "SQS-compatible message queue server.")
+    parser = _Parser(prog="ferrymq", description="Ferry: a durable, "
+                     "SQS-compatible message queue server.")
     parser.add_argument("--version", action="version", version=f"ferrymq {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve", help="run the embedded single-node server",
         description="Run Ferry as one process: gateway, metadata and broker together.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on "
                        "(default: %(default)s)")
-    serve.add_argument("--port", type=int, default=9324, help="port (default: %(default)s; "
+    serve.add_argument("--port", type=_port, default=9324, help="port (default: %(default)s; "
                        "0 picks a free one)")
-    serve.add_argument("--data-dir", type=Path, default=Path("ferrymq-data"),
-                       help="directory for the durable store (default: %(default)s)")
-    serve.add_argument("--public-url", default=None,
+    serve.add_argument("--listen-fd", type=_listen_fd, default=None, metavar="FD",
+                       help="serve on this inherited, already listening TCP socket instead of "
+                       "--host/--port (socket activation, e.g. systemd's fd 3): the socket "
+                       "outlives a restart, so clients connecting meanwhile wait in its "
+                       "backlog instead of being refused")
+    _add_data_dir(serve)
+    serve.add_argument("--public-url", type=_public_url, default=None,
                        help="base URL for queue URLs, e.g. http://sqs.local:9324 (default: "
                        "taken from each request's Host header)")
-    serve.add_argument("--account-id", default="000000000000",
+    serve.add_argument("--account-id", type=_account_id, default="000000000000",
                        help="12-digit account id in queue URLs and ARNs (default: %(default)s)")
-    serve.add_argument("--region", default="us-east-1", help="region in ARNs "
+    serve.add_argument("--region", type=_region, default="us-east-1", help="region in ARNs "
                        "(default: %(default)s)")
-    serve.add_argument("--purge-interval-seconds", type=int, default=60,
+    serve.add_argument("--purge-interval-seconds", type=_non_negative_int, default=60,
                        help="minimum time between two PurgeQueue calls on a queue, as SQS "
                        "enforces (default: %(default)s; 0 disables the rule)")
-    serve.add_argument("--recreate-delay-seconds", type=int, default=60,
+    serve.add_argument("--recreate-delay-seconds", type=_non_negative_int, default=60,
                        help="time after DeleteQueue before the name can be reused, as SQS "
                        "enforces (default: %(default)s; 0 disables the rule)")
     serve.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite",
@@ -61,8 +169,44 @@ def _parser() -> argparse.ArgumentParser:
                        "bodies beyond it are read from the store when received, so memory "
                        "per stored message stays small (default: %(default)s; 0 keeps "
                        "every body on disk only)")
+    serve.add_argument("--disk-free-min-mib", type=_non_negative_int, default=32,
+                       help="free space, in MiB, kept on the data directory's filesystem: "
+                       "below it writes are refused with 503 ServiceUnavailable (reads go "
+                       "on) until space returns (default: %(default)s)")
+    http = serve.add_argument_group(
+        "connection limits", "Bounds that keep slow or idle clients from holding the server's "
+        "connections; the defaults suit SDKs on any network.")
+    http.add_argument("--connections-max", type=_positive_int,
+                      default=_HTTP_DEFAULTS.connections_max,
+                      help="open connections at most; above it idle ones are closed first, "
+                      "then newcomers get 503 (default: %(default)s, lowered to fit the "
+                      "file-descriptor limit)")
+    http.add_argument("--head-timeout-seconds", type=_positive_seconds,
+                      default=_HTTP_DEFAULTS.head_timeout_s,
+                      help="time to send a request's line and headers once begun; then 408 "
+                      "(default: %(default)s)")
+    http.add_argument("--body-timeout-seconds", type=_positive_seconds,
+                      default=_HTTP_DEFAULTS.body_timeout_s,
+                      help="grace for a request body, after which it must arrive at 8 KiB/s "
+                      "or more; then 408 (default: %(default)s)")
+    http.add_argument("--idle-timeout-seconds", type=_positive_seconds,
+                      default=_HTTP_DEFAULTS.idle_timeout_s,
+                      help="a keep-alive connection with no request for this long is closed "
+                      "(default: %(default)s)")
     serve.add_argument("--log-level", default="warning",
-                       choices=["debug", "info", "warning", "error"])
+                       choices=["debug", "info", "warning", "error"],
+                       help="least severe log messages written to stderr (default: "
+                       "%(default)s)")
+    repair = commands.add_parser(
+        "repair", help="mend a store that cannot be restored",
+        description="Mend a store whose rows contradict each other, as `ferrymq serve` "
+        "reports at start-up. The server must be stopped. Back the data directory up first.",
+    )
+    _add_data_dir(repair)
+    repair.add_argument("--orphans", choices=["adopt", "drop"], required=True,
+                        help="messages of a queue the store does not hold: adopt re-creates "
+                        "each such queue with default attributes and keeps its messages; "
+                        "drop deletes them")
     bench = commands.add_parser(
         "bench", help="benchmark Ferry against peer servers, side by side",
         description="Start Ferry and peer SQS servers on loopback, drive each with the same "
@@ -74,19 +218,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path("ferrymq-data"),
+                        help="directory for the durable store; it must be on a local "
+                        "filesystem, not NFS (default: %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=getattr(args, "log_level", "warning").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "repair":
+        return _repair(args)
     if args.command == "bench":
         from ferrymq._bench import run
 
@@ -94,7 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
+def _fail(message: str, code: int = 1) -> int:
+    print(f"ferrymq: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _usable_data_dir(data_dir: Path) -> str | None:
+    """Why ``data_dir`` cannot hold a store, or None when it can."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot use --data-dir {data_dir}: {exc.strerror or exc}"
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        return f"cannot use --data-dir {data_dir}: not writable"
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
+    if args.storage == "sqlite":
+        problem = _usable_data_dir(args.data_dir)
+        if problem is not None:
+            return _fail(problem, 2)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - optional on non-Linux platforms
@@ -102,30 +267,40 @@ def _serve(args: argparse.Namespace) -> int:
     return uvloop.run(_run(args))
 
 
+def _repair_hint(data_dir: Path) -> str:
+    return (f"stop every server on it, back it up, then run `ferrymq repair --data-dir "
+            f"{data_dir} --orphans adopt` (keeps the messages) or `--orphans drop`; see "
+            "docs/operations.md")
+
+
 async def _run(args: argparse.Namespace) -> int:
     from ferrymq._core._broker import Broker
     from ferrymq._gateway import close_server, start_gateway
     from ferrymq._service import QueueService
-    from ferrymq._storage import StorageError, open_store
+    from ferrymq._storage import StorageError, StoreInconsistentError, open_store
 
-    broker = Broker(
+    make_broker = functools.partial(
+        Broker,
         account_id=args.account_id,
         region=args.region,
-        purge_interval_ms=max(0, args.purge_interval_seconds) * 1000,
-        recreate_delay_ms=max(0, args.recreate_delay_seconds) * 1000,
-        body_memory_bytes_max=args.body_memory_mib * 1024 * 1024,
+        purge_interval_ms=args.purge_interval_seconds * 1000,
+        recreate_delay_ms=args.recreate_delay_seconds * 1000,
+        body_memory_bytes_max=args.body_memory_mib * _MIB,
     )
-    path: Path | None = None
-    if args.storage == "sqlite":
-        args.data_dir.mkdir(parents=True, exist_ok=True)
-        path = args.data_dir / "ferrymq.sqlite3"
+    path: Path | None = args.data_dir / "ferrymq.sqlite3" if args.storage == "sqlite" else None
     try:
-        store = open_store(args.storage, path)
+        store = open_store(args.storage, path, free_bytes_min=args.disk_free_min_mib * _MIB)
     except StorageError as exc:
-        print(f"ferrymq: cannot open the store at {path}: {exc}", file=sys.stderr)
-        return 1
-    service = QueueService(broker, store)
-    replayed = service.restore()
+        return _fail(f"cannot open the store: {exc}")
+    service = QueueService(make_broker(), store, broker_factory=make_broker)
+    try:
+        replayed = service.restore()
+    except StoreInconsistentError as exc:
+        await store.close()
+        return _fail(f"{path}: {exc}; {_repair_hint(args.data_dir)}")
+    except StorageError as exc:
+        await store.close()
+        return _fail(f"cannot restore from {path}: {exc}")
     log.info("restored %d records from %s", replayed, path)
     # Everything restored lives until deleted; freezing keeps the collector from
     # walking it again and again (objects are still freed by reference counting).
@@ -147,17 +322,58 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     service.start()
     try:
-        server = await start_gateway(service, args.host, args.port, public_url=args.public_url,
-                                     account_id=args.account_id, region=args.region)
+        limits = HttpLimits(connections_max=args.connections_max,
+                            idle_timeout_s=args.idle_timeout_seconds,
+                            head_timeout_s=args.head_timeout_seconds,
+                            body_timeout_s=args.body_timeout_seconds)
+        sock = args.listen_fd
+        server = await start_gateway(service, None if sock else args.host,
+                                     None if sock else args.port,
+                                     public_url=args.public_url, account_id=args.account_id,
+                                     region=args.region, http_limits=limits, sock=sock)
     except OSError as exc:
-        print(f"ferrymq: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         await service.close()
-        return 1
+        return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
     host, port = server.sockets[0].getsockname()[:2]
-    print(f"ferrymq listening on http://{host}:{port} (data: "
-          f"{path if path else 'in memory, not durable'})", file=sys.stderr, flush=True)
+    data = path if path else "in memory, not durable"
+    print(f"ferrymq listening on http://{host}:{port} (data: {data}; requests are not "
+          "authenticated: any credentials are accepted)", file=sys.stderr, flush=True)
     await stop.wait()
-    await close_server(server)
+    # Graceful: parked long polls answer empty now, requests in flight are answered and
+    # their commits finish, then connections close (clients see answers, not resets).
+    service.begin_shutdown()
+    await close_server(server, drain_timeout_s=_DRAIN_TIMEOUT_S)
     await service.close()
     print("ferrymq stopped", file=sys.stderr, flush=True)
     return exit_code
+
+
+def _repair(args: argparse.Namespace) -> int:
+    problem = _usable_data_dir(args.data_dir)
+    if problem is not None:
+        return _fail(problem, 2)
+    return asyncio.run(_run_repair(args))
+
+
+async def _run_repair(args: argparse.Namespace) -> int:
+    from ferrymq._service import repair_orphans
+    from ferrymq._storage import StorageError, open_store
+
+    path = args.data_dir / "ferrymq.sqlite3"
+    if not path.exists():
+        return _fail(f"no store at {path}", 2)
+    try:
+        store = open_store("sqlite", path, free_bytes_min=0)
+    except StorageError as exc:
+        return _fail(f"cannot open the store: {exc}")
+    try:
+        mended = await repair_orphans(store, args.orphans)
+    except StorageError as exc:
+        return _fail(f"cannot repair {path}: {exc}")
+    finally:
+        await store.close()
+    if not mended:
+        print(f"ferrymq: {path} has no orphaned rows; nothing to repair", file=sys.stderr)
+    for line in mended:
+        print(f"ferrymq: {line}", file=sys.stderr)
+    return 0

@@ -65,7 +65,10 @@ class ServerProcess:
     """One ``ferrymq serve`` subprocess on loopback with its own data directory.
 
     ``restart()`` and ``kill9()`` keep the data directory and port, so queue URLs
-    handed out before a crash stay valid after it.
+    handed out before a crash stay valid after it. With ``listen_socket`` (a listening
+    socket this process keeps open) every start serves on that same socket through
+    ``--listen-fd``, as systemd's socket activation does: connections made while the
+    server restarts wait in the socket's backlog.
     """
 
     def __init__(
@@ -76,9 +79,13 @@ class ServerProcess:
         port: int | None = None,
         startup_timeout_s: float = 20.0,
         stop_timeout_s: float = 10.0,
+        listen_socket: socket.socket | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.extra_args = list(extra_args)
+        self.listen_socket = listen_socket
+        if listen_socket is not None:
+            port = listen_socket.getsockname()[1]
         self.port = port if port is not None else free_port()
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -97,10 +104,13 @@ class ServerProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
+        if self.listen_socket is not None:
+            where = ["--listen-fd", str(self.listen_socket.fileno())]
+        else:
+            where = ["--host", "127.0.0.1", "--port", str(self.port)]
         return [
             sys.executable, "-m", "ferrymq", "serve",
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
+            *where,
             "--data-dir", str(self.data_dir),
             *self.extra_args,
         ]
@@ -129,6 +139,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=str(REPO_ROOT),
+            pass_fds=() if self.listen_socket is None else (self.listen_socket.fileno(),),
         )
         self._reader = threading.Thread(
             target=self._drain, args=(self.proc.stdout,), name=f"ferrymq-{self.port}-out",
