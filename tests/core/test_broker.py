@@ -72,6 +72,26 @@ def test_create_rejects_bad_names(sqs: Harness, name: str) -> None:
     assert code(exc) == "InvalidParameterValue"
 
 
+STANDARD_NAME_TEXT = ("Can only include alphanumeric characters, hyphens, or underscores. "
+                      "1 to 80 in length")
+FIFO_NAME_TEXT = ("The name of a FIFO queue can only include alphanumeric characters, hyphens, "
+                  "or underscores, must end with .fifo suffix and be 1 to 80 in length.")
+
+
+@pytest.mark.parametrize(("name", "attributes", "text"), [
+    # A ".fifo" name on a standard queue is a bad standard name (boto/botocore#3058).
+    ("messages.fifo", {}, STANDARD_NAME_TEXT),
+    ("has space", {}, STANDARD_NAME_TEXT),
+    ("nofifo", {"FifoQueue": "true"}, FIFO_NAME_TEXT),
+    ("bad name.fifo", {"FifoQueue": "true"}, FIFO_NAME_TEXT),
+])
+def test_bad_queue_name_texts(sqs: Harness, name: str, attributes: dict[str, str],
+                              text: str) -> None:
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName=name, Attributes=attributes)
+    assert (code(exc), exc.value.message) == ("InvalidParameterValue", text)
+
+
 def test_fifo_queue_needs_suffix_and_attribute(sqs: Harness) -> None:
     with pytest.raises(SqsError):
         sqs("CreateQueue", QueueName="nofifo", Attributes={"FifoQueue": "true"})
@@ -315,6 +335,29 @@ def test_redrive_policy_validation(sqs: Harness) -> None:
     }
     sqs("SetQueueAttributes", QueueUrl=sqs.url("src"), Attributes={"RedrivePolicy": ""})
     assert sqs("ListDeadLetterSourceQueues", QueueUrl=sqs.url("dlq")) == {"queueUrls": []}
+
+
+@pytest.mark.parametrize("action", ["CreateQueue", "SetQueueAttributes"])
+def test_redrive_errors_echo_the_policy_as_sent(sqs: Harness, action: str) -> None:
+    # As AWS does: "maxReceiveCount":"15" stays a string, spacing is the client's.
+    sqs("CreateQueue", QueueName="dlq.fifo", Attributes={"FifoQueue": "true"})
+    sqs("CreateQueue", QueueName="src")
+    cases = [
+        ('{"deadLetterTargetArn": "' + ARN + 'missing",  "maxReceiveCount": "15"}',
+         "Dead letter target does not exist."),
+        ('{"maxReceiveCount":"15","deadLetterTargetArn":"' + ARN + 'dlq.fifo"}',
+         "Dead-letter queue must be same type of queue as the source."),
+    ]
+    for policy, reason in cases:
+        with pytest.raises(SqsError) as exc:
+            if action == "CreateQueue":
+                sqs("CreateQueue", QueueName="new", Attributes={"RedrivePolicy": policy})
+            else:
+                sqs("SetQueueAttributes", QueueUrl=sqs.url("src"),
+                    Attributes={"RedrivePolicy": policy})
+        assert (code(exc), exc.value.message) == (
+            "InvalidParameterValue",
+            f"Value {policy} for parameter RedrivePolicy is invalid. Reason: {reason}")
 
 
 def test_redrive_allow_policy(sqs: Harness) -> None:

@@ -126,13 +126,22 @@ def test_empty_body_is_missing_parameter() -> None:
     )
 
 
-@pytest.mark.parametrize("body", ["a\x01b", "\x00", "\ud800", "\ufffe"])
-def test_invalid_characters(body: str) -> None:
+ALLOWED_CHARS = ("the set of allowed characters is #x9 | #xA | #xD | [#x20-#xD7FF] | "
+                 "[#xE000-#xFFFD] | [#x10000-#x10FFFF].")
+
+
+@pytest.mark.parametrize(("body", "char"), [
+    ("a\x01b", "#x1"), ("\x00", "#x0"), ("\ud800", "#xD800"), ("\ufffe", "#xFFFE"),
+    ("bell\x07, then \x01", "#x7"), ("x\uffff", "#xFFFF"), ("\x1b[0m", "#x1B"),
+])
+def test_invalid_characters(body: str, char: str) -> None:
+    # AWS's text names the first bad character in upper-case hex ('#x7', '#x1', '#xFFFF').
     h = Harness(make())
     with pytest.raises(SqsError) as info:
         h.send(body)
-    assert info.value.shape == "InvalidMessageContents"
-    assert info.value.message.startswith("Invalid characters found. Valid unicode characters are")
+    assert sqs_error(info) == (
+        "InvalidMessageContents",
+        f"Invalid binary character '{char}' was found in the message body, {ALLOWED_CHARS}")
 
 
 def test_allowed_characters_round_trip() -> None:
@@ -202,17 +211,65 @@ def test_attribute_names_refuse_symbols_and_spaces(name: str) -> None:
     assert "can only contain" in info.value.message
 
 
-@pytest.mark.parametrize("value", [f"Invalid-{chr(8)},{chr(11)}", "\x00", "\ufffe"])
+@pytest.mark.parametrize(("value", "char"), [
+    (f"Invalid-{chr(8)},{chr(11)}", "#x8"), ("\x00", "#x0"), ("\ufffe", "#xFFFE"),
+])
 def test_control_characters_in_attribute_values_are_invalid_parameter_values(
-    value: str
+    value: str, char: str
 ) -> None:
     h = Harness(make())
     with pytest.raises(SqsError) as info:
         h.send("x", MessageAttributes={"a": {"DataType": "String", "StringValue": value}})
     assert sqs_error(info) == (
         "InvalidParameterValueException",
-        "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | #x20 to "
-        "#xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF")
+        f"Invalid binary character '{char}' was found in the message attribute 'a' value, "
+        f"{ALLOWED_CHARS}")
+
+
+def test_empty_attribute_name_text() -> None:
+    h = Harness(make())
+    with pytest.raises(SqsError) as info:
+        h.send("x", MessageAttributes={"": {"DataType": "String", "StringValue": "v"}})
+    assert sqs_error(info) == (
+        "InvalidParameterValueException",
+        "The request must contain non-empty message attribute name.")
+
+
+@pytest.mark.parametrize("value", [
+    {"DataType": "String", "StringValue": "v", "StringListValues": ["a", "b"]},
+    {"DataType": "String", "StringValue": "v", "StringListValues": []},
+    {"DataType": "Binary", "BinaryValue": b"v", "BinaryListValues": []},
+    {"DataType": "String", "StringListValues": ["a"]},
+    {"DataType": "Nonsense", "BinaryListValues": [b"a"]},
+])
+def test_attribute_list_values_are_unsupported_even_empty(value: dict[str, Any]) -> None:
+    # AWS: UnsupportedOperation, also for empty lists (ruby-shoryuken/shoryuken#769).
+    h = Harness(make())
+    with pytest.raises(SqsError) as info:
+        h.send("x", MessageAttributes={"a": value})
+    assert sqs_error(info) == (
+        "UnsupportedOperation",
+        "Message attribute list values in SendMessage operation are not supported.")
+    assert info.value.code == "AWS.SimpleQueueService.UnsupportedOperation"
+    with pytest.raises(SqsError) as info:
+        h.send("x", MessageSystemAttributes={"AWSTraceHeader": value})
+    assert info.value.shape == "UnsupportedOperation"
+
+
+def test_attribute_list_values_fail_the_whole_batch() -> None:
+    h = Harness(make())
+    listed = {"a": {"DataType": "String", "StringValue": "v", "StringListValues": []}}
+    entries = [
+        {"Id": "ok", "MessageBody": "fine"},
+        {"Id": "bad", "MessageBody": "\x00"},  # a per-entry failure comes first
+        {"Id": "listed", "MessageBody": "x", "MessageAttributes": listed},
+    ]
+    with pytest.raises(SqsError) as info:
+        h.q.send_message_batch({"Entries": entries}, h.now, h.entropy, "AIDSENDER")
+    assert sqs_error(info) == (
+        "UnsupportedOperation",
+        "Message attribute list values in SendMessageBatch operation are not supported.")
+    assert h.q.snapshot() == []
 
 
 @pytest.mark.parametrize("value", [
@@ -500,6 +557,10 @@ def test_inflight_limit_standard_over_limit_fifo_empty() -> None:
     with pytest.raises(SqsError) as info:
         h.receive()
     assert info.value.shape == "OverLimit" and info.value.status == 403
+    # AWS's text (a raw response), line break included.
+    assert info.value.message == (
+        "Too many messages have been received without being deleted.\nPlease delete your "
+        "received messages or let them timeout before receiving more.")
     f = Harness(make(fifo=True, content_based_dedup=True))
     f.q.inflight_messages_max = 2
     for i in range(4):
@@ -575,7 +636,10 @@ def test_change_visibility_twelve_hour_cap_since_receive() -> None:
     h.now += 1000
     with pytest.raises(SqsError) as info:
         h.change(m["ReceiptHandle"], 43_200)
-    assert "Total VisibilityTimeout for the message is beyond the limit" in info.value.message
+    assert sqs_error(info) == (
+        "InvalidParameterValueException",
+        "Value 43200 for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout "
+        "for the message is beyond the limit [43200 seconds].")
     h.change(m["ReceiptHandle"], 43_199)
     # The cap survives a rebuild for a message received once.
     fresh = h.rebuilt()
@@ -636,6 +700,24 @@ def test_send_batch_request_errors(
     if message is not None:
         assert info.value.message == message
     assert q.snapshot() == []
+
+
+def test_a_missing_handle_is_named_message_handle_by_delete_message() -> None:
+    # Recorded for DeleteMessage (aws/aws-sdk-js-v3#5478, syndesisio/syndesis#6254); the
+    # other actions keep ReceiptHandle, which is what their model calls it.
+    h = Harness(make())
+    for params in ({}, {"ReceiptHandle": ""}):
+        with pytest.raises(SqsError) as info:
+            h.q.delete_message(params, h.now)
+        assert sqs_error(info) == (
+            "MissingRequiredParameterException",
+            "The request must contain the parameter MessageHandle.")
+    with pytest.raises(SqsError) as info:
+        h.q.change_message_visibility({"VisibilityTimeout": 5}, h.now)
+    assert info.value.message == "The request must contain the parameter ReceiptHandle."
+    response, _ = h.q.delete_message_batch({"Entries": [{"Id": "a"}]}, h.now)
+    assert response["Failed"][0]["Message"] == (
+        "The request must contain the parameter ReceiptHandle.")
 
 
 def test_delete_and_change_visibility_batches() -> None:
@@ -760,6 +842,24 @@ def test_fifo_batch_malformed_ids_and_delays_fail_per_entry() -> None:
     assert {f["Id"]: f["Code"] for f in response["Failed"]} == {
         "group": "InvalidParameterValue", "dedup": "InvalidParameterValue",
         "delay": "InvalidParameterValue"}
+
+
+WRONG_QUEUE_TYPE_ENTRY = {  # what AWS put in a SendMessageBatch Failed entry
+    "SenderFault": True, "Code": "InvalidParameterValue",
+    "Message": "The request include parameter that is not valid for this queue type"}
+
+
+@pytest.mark.parametrize(("fifo", "extra"), [
+    (True, {"MessageGroupId": "g", "DelaySeconds": 5}),
+    (False, {"MessageDeduplicationId": "d"}),
+])
+def test_batch_entry_with_a_parameter_of_the_other_queue_type(
+    fifo: bool, extra: dict[str, Any]
+) -> None:
+    q = make(fifo=fifo, content_based_dedup=fifo)
+    response, _ = q.send_message_batch(
+        {"Entries": [{"Id": "e", "MessageBody": "b", **extra}]}, T0, SeqEntropy(), "S")
+    assert response == {"Successful": [], "Failed": [{"Id": "e", **WRONG_QUEUE_TYPE_ENTRY}]}
 
 
 def test_fifo_dedup_window_survives_delete_and_returns_original() -> None:
@@ -1004,10 +1104,35 @@ def test_fifo_receive_request_attempt_id() -> None:
     retry = h.receive(MaxNumberOfMessages=2, ReceiveRequestAttemptId="try-1")
     assert retry == first
     assert h.bodies(ReceiveRequestAttemptId="try-2") == ["b0"]
-    h.delete(first[0]["ReceiptHandle"])
-    assert h.receive(MaxNumberOfMessages=2, ReceiveRequestAttemptId="try-1") == first[1:]
     with pytest.raises(SqsError):
         h.receive(ReceiveRequestAttemptId="")
+
+
+NOT_RETRYABLE = ("Value try-1 for parameter ReceiveRequestAttemptId is invalid. Reason: The "
+                 "receiveRequestAttemptId is not valid anymore since the receive call is not "
+                 "retryable.")
+
+
+@pytest.mark.parametrize("modify", ["delete", "change-visibility"])
+def test_fifo_attempt_id_is_not_retryable_once_a_message_was_modified(modify: str) -> None:
+    # Documented: a retry works "if none of the messages have been modified (deleted or
+    # had their visibility changes)"; AWS's answer otherwise is this text.
+    h = Harness(make(fifo=True, content_based_dedup=True))
+    for i in range(3):
+        h.send(f"a{i}", MessageGroupId="A")
+    first = h.receive(MaxNumberOfMessages=2, ReceiveRequestAttemptId="try-1")
+    if modify == "delete":
+        h.delete(first[0]["ReceiptHandle"])
+    else:
+        h.change(first[1]["ReceiptHandle"], 60)
+    with pytest.raises(SqsError) as info:
+        h.receive(MaxNumberOfMessages=2, ReceiveRequestAttemptId="try-1")
+    assert sqs_error(info) == ("InvalidParameterValueException", NOT_RETRYABLE)
+    # Another attempt id is a receive of its own; after the 5-minute window the old id
+    # is forgotten and starts afresh too.
+    h.receive(ReceiveRequestAttemptId="try-2")
+    h.now += 300_000
+    h.receive(ReceiveRequestAttemptId="try-1")
 
 
 def test_fifo_attributes_on_receive() -> None:

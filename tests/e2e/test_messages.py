@@ -709,7 +709,8 @@ def test_control_character_in_attribute_value_is_invalid_parameter_value(
             "attr1": {"DataType": "String", "StringValue": f"Invalid-{chr(8)},{chr(11)}"}})
     code, message, status = error_of(ei.value)
     assert (code, status) == ("InvalidParameterValue", 400)
-    assert message.startswith("Invalid characters found.")
+    assert message.startswith("Invalid binary character '#x8' was found in the message "
+                              "attribute 'attr1' value,")
     assert receive(sqs, queue_url) == []
 
 

@@ -70,6 +70,14 @@ _EXAMPLES = int(os.environ.get("FERRY_FUZZ_EXAMPLES", "1000"))
 _DEADLINE_MS = 3_000
 
 QUERY_CODES = {code for code, _status, _fault in ERRORS.values()}
+# The JSON ``__type`` namespace: the service framework's for the shapes it raises (AWS
+# answered com.amazon.coral.service# for InvalidParameterValueException and
+# UnknownOperationException), SQS's own for the rest.
+CORAL_SHAPES = frozenset({"InvalidParameterValueException", "MissingRequiredParameterException",
+                          "UnknownOperationException", "SerializationException",
+                          "InternalFailure"})
+# Answered with a bare {"__type": ...}: no message, no x-amzn-query-error (as AWS does).
+BARE_SHAPES = frozenset({"UnknownOperationException"})
 
 QUEUES = ("std", "fifo.fifo", "dlq", "src", "dlq2.fifo", "src2.fifo")
 
@@ -732,11 +740,15 @@ def _check_json(wire: Wire, response: Response) -> None:
     assert isinstance(doc, dict), doc
     if response.status >= 400:
         type_ = doc.get("__type", "")
-        assert type_.startswith("com.amazonaws.sqs#"), doc
-        shape = type_.split("#", 1)[1]
+        namespace, _hash, shape = type_.partition("#")
         assert shape in ERRORS, f"unknown error shape {shape!r}"
+        expected = "com.amazon.coral.service" if shape in CORAL_SHAPES else "com.amazonaws.sqs"
+        assert namespace == expected, doc
         code, status, fault = ERRORS[shape]
         assert response.status == status, (shape, response.status)
+        if shape in BARE_SHAPES:
+            assert doc == {"__type": type_} and "x-amzn-query-error" not in headers, doc
+            return
         assert headers["x-amzn-query-error"] == f"{code};{fault}", headers
         assert isinstance(doc.get("message"), str), doc
         return

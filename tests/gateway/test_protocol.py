@@ -259,6 +259,19 @@ def test_json_decode_errors(json_model: ServiceModel) -> None:
         assert err.status == 400
 
 
+def test_json_string_for_an_integer_is_aws_serialization_text(json_model: ServiceModel) -> None:
+    # AWS's answer to a string where an integer belongs (async-aws/aws#1667).
+    ok = _json_request(json_model, "ReceiveMessage", {"QueueUrl": URL})
+    for body in (b'{"QueueUrl": "u", "VisibilityTimeout": "30"}',
+                 b'{"QueueUrl": "u", "MaxNumberOfMessages": "ten"}'):
+        err = _decode_error(Request("POST", "/", "", ok.headers, body, ""))
+        assert (err.shape, err.status, err.message) == (
+            "SerializationException", 400, "STRING_VALUE can not be converted to an Integer")
+    err = _decode_error(Request("POST", "/", "", ok.headers,
+                                b'{"QueueUrl": "u", "VisibilityTimeout": [30]}', ""))
+    assert err.message == "Expected an integer for VisibilityTimeout."
+
+
 def test_json_decode_tolerates_nulls_unknown_members_and_empty_body(
         json_model: ServiceModel) -> None:
     ok = _json_request(json_model, "ListQueues", {})
@@ -413,6 +426,43 @@ def test_query_errors_parse_in_botocore(query_model: ServiceModel, err: SqsError
     else:
         assert parsed["Error"]["Message"] == err.message
     assert parsed["ResponseMetadata"]["RequestId"] == "req-q"
+
+
+# The JSON __type namespace AWS uses: its service framework's for these shapes (recorded
+# for InvalidParameterValueException and UnknownOperationException), SQS's for the rest.
+CORAL_SHAPES = {"InvalidParameterValueException", "MissingRequiredParameterException",
+                "UnknownOperationException", "SerializationException", "InternalFailure"}
+
+
+@pytest.mark.parametrize("shape", sorted(ERRORS))
+def test_json_type_namespace_per_shape(json_model: ServiceModel, shape: str) -> None:
+    response = encode_error("json", SqsError(shape, "m"), "r")
+    doc = orjson.loads(response.body)
+    namespace = "com.amazon.coral.service#" if shape in CORAL_SHAPES else "com.amazonaws.sqs#"
+    assert doc["__type"] == namespace + shape
+    # botocore reads the shape after "#" and the legacy code from the header.
+    parsed = _parse(json_model, "SendMessage", response)
+    if shape == "UnknownOperationException":  # bare: no header, so the shape is the code
+        assert parsed["Error"]["Code"] == shape
+    else:
+        assert parsed["Error"]["QueryErrorCode"] == shape
+        assert parsed["Error"]["Code"] == ERRORS[shape][0]
+
+
+def test_unknown_json_operation_is_a_bare_type(json_model: ServiceModel) -> None:
+    # Recorded on AWS: 400, body exactly {"__type": ...}, no x-amzn-query-error.
+    ok = _json_request(json_model, "ListQueues", {})
+    missing = {k: v for k, v in ok.headers.items() if k != "x-amz-target"}
+    for headers in ({**ok.headers, "x-amz-target": "AmazonSQS.Nope"}, missing):
+        err = _decode_error(Request("POST", "/", "", headers, b"{}", ""))
+        response = encode_error("json", err, "r")
+        assert response.status == 400
+        assert orjson.loads(response.body) == {
+            "__type": "com.amazon.coral.service#UnknownOperationException"}
+        names = {k.lower() for k, _ in response.headers}
+        assert "x-amzn-query-error" not in names and "x-amzn-requestid" in names
+        parsed = _parse(json_model, "ListQueues", response)
+        assert parsed["Error"]["Code"] == "UnknownOperationException"
 
 
 def test_every_known_error_shape_encodes() -> None:

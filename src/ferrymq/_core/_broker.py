@@ -299,12 +299,14 @@ class Broker:
         if not isinstance(given, dict):
             raise invalid_parameter("Value for parameter Attributes is invalid.")
         wants_fifo = str(given.get("FifoQueue", "false")).lower() == "true"
-        if wants_fifo or name.endswith(".fifo"):
-            if not (wants_fifo and _FIFO_NAME.match(name)):
+        if wants_fifo:
+            if not _FIFO_NAME.match(name):
                 raise invalid_parameter(
                     "The name of a FIFO queue can only include alphanumeric characters, hyphens, "
                     "or underscores, must end with .fifo suffix and be 1 to 80 in length."
                 )
+        # A ".fifo" name without FifoQueue=true is a bad standard name: AWS answers
+        # the standard-name text for it (boto/botocore#3058), not the FIFO one.
         elif not _QUEUE_NAME.match(name):
             raise invalid_parameter(
                 "Can only include alphanumeric characters, hyphens, or underscores. "
@@ -312,7 +314,7 @@ class Broker:
             )
         tags = self._validate_tags(params.get("tags") or {}, name)
         requested = attrs.normalize(given, fifo=wants_fifo, creating=True)
-        self._check_redrive(name, wants_fifo, requested)
+        self._check_redrive(name, wants_fifo, requested, given)
         existing = self._queues.get(name)
         if existing is not None:
             for key, value in requested.items():
@@ -343,14 +345,21 @@ class Broker:
         )
         return Outcome({"QueueUrl": self._url(info, name)}, [self._upsert(record)])
 
-    def _check_redrive(self, name: str, fifo: bool, requested: Mapping[str, str]) -> None:
+    def _check_redrive(
+        self, name: str, fifo: bool, requested: Mapping[str, str], given: Mapping[str, Any]
+    ) -> None:
+        """The cross-queue checks of a RedrivePolicy that ``normalize`` accepted.
+        ``given`` is what the client sent: SQS echoes the policy exactly as sent (a
+        string ``"maxReceiveCount":"15"`` stays one), not in Ferry's normal form."""
         policy = requested.get("RedrivePolicy")
         if not policy:
             return
         doc = json.loads(policy)
         target_arn = doc["deadLetterTargetArn"]
         target = self._queues.get(attrs.queue_name_from_arn(target_arn) or "")
-        prefix = f"Value {policy} for parameter RedrivePolicy is invalid. Reason: "
+        # A string: normalize refuses any other RedrivePolicy value, and bounds its size.
+        sent = given["RedrivePolicy"]
+        prefix = f"Value {sent} for parameter RedrivePolicy is invalid. Reason: "
         if target is None or target_arn != self._arn(target.record.name):
             raise invalid_parameter(prefix + "Dead letter target does not exist.")
         if (target.attributes.get("FifoQueue") == "true") != fifo:
@@ -467,7 +476,7 @@ class Broker:
         requested = attrs.normalize(
             given, fifo=fifo, creating=False, current=entry.attributes
         )
-        self._check_redrive(entry.record.name, fifo, requested)
+        self._check_redrive(entry.record.name, fifo, requested, given)
         attributes = dict(entry.attributes)
         for key, value in requested.items():
             if value == "" and key in ("Policy", "RedrivePolicy", "RedriveAllowPolicy",

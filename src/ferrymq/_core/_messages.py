@@ -34,6 +34,7 @@ __all__ = [
     "message_size_bytes",
     "parse_message_attributes",
     "parse_system_attributes",
+    "reject_list_values",
     "select_system_attribute_names",
     "string_list",
     "validate_body",
@@ -65,9 +66,11 @@ NAMES_PER_LIST_MAX = 1000
 # Characters SQS rejects in bodies and string values: outside #x9 | #xA | #xD |
 # #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF (lone surrogates included).
 _INVALID_CHARS = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-_INVALID_CONTENTS = (
-    "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | "
-    "#x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF"
+# SQS's text names the first such character, in upper-case hex without leading zeros
+# (AWS answered '#x7', '#x1' and '#xFFFF' for bodies holding those).
+_ALLOWED_CHARS_TEXT = (
+    "the set of allowed characters is #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | "
+    "[#x10000-#x10FFFF]."
 )
 SYSTEM_ATTRIBUTE_NAMES = (
     "SenderId",
@@ -121,9 +124,20 @@ def validate_body(body: object) -> str:
             "Value for parameter MessageBody is invalid. Reason: must be a string."
         )
     # Printable ASCII is the common case and is checked in C without the regex.
-    if not (body.isascii() and body.isprintable()) and _INVALID_CHARS.search(body) is not None:
-        raise SqsError("InvalidMessageContents", _INVALID_CONTENTS)
+    if not (body.isascii() and body.isprintable()):
+        bad = _INVALID_CHARS.search(body)
+        if bad is not None:
+            raise SqsError(
+                "InvalidMessageContents",
+                f"Invalid binary character '{_char_code(bad.group())}' was found in the message "
+                f"body, {_ALLOWED_CHARS_TEXT}",
+            )
     return body
+
+
+def _char_code(char: str) -> str:
+    """A character as SQS names it in its texts: ``#x`` and upper-case hex."""
+    return f"#x{ord(char):X}"
 
 
 def validate_fifo_id(value: object, name: str) -> str:
@@ -152,7 +166,7 @@ def _attribute_name_chars_ok(name: str) -> bool:
 
 def _validate_attribute_name(name: object) -> str:
     if not isinstance(name, str) or not name:
-        raise invalid_parameter("Message (user) attribute name must not be empty.")
+        raise invalid_parameter("The request must contain non-empty message attribute name.")
     if len(name) > _ATTRIBUTE_NAME_CHARS_MAX:
         raise invalid_parameter(
             f"Message (user) attribute name '{name}' is invalid. Reason: must be at most "
@@ -177,10 +191,35 @@ def _validate_attribute_name(name: object) -> str:
     return name
 
 
-def _parse_attribute_value(name: str, raw: object, kind: str) -> AttributeValue:
-    """One MessageAttributeValue; ``kind`` is "user" or "system" for the error text."""
+_LIST_VALUE_MEMBERS = ("StringListValues", "BinaryListValues")
+
+
+def _list_values_refused(action: str) -> SqsError:
+    return SqsError(
+        "UnsupportedOperation",
+        f"Message attribute list values in {action} operation are not supported.",
+    )
+
+
+def reject_list_values(attributes: object, action: str) -> None:
+    """SQS refuses list values (StringListValues/BinaryListValues, even empty lists:
+    their presence is enough, as AWS answered) for the whole request; a batch fails as
+    a whole, not per entry, so ``send_message_batch`` runs this over every entry
+    before it plans any. ``action`` is the request's action, named in the text."""
+    if not isinstance(attributes, Mapping):
+        return  # not attributes at all: parse_message_attributes says so
+    for value in attributes.values():
+        if isinstance(value, Mapping) and any(m in value for m in _LIST_VALUE_MEMBERS):
+            raise _list_values_refused(action)
+
+
+def _parse_attribute_value(name: str, raw: object, kind: str, action: str) -> AttributeValue:
+    """One MessageAttributeValue; ``kind`` is "user" or "system" for the error text,
+    ``action`` the request's action (SendMessage or SendMessageBatch)."""
     if not isinstance(raw, Mapping):
         raise invalid_parameter(f"Message ({kind}) attribute '{name}' must be a structure.")
+    if any(member in raw for member in _LIST_VALUE_MEMBERS):
+        raise _list_values_refused(action)
     data_type = raw.get("DataType")
     if not isinstance(data_type, str) or not data_type:
         raise invalid_parameter(
@@ -197,10 +236,6 @@ def _parse_attribute_value(name: str, raw: object, kind: str) -> AttributeValue:
             f"The type of message ({kind}) attribute '{name}' is invalid. You must use only "
             "the following supported type prefixes: Binary, Number, String."
         )
-    if raw.get("StringListValues") or raw.get("BinaryListValues"):
-        raise invalid_parameter(
-            f"Message ({kind}) attribute '{name}': list values are not supported."
-        )
     string_value = raw.get("StringValue")
     binary_value = raw.get("BinaryValue")
     if base == "Binary":
@@ -215,10 +250,15 @@ def _parse_attribute_value(name: str, raw: object, kind: str) -> AttributeValue:
             f"Message ({kind}) attribute '{name}' must contain a non-empty value of type "
             f"'{base}'."
         )
-    if _INVALID_CHARS.search(string_value) is not None:
+    bad = _INVALID_CHARS.search(string_value)
+    if bad is not None:
         # SQS answers InvalidParameterValue for attribute values (compared with SQS),
-        # not the body's InvalidMessageContents; the text is the body's, unrecorded.
-        raise invalid_parameter(_INVALID_CONTENTS)
+        # not the body's InvalidMessageContents. The text is not recorded: it is the
+        # body's recorded text, naming the attribute instead of the body.
+        raise invalid_parameter(
+            f"Invalid binary character '{_char_code(bad.group())}' was found in the message "
+            f"attribute '{name}' value, {_ALLOWED_CHARS_TEXT}"
+        )
     if base == "Number" and not _is_sqs_number(string_value):
         raise invalid_parameter(
             f"Can't cast the value of message ({kind}) attribute '{name}' to a number."
@@ -258,8 +298,11 @@ def _is_sqs_number(text: str) -> bool:
     return NUMBER_EXPONENT_MIN <= magnitude < NUMBER_EXPONENT_MAX
 
 
-def parse_message_attributes(raw: object) -> tuple[tuple[str, AttributeValue], ...]:
-    """MessageAttributes in canonical JSON shape -> sorted (name, value) pairs."""
+def parse_message_attributes(
+    raw: object, action: str
+) -> tuple[tuple[str, AttributeValue], ...]:
+    """MessageAttributes in canonical JSON shape -> sorted (name, value) pairs;
+    ``action`` is the request's, for the texts that name it."""
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
@@ -270,14 +313,14 @@ def parse_message_attributes(raw: object) -> tuple[tuple[str, AttributeValue], .
             f"[{ATTRIBUTES_PER_MESSAGE_MAX}]."
         )
     parsed = [
-        (_validate_attribute_name(name), _parse_attribute_value(name, value, "user"))
+        (_validate_attribute_name(name), _parse_attribute_value(name, value, "user", action))
         for name, value in raw.items()
     ]
     parsed.sort(key=lambda item: item[0])
     return tuple(parsed)
 
 
-def parse_system_attributes(raw: object) -> str | None:
+def parse_system_attributes(raw: object, action: str) -> str | None:
     """MessageSystemAttributes: only AWSTraceHeader (String) exists; returns it."""
     if raw is None:
         return None
@@ -287,7 +330,7 @@ def parse_system_attributes(raw: object) -> str | None:
     for name, value in raw.items():
         if name != "AWSTraceHeader":
             raise invalid_parameter(f"Message system attribute name '{name}' is invalid.")
-        parsed = _parse_attribute_value(name, value, "system")
+        parsed = _parse_attribute_value(name, value, "system", action)
         if parsed.data_type != "String":
             raise invalid_parameter(
                 "Message system attribute 'AWSTraceHeader' must be of type 'String'."
@@ -346,10 +389,12 @@ def encode_receipt_handle(message_id: str, token: str) -> str:
     return base64.urlsafe_b64encode(text).decode("ascii").rstrip("=")
 
 
-def decode_receipt_handle(handle: object) -> tuple[str, str]:
-    """(message id, token) of a handle we issued; ReceiptHandleIsInvalid otherwise."""
+def decode_receipt_handle(handle: object, parameter: str = "ReceiptHandle") -> tuple[str, str]:
+    """(message id, token) of a handle we issued; ReceiptHandleIsInvalid otherwise.
+    ``parameter``: the name a missing handle is reported under (SQS says MessageHandle
+    for DeleteMessage)."""
     if handle is None or handle == "":
-        raise missing_parameter("ReceiptHandle")
+        raise missing_parameter(parameter)
     invalid = SqsError(
         "ReceiptHandleIsInvalid",
         f'The input receipt handle "{handle}" is not a valid receipt handle.',

@@ -46,6 +46,7 @@ from ._messages import (
     message_size_bytes,
     parse_message_attributes,
     parse_system_attributes,
+    reject_list_values,
     select_system_attribute_names,
     validate_body,
     validate_fifo_id,
@@ -252,8 +253,11 @@ class _Group:
 
 @dataclass(slots=True)
 class _Attempt:
+    """A FIFO receive that named a ReceiveRequestAttemptId: each message it returned,
+    with the token and visibility deadline that receive gave it."""
+
     expires_at_ms: int
-    received: list[tuple[_Entry, str]]
+    received: list[tuple[_Entry, str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +275,18 @@ class _SendPlan:
 
 class _EntryFailure(Exception):
     """Carries a per-entry SqsError out of a batch entry without aborting the batch."""
+
+
+def _wrong_queue_type(batch: bool, parameter: str, value: object) -> SqsError:
+    """A parameter the queue's type does not take. A batch entry's text names neither
+    the parameter nor its value and has no final period: what AWS put in a
+    SendMessageBatch Failed entry (aws/aws-sdk-js#3187)."""
+    reason = "The request include parameter that is not valid for this queue type"
+    if batch:
+        return invalid_parameter(reason)
+    return invalid_parameter(
+        f"Value {value} for parameter {parameter} is invalid. Reason: {reason}."
+    )
 
 
 def _failed_entry(entry_id: str, exc: SqsError) -> dict[str, Any]:
@@ -659,9 +675,10 @@ class MessageQueue:
 
     def _plan_send(self, params: dict[str, Any], batch: bool) -> _SendPlan:
         settings = self.settings
+        action = "SendMessageBatch" if batch else "SendMessage"
         body = validate_body(params.get("MessageBody"))
-        attributes = parse_message_attributes(params.get("MessageAttributes"))
-        trace_header = parse_system_attributes(params.get("MessageSystemAttributes"))
+        attributes = parse_message_attributes(params.get("MessageAttributes"), action)
+        trace_header = parse_system_attributes(params.get("MessageSystemAttributes"), action)
         size_bytes = message_size_bytes(body, attributes)
         if size_bytes > settings.message_size_bytes_max:
             verb = "cannot be validated" if batch else "are invalid"
@@ -675,10 +692,7 @@ class MessageQueue:
         if self._fifo:
             delay_s = int_param(params, "DelaySeconds", 0, -(2**63), 2**63, "")
             if delay_s:
-                raise invalid_parameter(
-                    f"Value {delay_s} for parameter DelaySeconds is invalid. Reason: The "
-                    "request include parameter that is not valid for this queue type."
-                )
+                raise _wrong_queue_type(batch, "DelaySeconds", delay_s)
             if group_raw is None:
                 raise missing_parameter("MessageGroupId")
             group_id: str | None = validate_fifo_id(group_raw, "MessageGroupId")
@@ -699,10 +713,7 @@ class MessageQueue:
             if delay_s is not None:
                 delay_ms = delay_s * 1000
             if dedup_raw is not None:
-                raise invalid_parameter(
-                    f"Value {dedup_raw} for parameter MessageDeduplicationId is invalid. "
-                    "Reason: The request include parameter that is not valid for this queue type."
-                )
+                raise _wrong_queue_type(batch, "MessageDeduplicationId", dedup_raw)
             group_id = None if group_raw is None else validate_fifo_id(group_raw, "MessageGroupId")
             dedup_id = None
         return _SendPlan(body, attributes, trace_header, delay_ms, group_id, dedup_id, size_bytes)
@@ -781,6 +792,10 @@ class MessageQueue:
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
         entries = self._batch_entries(params, "SendMessageBatchRequestEntry")
+        for entry in entries:
+            # List values fail the whole request, not the entry (as AWS answered).
+            reject_list_values(entry.get("MessageAttributes"), "SendMessageBatch")
+            reject_list_values(entry.get("MessageSystemAttributes"), "SendMessageBatch")
         if self._fifo:
             self._require_fifo_ids(entries)
         # Plan every entry first (planning is pure), so each message is validated and
@@ -795,7 +810,8 @@ class MessageQueue:
                 body = entry.get("MessageBody")
                 if isinstance(body, str):
                     try:
-                        attributes = parse_message_attributes(entry.get("MessageAttributes"))
+                        attributes = parse_message_attributes(
+                            entry.get("MessageAttributes"), "SendMessageBatch")
                     except SqsError:
                         attributes = ()
                     total_bytes += message_size_bytes(body, attributes)
@@ -904,7 +920,9 @@ class MessageQueue:
 
     # ---- delete and visibility ---------------------------------------------
 
-    def _handle_target(self, handle: object, batch: bool) -> tuple[_Entry | None, str]:
+    def _handle_target(
+        self, handle: object, batch: bool, parameter: str = "ReceiptHandle"
+    ) -> tuple[_Entry | None, str]:
         """The live message a receipt handle names (None if gone).
 
         On a FIFO queue a handle is good only while its receive holds the message: one
@@ -914,7 +932,7 @@ class MessageQueue:
         ``ReceiptHandleIsInvalid`` "The receipt handle has expired" (what SQS returned
         to a DeleteMessageBatch user, smaskalik/sqsmover#54).
         """
-        message_id, token = decode_receipt_handle(handle)
+        message_id, token = decode_receipt_handle(handle, parameter)
         entry = self._messages.get(message_id)
         if (
             entry is not None and self._fifo
@@ -929,7 +947,10 @@ class MessageQueue:
         return entry, token
 
     def _delete_one(self, params: dict[str, Any], batch: bool) -> list[Effect]:
-        entry, _ = self._handle_target(params.get("ReceiptHandle"), batch)
+        # AWS names a DeleteMessage's missing handle MessageHandle (recorded over both
+        # protocols); what it says for a batch entry is not recorded.
+        parameter = "ReceiptHandle" if batch else "MessageHandle"
+        entry, _ = self._handle_target(params.get("ReceiptHandle"), batch, parameter)
         if entry is None:
             return []  # deleting a deleted message is not an error in SQS
         return self.remove(entry.record.message_id)
@@ -973,7 +994,7 @@ class MessageQueue:
             raise invalid_parameter(
                 f"Value {timeout_s} for parameter VisibilityTimeout is invalid. Reason: Total "
                 f"VisibilityTimeout for the message is beyond the limit "
-                f"[{VISIBILITY_TIMEOUT_S_MAX} seconds]"
+                f"[{VISIBILITY_TIMEOUT_S_MAX} seconds]."
             )
         message_id = entry.record.message_id
         effects: list[Effect] = [VisibilityChanged(self.name, message_id, visible_at_ms)]
@@ -1040,11 +1061,23 @@ class MessageQueue:
         if attempt_id is not None:
             attempt = self._attempts.get(attempt_id)
             if attempt is not None and attempt.expires_at_ms > now_ms:
+                # SQS replays a receive only while none of its messages was modified:
+                # once one was deleted or had its visibility changed, the retry is
+                # refused (the documented rule, and the text AWS answered).
+                if any(
+                    entry.removed
+                    or (entry.receipt_token == token and entry.visible_at_ms != visible_at_ms)
+                    for entry, token, visible_at_ms in attempt.received
+                ):
+                    raise invalid_parameter(
+                        f"Value {attempt_id} for parameter ReceiveRequestAttemptId is invalid. "
+                        "Reason: The receiveRequestAttemptId is not valid anymore since the "
+                        "receive call is not retryable."
+                    )
                 still = [
                     (entry, token)
-                    for entry, token in attempt.received
-                    if not entry.removed and entry.receipt_token == token
-                    and entry.state == _INFLIGHT
+                    for entry, token, _ in attempt.received
+                    if entry.receipt_token == token and entry.state == _INFLIGHT
                 ]
                 if still:
                     return {"Messages": [render(e, t) for e, t in still]}, [], wait_ms
@@ -1054,10 +1087,13 @@ class MessageQueue:
         inflight_room = self.inflight_messages_max - self._counts[_INFLIGHT]
         if inflight_room <= 0:
             if not self._fifo:
+                # The text of AWS's answer (a raw Query response from 2014; nothing newer
+                # is recorded), line break included.
                 raise SqsError(
                     "OverLimit",
-                    "You have reached the maximum number of inflight messages "
-                    f"({self.inflight_messages_max}) for this queue.",
+                    "Too many messages have been received without being deleted.\n"
+                    "Please delete your received messages or let them timeout before "
+                    "receiving more.",
                 )
             return {}, [], wait_ms
         limit = min(max_messages, inflight_room)
@@ -1177,7 +1213,10 @@ class MessageQueue:
         attempts.pop(attempt_id, None)
         while len(attempts) >= ATTEMPTS_MAX:
             del attempts[next(iter(attempts))]  # dicts keep insertion order: oldest first
-        attempts[attempt_id] = _Attempt(now_ms + ATTEMPT_WINDOW_MS, list(delivered))
+        attempts[attempt_id] = _Attempt(
+            now_ms + ATTEMPT_WINDOW_MS,
+            [(entry, token, entry.visible_at_ms) for entry, token in delivered],
+        )
 
     def _render(
         self, entry: _Entry, token: str, system_names: frozenset[str],

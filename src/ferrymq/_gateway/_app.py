@@ -17,7 +17,13 @@ from urllib.parse import parse_qsl
 
 from ferrymq._api import CallContext, Service
 from ferrymq._core._errors import SqsError
-from ferrymq._gateway._http import HttpLimits, Request, Response, serve_http
+from ferrymq._gateway._http import (
+    INTERNAL_FAILURE_MESSAGE,
+    HttpLimits,
+    Request,
+    Response,
+    serve_http,
+)
 from ferrymq._gateway._protocol import (
     decode,
     encode_error,
@@ -176,8 +182,7 @@ class Gateway:
         except Exception:
             _log.exception("bug: request %s failed", request_id)
             return encode_error(
-                protocol, SqsError("InternalFailure", "The request processing has failed "
-                                   "because of an unknown error, exception or failure."),
+                protocol, SqsError("InternalFailure", INTERNAL_FAILURE_MESSAGE),
                 request_id)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "HEAD_BYTES_MAX",
     "HEAD_TIMEOUT_S",
     "IDLE_TIMEOUT_S",
+    "INTERNAL_FAILURE_MESSAGE",
     "PIPELINE_BYTES_MAX",
     "PIPELINE_DEPTH_MAX",
     "REQUEST_BODY_BYTES_MAX",
@@ -141,6 +142,10 @@ _REFUSED_LINGER_S = 0.5
 # Transport write buffer high-water mark: above it the connection waits for the
 # client to read before answering its next request.
 _WRITE_BUFFER_HIGH_BYTES = 1024 * 1024
+
+# The text AWS documents for InternalFailure (common errors of every AWS API).
+INTERNAL_FAILURE_MESSAGE = ("The request processing has failed because of an unknown error, "
+                     "exception or failure.")
 
 # Where a connection is in reading its current request (_Connection._phase).
 _BETWEEN = 0  # no request begun: idle if nothing is pending either
@@ -413,7 +418,7 @@ class _Connection(asyncio.Protocol):
             self._parse_failed(exc)
         except Exception:
             _log.exception("bug: HTTP parsing raised")
-            self._stop(_Fault(500, "Internal failure.", {}))
+            self._stop(_Fault(500, INTERNAL_FAILURE_MESSAGE, {}))
 
     def eof_received(self) -> bool | None:
         # Half-close from the client: answer what is pending, then close.
@@ -461,7 +466,7 @@ class _Connection(asyncio.Protocol):
                 return
             except Exception:
                 _log.exception("bug: HTTP parsing raised")
-                self._stop(_Fault(500, "Internal failure.", {}))
+                self._stop(_Fault(500, INTERNAL_FAILURE_MESSAGE, {}))
                 return
 
     # ---- httptools callbacks -----------------------------------------------------
@@ -656,7 +661,7 @@ class _Connection(asyncio.Protocol):
             # itself; reaching this is a bug in it.
             request_id = str(uuid.uuid4())
             _log.exception("bug: HTTP handler raised (request id %s)", request_id)
-            return self._fault(request.headers, 500, "Internal failure.", request_id)
+            return self._fault(request.headers, 500, INTERNAL_FAILURE_MESSAGE, request_id)
 
     def _render_fault(self, fault: _Fault) -> Response:
         try:

@@ -65,6 +65,22 @@ _JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 # The JSON rendering of Query responses is plain JSON, not the JSON 1.0 protocol.
 _LEGACY_JSON_CONTENT_TYPE = "application/json"
 _TARGET_PREFIX = "AmazonSQS."
+# The JSON ``__type`` namespace: SQS's own (modelled) errors are ``com.amazonaws.sqs#``;
+# the ones its service framework raises are ``com.amazon.coral.service#``. Recorded
+# on AWS for InvalidParameterValueException and UnknownOperationException; the other
+# framework shapes here are taken to be the same family (not recorded).
+_SQS_NAMESPACE = "com.amazonaws.sqs#"
+_CORAL_NAMESPACE = "com.amazon.coral.service#"
+_CORAL_SHAPES = frozenset({
+    "InvalidParameterValueException",
+    "MissingRequiredParameterException",
+    "UnknownOperationException",
+    "SerializationException",
+    "InternalFailure",
+})
+# Errors whose JSON answer is the bare ``{"__type": ...}``, without message or
+# x-amzn-query-error: what AWS sent for an unknown operation (recorded).
+_BARE_JSON_SHAPES = frozenset({"UnknownOperationException"})
 _QDNE_JSON_MESSAGE = "The specified queue does not exist."
 _QDNE_QUERY_MESSAGE = "The specified queue does not exist for this wsdl version."
 
@@ -276,6 +292,9 @@ def _json_value(value: Any, node: Any, path: str, budget: _Budget) -> Any:
             if INTEGER_MIN <= value <= INTEGER_MAX:
                 return value
             raise _not_an_integer(str(value), path)
+        if type(value) is str:
+            # AWS's text for exactly this case (a JSON string for an integer member).
+            raise _serialization("STRING_VALUE can not be converted to an Integer")
         raise _serialization(f"Expected an integer for {path}.")
     if node == "b":
         if type(value) is bool:
@@ -633,10 +652,13 @@ def encode_fault(protocol: WireProtocol, status: int, shape: str, code: str, mes
     HTTP layer for faults that happen before a request is decoded."""
     fault = "Sender" if sender_fault else "Receiver"
     if protocol == "json":
-        body = orjson.dumps({"__type": "com.amazonaws.sqs#" + shape, "message": message})
-        return Response(status, [("Content-Type", _JSON_CONTENT_TYPE),
-                                 ("x-amzn-RequestId", request_id),
-                                 ("x-amzn-query-error", f"{code};{fault}")], body)
+        namespace = _CORAL_NAMESPACE if shape in _CORAL_SHAPES else _SQS_NAMESPACE
+        headers = [("Content-Type", _JSON_CONTENT_TYPE), ("x-amzn-RequestId", request_id)]
+        if shape in _BARE_JSON_SHAPES:
+            return Response(status, headers, orjson.dumps({"__type": namespace + shape}))
+        headers.append(("x-amzn-query-error", f"{code};{fault}"))
+        return Response(status, headers,
+                        orjson.dumps({"__type": namespace + shape, "message": message}))
     if status == 404 and shape == "UnknownOperationException":
         # Bare XML even when JSON was asked for: what SQS answers a request without
         # an Action (AWS-validated in LocalStack's TestSqsQueryApi).
