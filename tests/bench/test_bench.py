@@ -175,27 +175,34 @@ def test_batch_failed_tells_empty_from_real_failures() -> None:
 # --- the real thing, quickly ---------------------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_quick_bench_against_ferry(tmp_path: Path) -> None:
+def test_quick_bench_against_ferry_and_its_baseline(tmp_path: Path) -> None:
     chart = tmp_path / "chart.png"
     results_dir = tmp_path / "results"
+    # --baseline HEAD: the committed Ferry runs beside the working tree's, as a peer.
     done = subprocess.run(
         [sys.executable, "-m", "ferrymq", "bench", "--quick", "--peers", "ferry",
+         "--baseline", "HEAD",
          "--workloads", "send,batch", "--duration", "0.5", "--warmup", "0.2", "--repeat", "1",
          "--bench-dir", str(tmp_path / "bench"), "--results-dir", str(results_dir),
          "--out", str(chart)],
-        capture_output=True, text=True, timeout=55, cwd=REPO_ROOT, check=False,
+        capture_output=True, text=True, timeout=100, cwd=REPO_ROOT, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((results_dir / "latest.json").read_text())
     assert set(results["workloads"]) == {"send", "batch"}
     for name in ("send", "batch"):
         rows = results["workloads"][name]["rows"]
-        assert [r["server"] for r in rows] == ["ferry"]
-        assert rows[0]["msgs_per_s"] > 0, rows[0]
-        assert rows[0]["errors"] == 0, rows[0]["error_samples"]
-        assert rows[0]["p99_ms"] >= rows[0]["p50_ms"] > 0
-        assert rows[0]["cpu_us_per_msg"] is not None and rows[0]["cpu_us_per_msg"] >= 0
+        assert [r["server"] for r in rows] == ["ferry", "ferry-baseline"]
+        for row in rows:
+            assert row["msgs_per_s"] > 0, row
+            assert row["errors"] == 0, row["error_samples"]
+            assert row["p99_ms"] >= row["p50_ms"] > 0
+            assert row["cpu_us_per_msg"] is not None and row["cpu_us_per_msg"] >= 0
+        assert rows[1]["ferry_x"] == pytest.approx(rows[0]["msgs_per_s"] / rows[1]["msgs_per_s"],
+                                                   rel=1e-3)
         assert f"== {name}:" in done.stdout
+    baseline = next((tmp_path / "bench" / "baseline").iterdir())
+    assert (baseline / "src" / "ferrymq" / "__init__.py").is_file()
     # The timestamped file and latest.json hold the same results.
     stamped = [p for p in results_dir.glob("*.json") if p.name != "latest.json"]
     assert len(stamped) == 1

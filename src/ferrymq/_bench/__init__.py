@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", type=_csv, default=list(PEERS),
                         help="comma-separated servers to run, in order "
                         f"(default: {','.join(PEERS)})")
+    parser.add_argument("--baseline", default=None, metavar="REF",
+                        help="also run Ferry as of git REF (a commit, tag or branch of this "
+                        "checkout) as the server 'ferry-baseline', side by side with the "
+                        "working tree's Ferry, so a change's effect is a ratio from one run")
     parser.add_argument("--workloads", type=_csv, default=list(WORKLOADS),
                         help=f"comma-separated workloads (default: all: {','.join(WORKLOADS)})")
     parser.add_argument("--quick", action="store_true",
@@ -94,8 +98,20 @@ def run(args: argparse.Namespace) -> int:
         loadgen_cpu=loadgen_cpu,
     )
     bench_dir = args.bench_dir.resolve()
+    peers = list(args.peers)
+    baseline_src: Path | None = None
+    if args.baseline is not None:
+        from ferrymq._bench._servers import PeerUnavailable, baseline_checkout
+
+        try:
+            baseline_src = baseline_checkout(args.baseline, bench_dir)
+        except PeerUnavailable as exc:
+            print(f"ferrymq bench: {exc}", file=sys.stderr)
+            return 2
+        at = peers.index("ferry") + 1 if "ferry" in peers else len(peers)
+        peers.insert(at, "ferry-baseline")
     command = "ferrymq bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"]
                                             else sys.argv[1:])
-    return run_bench(args.peers, args.workloads, settings, bench_dir=bench_dir,
+    return run_bench(peers, args.workloads, settings, bench_dir=bench_dir,
                      results_dir=(args.results_dir or bench_dir / "results").resolve(),
-                     chart_path=args.out, command=command)
+                     chart_path=args.out, command=command, baseline_src=baseline_src)

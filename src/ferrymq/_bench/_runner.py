@@ -301,8 +301,10 @@ def _machine() -> dict[str, Any]:
 
 
 def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_dir: Path,
-              results_dir: Path, chart_path: Path, command: str) -> int:
-    """Run everything, print the tables, write results and chart; 0 unless nothing ran."""
+              results_dir: Path, chart_path: Path, command: str,
+              baseline_src: Path | None = None) -> int:
+    """Run everything, print the tables, write results and chart; 0 unless nothing ran.
+    ``baseline_src``: the ``src`` folder of the Ferry that ``ferry-baseline`` runs."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
     fmt = asdict(s)
     results: dict[str, Any] = {
@@ -319,7 +321,7 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
     for server in servers:
         print(f"bench: starting {server} ...", flush=True)
         try:
-            handle = start_server(server, bench_dir, s.server_cpu)
+            handle = start_server(server, bench_dir, s.server_cpu, baseline_src=baseline_src)
         except PeerUnavailable as exc:
             print(f"bench: skipping {server}: {exc}", flush=True)
             for w in workloads:

@@ -25,6 +25,7 @@ from ferrymq._bench._loadgen import AUTHORIZATION
 
 __all__ = [
     "PEER_REQUIREMENTS",
+    "baseline_checkout",
     "PeerUnavailable",
     "ServerHandle",
     "control_call",
@@ -46,7 +47,7 @@ PEER_REQUIREMENTS: dict[str, list[str]] = {
 # says 3.12; with 3.12 its runtime finds "no component plugins" and exits.
 PEER_PYTHON_MIN: dict[str, tuple[int, int]] = {"moto": (3, 9), "localstack": (3, 13)}
 # Time a server gets to answer ListQueues after start; LocalStack needs ~20 s.
-READY_TIMEOUT_S = {"ferry": 30.0, "moto": 60.0, "localstack": 180.0}
+READY_TIMEOUT_S = {"ferry": 30.0, "ferry-baseline": 30.0, "moto": 60.0, "localstack": 180.0}
 # Time a server gets to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 10.0
 # A control call (create/delete queue) that takes longer than this means a hung server.
@@ -135,6 +136,35 @@ def ensure_peer_venv(peer: str, bench_dir: Path) -> Path:
     return python
 
 
+def baseline_checkout(ref: str, bench_dir: Path) -> Path:
+    """The ``src`` folder of this checkout's Ferry as of git ``ref``, extracted once
+    under ``<bench_dir>/baseline/<commit>`` (``git archive``: no worktree is registered
+    and nothing in the repository changes)."""
+    repo = Path(__file__).resolve().parents[3]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise PeerUnavailable(f"--baseline {ref!r} is not a commit of {repo}") from exc
+    target = bench_dir / "baseline" / sha[:12]
+    src = target / "src"
+    if not (src / "ferrymq" / "__init__.py").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "-C", str(repo), "archive", sha, "src"],
+                                   stdout=subprocess.PIPE)
+        try:
+            subprocess.run(["tar", "-x", "-C", str(target)], stdin=archive.stdout, check=True,
+                           timeout=120)
+        finally:
+            if archive.stdout is not None:
+                archive.stdout.close()
+            archive.wait(30)
+        if archive.returncode != 0:
+            raise PeerUnavailable(f"git archive of {sha} failed")
+    return src
+
+
 def control_call(port: int, action: str, params: dict[str, Any],
                  timeout_s: float = CONTROL_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
     """One synchronous AWS JSON 1.0 call; (status, decoded body or {})."""
@@ -216,14 +246,22 @@ def _wait_ready(handle: ServerHandle, timeout_s: float) -> None:
                           f"{handle.log_tail()}")
 
 
-def start_server(name: str, bench_dir: Path, cpu: int | None) -> ServerHandle:
-    """Start ``name`` (ferry, moto or localstack) on a free loopback port; wait until ready."""
+def start_server(name: str, bench_dir: Path, cpu: int | None, *,
+                 baseline_src: Path | None = None) -> ServerHandle:
+    """Start ``name`` (ferry, ferry-baseline, moto or localstack) on a free loopback port;
+    wait until ready. ``ferry-baseline`` is Ferry from the source tree ``baseline_src``."""
     port = free_port()
     env = dict(os.environ)
     logs = bench_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    if name == "ferry":
-        data_dir = bench_dir / "data" / f"ferry-{port}"
+    if name in ("ferry", "ferry-baseline"):
+        if name == "ferry-baseline":
+            if baseline_src is None:
+                raise PeerUnavailable("ferry-baseline needs --baseline REF")
+            # Ahead of the editable install of the working tree on sys.path.
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(baseline_src), *filter(None, [env.get("PYTHONPATH")])])
+        data_dir = bench_dir / "data" / f"{name}-{port}"
         shutil.rmtree(data_dir, ignore_errors=True)
         data_dir.mkdir(parents=True)
         command = [sys.executable, "-m", "ferrymq", "serve", "--host", "127.0.0.1",
