@@ -8,6 +8,7 @@ SQS behaviour live here; those are the tests.
 from __future__ import annotations
 
 import collections
+import http.client
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ __all__ = [
     "QUERY_DATA_DIR",
     "ServerProcess",
     "free_port",
+    "http_request",
     "make_client",
     "wait_until",
 ]
@@ -239,6 +241,19 @@ def make_client(endpoint_url: str, protocol: str, **config: Any) -> Any:
     actual = client.meta.service_model.protocol
     assert actual == protocol, f"wanted a {protocol} client, botocore built a {actual} one"
     return client
+
+
+def http_request(server: ServerProcess, method: str, path: str, body: bytes = b"",
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP request to ``server``: (status, headers with lower-case names, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
+    try:
+        conn.request(method, path, body=body or None, headers=headers or {})
+        response = conn.getresponse()
+        return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                response.read())
+    finally:
+        conn.close()
 
 
 def wait_until(

@@ -138,6 +138,13 @@ def dev_sqs(
     return client
 
 
+@pytest.fixture
+def queue_url(sqs: Any, queue_name: str) -> str:
+    """A fresh standard queue on the server ``sqs`` talks to."""
+    url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    return url
+
+
 _NAME_COUNTER = itertools.count()
 _RUN_ID = uuid.uuid4().hex[:8]
 

@@ -23,12 +23,6 @@ ALLOWED_CHARS = ("the set of allowed characters is #x9 | #xA | #xD | [#x20-#xD7F
 
 
 @pytest.fixture
-def queue_url(sqs: Any, queue_name: str) -> str:
-    url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    return url
-
-
-@pytest.fixture
 def fifo_url(sqs: Any, queue_name: str) -> str:
     url: str = sqs.create_queue(QueueName=queue_name + ".fifo", Attributes={
         "FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]

@@ -22,12 +22,6 @@ JSON_TYPE = "application/x-amz-json-1.0"
 FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 
 
-@pytest.fixture
-def queue_url(sqs: Any, queue_name: str) -> str:
-    url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    return url
-
-
 def post(server: ServerProcess, body: bytes, headers: dict[str, str],
          path: str = "/") -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)

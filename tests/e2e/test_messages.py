@@ -62,12 +62,6 @@ def test_md5_helper_matches_published_vectors() -> None:
     ) == "31a92b15d92f8db860eda32aceb656c3"
 
 
-@pytest.fixture
-def queue_url(sqs: Any, queue_name: str) -> str:
-    url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    return url
-
-
 def test_send_receive_delete(sqs: Any, queue_url: str) -> None:
     sent = sqs.send_message(QueueUrl=queue_url, MessageBody="hello")
     assert sent["MD5OfMessageBody"] == md5_hex("hello") == "5d41402abc4b2a76b9719d911017c592"

@@ -6,31 +6,21 @@ QueueUrl parameter overrides the path.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import urllib.parse
 from typing import Any
 
-from ._harness import ServerProcess, receive_until
+from ._harness import ServerProcess, http_request, receive_until
 
 ACCOUNT = "000000000000"
 
 
-def raw(server: ServerProcess, method: str, path: str, body: bytes = b"",
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
-    try:
-        conn.request(method, path, body=body or None, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
 
 
 def json_call(server: ServerProcess, path: str, action: str,
               params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    status, _, body = raw(server, "POST", path, json.dumps(params).encode(), {
+    status, _, body = http_request(server, "POST", path, json.dumps(params).encode(), {
         "Content-Type": "application/x-amz-json-1.0",
         "X-Amz-Target": f"AmazonSQS.{action}",
     })
@@ -41,9 +31,9 @@ def query_call(server: ServerProcess, method: str, path: str,
                params: dict[str, str]) -> tuple[int, str]:
     form = urllib.parse.urlencode({"Version": "2012-11-05", **params})
     if method == "GET":
-        status, _, body = raw(server, "GET", f"{path}?{form}")
+        status, _, body = http_request(server, "GET", f"{path}?{form}")
     else:
-        status, _, body = raw(server, "POST", path, form.encode(), {
+        status, _, body = http_request(server, "POST", path, form.encode(), {
             "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
     return status, body.decode()
 
@@ -106,7 +96,7 @@ def test_unknown_queue_path(server: ServerProcess, queue_name: str) -> None:
 
 
 def test_get_without_action_is_404(server: ServerProcess) -> None:
-    status, _, body = raw(server, "GET", "/")
+    status, _, body = http_request(server, "GET", "/")
     assert status == 404
     assert b"UnknownOperationException" in body
 

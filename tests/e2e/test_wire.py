@@ -9,7 +9,6 @@ both protocols where an SDK can say it, raw HTTP where only a hostile client wou
 
 from __future__ import annotations
 
-import http.client
 import json
 import urllib.parse
 from collections.abc import Iterator
@@ -20,19 +19,13 @@ import pytest
 
 from ferrymq._gateway._protocol import DECODED_ITEMS_MAX
 
-from ._harness import ServerProcess, error_of, make_client, receive_until
+from ._harness import ServerProcess, error_of, http_request, make_client, receive_until
 
 ACCOUNT = "000000000000"
 JSON_TYPE = "application/x-amz-json-1.0"
 FORM_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 TRACE = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 HUGE = "9" * 5000  # past Python's 4300-digit int() limit
-
-
-@pytest.fixture
-def queue_url(sqs: Any, queue_name: str) -> str:
-    url: str = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
-    return url
 
 
 @pytest.fixture
@@ -45,21 +38,11 @@ def plain_queue(server: ServerProcess, queue_name: str) -> str:
     return url
 
 
-def raw(server: ServerProcess, method: str, path: str, body: bytes = b"",
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=15)
-    try:
-        conn.request(method, path, body=body or None, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, \
-            response.read()
-    finally:
-        conn.close()
 
 
 def json_post(server: ServerProcess, action: str, body: bytes,
               path: str = "/") -> tuple[int, dict[str, str], bytes]:
-    return raw(server, "POST", path, body, {"Content-Type": JSON_TYPE,
+    return http_request(server, "POST", path, body, {"Content-Type": JSON_TYPE,
                                             "X-Amz-Target": f"AmazonSQS.{action}"})
 
 
@@ -68,7 +51,7 @@ def query_post(server: ServerProcess, form: str, path: str = "/",
     headers = {"Content-Type": FORM_TYPE}
     if accept is not None:
         headers["Accept"] = accept
-    return raw(server, "POST", path, form.encode(), headers)
+    return http_request(server, "POST", path, form.encode(), headers)
 
 
 def assert_alive(server: ServerProcess) -> None:
@@ -223,7 +206,7 @@ def test_query_get_with_accept_json_is_answered_in_json(server: ServerProcess,
     # The shape of LocalStack's AWS-validated TestSqsQueryApi JSON-format tests.
     path = _queue_path(queue_url)
     query = urllib.parse.urlencode({"Action": "GetQueueAttributes", "AttributeName.1": "All"})
-    status, headers, payload = raw(server, "GET", f"{path}?{query}",
+    status, headers, payload = http_request(server, "GET", f"{path}?{query}",
                                    headers={"Accept": "application/json"})
     assert status == 200, payload
     assert headers["content-type"] == "application/json"
@@ -234,7 +217,7 @@ def test_query_get_with_accept_json_is_answered_in_json(server: ServerProcess,
     assert doc["GetQueueAttributesResponse"]["ResponseMetadata"]["RequestId"] == \
         headers["x-amzn-requestid"]
 
-    status, headers, payload = raw(server, "GET", f"{path}?Action=ListQueues",
+    status, headers, payload = http_request(server, "GET", f"{path}?Action=ListQueues",
                                    headers={"Accept": "application/json"})
     assert status == 400 and headers["content-type"] == "application/json"
     error = json.loads(payload)["Error"]
@@ -242,7 +225,7 @@ def test_query_get_with_accept_json_is_answered_in_json(server: ServerProcess,
         "InvalidAction", "The action ListQueues is not valid for this endpoint.")
 
     # Without an Action, the bare XML 404 whatever the Accept header says.
-    status, _, payload = raw(server, "GET", path, headers={"Accept": "application/json"})
+    status, _, payload = http_request(server, "GET", path, headers={"Accept": "application/json"})
     assert (status, payload) == (404, b"<UnknownOperationException/>")
 
 
