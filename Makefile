@@ -14,7 +14,7 @@ TEST_STAMP := $(VENV)/.installed-test
 QUERY_BOTOCORE := botocore==1.34.89
 QUERY_MODEL := $(VENV)/query-data/sqs/2012-11-05/service-2.json
 
-.PHONY: all venv serve query-model test test-e2e lint typecheck check clean bench
+.PHONY: all venv serve query-model test test-e2e lint typecheck check clean bench etcd
 
 all: check
 
@@ -43,8 +43,30 @@ $(QUERY_MODEL): $(TEST_STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/ferrymq serve --host 127.0.0.1 --port 9324 --data-dir ./ferrymq-data
 
+# The coordination tests (tests/coordination) run real etcd: Debian's etcd-server
+# package (3.4 on bookworm). As root we install it; otherwise we say how, and those
+# tests skip with that reason. Debian's package also enables a system etcd daemon on
+# 127.0.0.1:2379; the tests never use it (each starts its own etcd on free ports), but
+# it would hold a well-known port and a data directory for nothing, so it is stopped and
+# disabled right after the install. A failed install is retried once after
+# `apt-get update` (a fresh machine's package lists may be stale or absent).
+ETCD_HINT := etcd is not installed: as root run 'apt-get install -y etcd-server' (Debian/Ubuntu), or put an etcd 3.4+ binary on PATH; the tests that need etcd will be skipped
+etcd:
+	@if command -v etcd >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing etcd-server (Debian) for tests/coordination"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -qq etcd-server >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null && apt-get install -y -qq etcd-server >/dev/null; }; } \
+		|| { echo "$(ETCD_HINT)"; exit 0; }; \
+		if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled etcd >/dev/null 2>&1; then \
+			systemctl disable --now etcd >/dev/null 2>&1 || true; fi; \
+		if command -v service >/dev/null 2>&1; then service etcd stop >/dev/null 2>&1 || true; fi; \
+		etcd --version | head -1; \
+	else echo "$(ETCD_HINT)"; fi
+
 # What CI runs (.ci/run): lint and type errors fail it like a failing test.
-test: lint typecheck $(QUERY_MODEL)
+test: lint typecheck $(QUERY_MODEL) etcd
 	$(VPY) -m pytest -q
 
 test-e2e: $(TEST_STAMP) $(QUERY_MODEL)
