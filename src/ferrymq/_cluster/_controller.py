@@ -1,0 +1,193 @@
+"""The controller: one node at a time, elected through etcd, places replica sets and
+replaces dead leaders.
+
+It runs on every node and acts only while it holds the controller key. It keeps the
+cluster's partitions in the state the election rule (``ferrymq._replication._election``)
+prescribes:
+
+- a partition that does not exist yet is created once enough nodes are alive, with the
+  first ``replication_factor`` live nodes (by name) as its replicas;
+- a partition whose leader's node lease has lapsed (or that has none) gets a new one:
+  every replica is fenced with the next epoch, the answers are collected for at most
+  ``FENCE_WAIT_S``, and the most advanced in-sync replica is written as leader by a
+  transaction conditioned on the partition's revision. Once replicas were fenced past
+  the partition's epoch its old leader can commit nothing, so the election is retried
+  until it completes.
+
+The decision is etcd's: two controllers (a paused one and its successor) may both try,
+and only the transaction whose revision still matches applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ferrymq._cluster._layout import Layout, decode_state, encode_state
+from ferrymq._coordination import (
+    CoordinationError,
+    Coordinator,
+    Election,
+    Lease,
+    Put,
+)
+from ferrymq._replication._election import PartitionState, choose_leader, fence_epoch_for
+from ferrymq._replication._messages import Fence, FenceReply
+
+__all__ = ["FENCE_WAIT_S", "Controller", "ControllerSettings"]
+
+log = logging.getLogger("ferrymq.cluster.controller")
+
+# How long the controller waits for replicas to answer a fence before it decides with
+# the answers it has: a live replica answers within a round trip plus an fsync; one that
+# is slower is treated as absent (it rejoins later) rather than delaying failover.
+FENCE_WAIT_S = 0.5
+# How often the controller looks at the cluster even without a watch event: a safety
+# net for missed events and for retrying an election that found no candidate.
+_RECONCILE_S = 0.5
+# Fence answers kept per partition, to fence past any epoch a replica already promised
+# (a controller that died mid-election may have fenced one).
+_SEEN_REPLIES_MAX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    partitions: tuple[str, ...]  # the partitions this cluster has
+    replication_factor: int
+    min_isr: int
+    sync: bool
+    lease_ttl_s: int
+    fence_wait_s: float = FENCE_WAIT_S
+    reconcile_s: float = _RECONCILE_S
+
+
+class Controller:
+    """See the module docstring. ``send_fence(node, fence)`` delivers a fence to a
+    replica (through the transport); their answers come back to ``on_fence_reply``."""
+
+    def __init__(self, coordinator: Coordinator, layout: Layout, node: str,
+                 settings: ControllerSettings,
+                 send_fence: Callable[[str, Fence], None]) -> None:
+        self._coord = coordinator
+        self._layout = layout
+        self._node = node
+        self._settings = settings
+        self._send_fence = send_fence
+        self._election = Election(coordinator, layout.controller)
+        self._replies: dict[str, dict[str, FenceReply]] = {}
+        self._answered: dict[str, asyncio.Event] = {}
+        self._seen: dict[str, list[FenceReply]] = {}
+        self._fenced: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self.leading = False  # for status and tests
+
+    def on_fence_reply(self, reply: FenceReply) -> None:
+        seen = self._seen.setdefault(reply.partition, [])
+        seen.append(reply)
+        del seen[:-_SEEN_REPLIES_MAX]
+        replies = self._replies.get(reply.partition)
+        if replies is not None:
+            replies[reply.node] = reply
+            event = self._answered.get(reply.partition)
+            if event is not None:
+                event.set()
+
+    def poke(self) -> None:
+        """Something changed (a watch event): look again now."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Campaign, and while elected keep the partitions in shape. Runs until cancelled."""
+        while True:
+            try:
+                lease = await self._coord.grant_lease(self._settings.lease_ttl_s)
+                won = await self._election.campaign(self._node.encode(), lease)
+                if won is None:
+                    await self._coord.revoke_lease(lease)
+                    await self._election.wait_vacant()
+                    continue
+                log.info("%s is the controller", self._node)
+                self.leading = True
+                try:
+                    await self._lead(lease)
+                finally:
+                    self.leading = False
+            except CoordinationError as exc:
+                log.info("controller on %s: %r; campaigning again", self._node, exc)
+                await asyncio.sleep(self._settings.reconcile_s)
+
+    async def _lead(self, lease: Lease) -> None:
+        while not lease.lost:
+            await self._reconcile()
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._settings.reconcile_s)
+
+    async def _alive(self) -> list[str]:
+        snapshot = await self._coord.get_prefix(self._layout.nodes)
+        return sorted(self._layout.name_of(self._layout.nodes, kv.key)
+                      for kv in snapshot.items)
+
+    async def _reconcile(self) -> None:
+        alive = await self._alive()
+        for partition in self._settings.partitions:
+            kv = await self._coord.get(self._layout.partition(partition))
+            if kv is None:
+                await self._create(partition, alive)
+                continue
+            state = decode_state(kv.value)
+            unfinished = self._fenced.get(partition, 0) > state.epoch
+            if state.leader is None or state.leader not in alive or unfinished:
+                await self._elect(partition, state, kv.mod_revision, alive)
+
+    async def _create(self, partition: str, alive: list[str]) -> None:
+        rf = self._settings.replication_factor
+        if len(alive) < rf:
+            return  # wait for the nodes the replica set needs
+        replicas = tuple(alive[:rf])
+        state = PartitionState(leader=None, epoch=0, replicas=replicas, isr=replicas,
+                               min_isr=min(self._settings.min_isr, rf),
+                               sync=self._settings.sync)
+        key = self._layout.partition(partition)
+        result = await self._coord.transact({key: 0}, [Put(key, encode_state(state))])
+        if result.succeeded:
+            log.info("created partition %s on %s", partition, ", ".join(replicas))
+            self._changed.set()
+
+    async def _elect(self, partition: str, state: PartitionState, revision: int,
+                     alive: list[str]) -> None:
+        epoch = fence_epoch_for(state, self._seen.get(partition, ()))
+        self._fenced[partition] = max(self._fenced.get(partition, 0), epoch)
+        replies: dict[str, FenceReply] = {}
+        answered = asyncio.Event()
+        self._replies[partition] = replies
+        self._answered[partition] = answered
+        live = [n for n in state.replicas if n in alive]
+        log.info("fencing %s at epoch %d (leader %s gone)", partition, epoch, state.leader)
+        for node in live:
+            self._send_fence(node, Fence(partition, epoch, self._node))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.fence_wait_s
+        try:
+            while len([r for r in replies.values() if r.epoch == epoch]) < len(live):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                answered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(answered.wait(), remaining)
+        finally:
+            self._replies.pop(partition, None)
+            self._answered.pop(partition, None)
+        chosen = choose_leader(state, epoch, replies, alive)
+        if chosen is None:
+            log.warning("no in-sync replica of %s can lead epoch %d yet", partition, epoch)
+            return
+        key = self._layout.partition(partition)
+        result = await self._coord.transact({key: revision}, [Put(key, encode_state(chosen))])
+        if result.succeeded:
+            log.warning("%s: %s leads epoch %d, in sync: %s", partition, chosen.leader,
+                        chosen.epoch, ", ".join(chosen.isr))

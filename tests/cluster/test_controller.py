@@ -1,0 +1,123 @@
+"""The controller against the in-process coordinator: placement, failover, fencing,
+and one controller at a time."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ferrymq._cluster._controller import Controller, ControllerSettings
+from ferrymq._cluster._layout import Layout, decode_state, encode_state
+from ferrymq._coordination import LocalCoordinationServer, ManualClock
+from ferrymq._replication._election import PartitionState
+from ferrymq._replication._log import Position
+from ferrymq._replication._messages import Fence, FenceReply
+
+LAYOUT = Layout("t")
+SETTINGS = ControllerSettings(partitions=("p0",), replication_factor=3, min_isr=2,
+                              sync=True, lease_ttl_s=2, fence_wait_s=0.05,
+                              reconcile_s=0.02)
+
+
+class Replicas:
+    """Answers fences as replicas would: with their (configured) log positions."""
+
+    def __init__(self, positions: dict[str, Position]) -> None:
+        self.positions = positions
+        self.fences: list[tuple[str, Fence]] = []
+        self.controllers: dict[str, Controller] = {}
+        self.promised: dict[str, int] = dict.fromkeys(positions, 0)
+
+    def send(self, node: str, fence: Fence) -> None:
+        self.fences.append((node, fence))
+        accepted = fence.epoch >= self.promised[node]
+        self.promised[node] = max(self.promised[node], fence.epoch)
+        reply = FenceReply(fence.partition, fence.epoch, node, accepted,
+                           self.positions[node], self.promised[node], True)
+        asyncio.get_running_loop().call_soon(
+            self.controllers[fence.controller].on_fence_reply, reply)
+
+
+async def until(probe: object, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await probe():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def test_placement_failover_to_the_most_advanced_and_one_controller() -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        server = LocalCoordinationServer(clock)
+        clients = {n: server.connect(n) for n in ("n1", "n2", "n3")}
+        leases = {}
+        for name, client in clients.items():
+            leases[name] = await client.grant_lease(2)
+            await client.put(LAYOUT.node(name), b"{}", lease=leases[name])
+        replicas = Replicas({"n1": Position(1, 10), "n2": Position(1, 12),
+                             "n3": Position(1, 11)})
+        controllers = {n: Controller(c, LAYOUT, n, SETTINGS, replicas.send)
+                       for n, c in clients.items()}
+        replicas.controllers = controllers
+        tasks = [asyncio.create_task(c.run()) for c in controllers.values()]
+
+        async def state() -> PartitionState | None:
+            kv = await clients["n1"].get(LAYOUT.partition("p0"))
+            return None if kv is None else decode_state(kv.value)
+
+        async def led() -> bool:
+            s = await state()
+            return s is not None and s.leader is not None
+
+        await until(led)
+        first = await state()
+        assert first is not None and first.replicas == ("n1", "n2", "n3")
+        assert first.leader == "n2" and first.epoch == 1  # the most advanced log
+        assert sum(c.leading for c in controllers.values()) == 1
+        # n2's node dies: its lease lapses and its key goes.
+        server.partition(clients["n2"])
+        await clock.advance_settled(3_000)
+        replicas.positions["n3"] = Position(1, 12)
+
+        async def moved() -> bool:
+            s = await state()
+            return s is not None and s.leader not in (None, "n2")
+
+        await until(moved)
+        second = await state()
+        assert second is not None and second.epoch == 2 and "n2" not in second.isr
+        assert second.leader == "n3"  # (1, 12) beats n1's (1, 10)
+        fenced = {n for n, f in replicas.fences if f.epoch == 2}
+        assert fenced == {"n1", "n3"}, "only live replicas are fenced"
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_an_election_that_found_no_candidate_is_retried_until_it_completes() -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        server = LocalCoordinationServer(clock)
+        client = server.connect("n1")
+        lease = await client.grant_lease(2)
+        await client.put(LAYOUT.node("n1"), b"{}", lease=lease)
+        # A partition led by n2, which is not alive, with n1 out of its in-sync set.
+        stuck = PartitionState(leader="n2", epoch=3, replicas=("n1", "n2"), isr=("n2",),
+                               min_isr=1, sync=True)
+        await client.put(LAYOUT.partition("p0"), encode_state(stuck))
+        replicas = Replicas({"n1": Position(3, 5), "n2": Position(3, 9)})
+        controller = Controller(client, LAYOUT, "n1", SETTINGS, replicas.send)
+        replicas.controllers = {"n1": controller}
+        task = asyncio.create_task(controller.run())
+        await asyncio.sleep(0.3)
+        kv = await client.get(LAYOUT.partition("p0"))
+        assert kv is not None and decode_state(kv.value) == stuck, \
+            "no in-sync replica answered: nothing may be written"
+        assert len({f.epoch for _n, f in replicas.fences}) >= 2 or len(replicas.fences) > 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
