@@ -64,6 +64,35 @@ def test_acknowledged_state_is_in_the_store(kind: str, tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_failing_request_stores_the_retention_it_ran_into(kind: str, tmp_path: Path) -> None:
+    from ferrymq._core._effects import MessageStored
+    from ferrymq._service import restore_into
+
+    now = [1_700_000_000_000]
+
+    async def scenario() -> None:
+        service = QueueService(Broker(), open_store(kind, tmp_path / "s.db"),
+                               clock_ms=lambda: now[0], entropy=CountingEntropy())
+        await service.call("CreateQueue", {"QueueName": "q", "Attributes": {
+            "MessageRetentionPeriod": "60"}}, CTX)
+        await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": "old"}, CTX)
+        now[0] += 61_000
+        with pytest.raises(SqsError) as exc:
+            await service.call("SendMessage", {"QueueUrl": URL, "MessageBody": ""}, CTX)
+        assert exc.value.shape == "MissingRequiredParameterException"
+        # The core removed the expired message before refusing the send; the store
+        # did too before the error was answered, so a restart finds what memory holds.
+        loaded = list(service.store.load())
+        assert not any(isinstance(e, MessageStored) for e in loaded)
+        restored = Broker()
+        restore_into(restored, loaded)
+        assert restored.dump_state(now[0]) == service.broker.dump_state(now[0])
+        await service.close()
+
+    asyncio.run(scenario())
+
+
 def test_long_poll_wakes_on_send_and_times_out_without() -> None:
     async def scenario() -> None:
         service = QueueService(Broker(), open_store("memory", None))
@@ -404,7 +433,7 @@ def test_shutdown_answers_parked_long_polls_at_once() -> None:
 
 
 def test_restore_names_every_orphaned_queue_in_one_line(tmp_path: Path) -> None:
-    from ferrymq._core._records import DedupRecorded
+    from ferrymq._core._effects import DedupRecorded
     from ferrymq._service import repair_orphans, restore_into
     from ferrymq._storage import StoreInconsistentError
 

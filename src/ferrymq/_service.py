@@ -4,9 +4,11 @@ and housekeeping timers.
 Every request runs ``Broker.execute`` synchronously on the event loop (so requests
 are atomic with respect to each other), then awaits the store's group commit of the
 effects it produced. Only then is the response released: nothing is acknowledged
-before it is fsynced. Long polls wait on a per-queue notification, woken by effects
-that make messages receivable, or by a timer at the next delay/visibility deadline;
-nothing polls.
+before it is fsynced. A request that fails may still have applied retention (the
+``SqsError`` carries those effects): they are committed before the error is answered,
+so the store always holds every effect the core applied. Long polls wait on a
+per-queue notification, woken by effects that make messages receivable, or by a
+timer at the next delay/visibility deadline; nothing polls.
 
 A full disk does not stop the service. When the store reports that it is low on space,
 writes are refused with 503 ``ServiceUnavailable`` before the core applies them, and
@@ -30,15 +32,18 @@ from typing import Any
 
 from ferrymq._api import CallContext
 from ferrymq._core._broker import READ_ONLY_ACTIONS, Broker, Outcome, RequestInfo
-from ferrymq._core._errors import InternalError, SqsError
-from ferrymq._core._records import (
+from ferrymq._core._effects import (
     DedupRecorded,
     Effect,
     MessageRemoved,
     MessageStored,
+    MoveTaskUpserted,
     QueueDeleted,
+    QueueUpserted,
     VisibilityChanged,
+    effect_queue,
 )
+from ferrymq._core._errors import InternalError, SqsError
 from ferrymq._storage import StorageFullError, Store, StoreInconsistentError
 
 __all__ = ["QueueService", "SystemEntropy", "repair_orphans", "restore_into", "wall_clock_ms"]
@@ -249,7 +254,14 @@ class QueueService:
             now_ms = self._clock_ms()
             if not (self._writable and self.store.has_room()):
                 return self._call_read_only(action, params, now_ms, info)
-            outcome = self.broker.execute(action, params, now_ms, self._entropy, info)
+            try:
+                outcome = self.broker.execute(action, params, now_ms, self._entropy, info)
+            except SqsError as exc:
+                if exc.effects:
+                    # Applied before the request failed (retention): stored before the
+                    # error is answered, like any other effects.
+                    await self._commit(exc.effects)
+                raise
             seen_version = self._waiters.version(outcome.queue) if outcome.queue else 0
             await self._commit(outcome.effects, outcome.body_fetches)
             if self._draining or not self._should_wait(action, outcome):
@@ -426,6 +438,14 @@ class QueueService:
             if self.on_fatal is not None:
                 self.on_fatal(exc)
 
+    async def housekeep_once(self) -> None:
+        """One housekeeping step (what the timer runs): retention on every queue and the
+        next step of running move tasks, committed like a request's effects. Raises
+        ``SqsError`` when its effects could not be stored."""
+        if not (self._writable and self.store.has_room()):
+            return  # its effects could not be stored: wait for room
+        await self._commit(self.broker.tick(self._clock_ms(), self._entropy))
+
     async def _housekeep(self) -> None:
         while not self._closing:
             interval = (
@@ -433,11 +453,8 @@ class QueueService:
                 else _HOUSEKEEPING_INTERVAL_MS
             )
             await asyncio.sleep(interval / 1000)
-            if not (self._writable and self.store.has_room()):
-                continue  # its effects could not be stored: wait for room
             try:
-                effects = self.broker.tick(self._clock_ms(), self._entropy)
-                await self._commit(effects)
+                await self.housekeep_once()
             except SqsError:
                 if self.fatal is not None:
                     return
@@ -454,16 +471,20 @@ def restore_into(broker: Broker, effects: Iterable[Effect],
     behind) are counted rather than applied, so the error names every such queue at
     once; anything else the core refuses is reported with the record that broke it.
     With ``orphans`` given, those rows are counted into it (queue -> [messages,
-    deduplication entries]) and skipped instead of raising."""
+    deduplication entries]) and skipped instead of raising. A missing queue's receive
+    attempts and high-water marks are skipped without being counted: they mean nothing
+    without its messages, and both ways of repairing deal with them (re-creating the
+    queue keeps them, dropping its rows deletes them)."""
     count = 0
     collect = orphans is not None
     if orphans is None:
         orphans = {}
     for effect in effects:
-        if isinstance(effect, MessageStored | DedupRecorded):
-            queue = effect.record.queue if isinstance(effect, MessageStored) else effect.queue
-            if not broker.queue_exists(queue):
-                orphans.setdefault(queue, [0, 0])[isinstance(effect, DedupRecorded)] += 1
+        if not isinstance(effect, QueueUpserted | QueueDeleted | MoveTaskUpserted):
+            queue = effect_queue(effect)
+            if queue is not None and not broker.queue_exists(queue):
+                if isinstance(effect, MessageStored | DedupRecorded):
+                    orphans.setdefault(queue, [0, 0])[isinstance(effect, DedupRecorded)] += 1
                 continue
         try:
             broker.apply(effect)

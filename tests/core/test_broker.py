@@ -12,10 +12,10 @@ import pytest
 from _doubles import CountingEntropy
 
 from ferrymq._core._broker import Broker, RequestInfo
+from ferrymq._core._effects import Effect, MessageRemoved, MessageStored
 from ferrymq._core._errors import InternalError, SqsError
 from ferrymq._core._messages import NAMES_PER_LIST_MAX
 from ferrymq._core._queue import BodyBudget
-from ferrymq._core._records import Effect, MessageRemoved, MessageStored
 
 INFO = RequestInfo(base_url="http://localhost:9324", sender_id="AKIDTEST")
 ARN = "arn:aws:sqs:us-east-1:000000000000:"
@@ -749,3 +749,64 @@ def test_read_only_execution_changes_nothing(sqs: Harness) -> None:
                            sqs.now_ms, sqs.entropy, INFO, read_only=True)
     outcome = sqs.broker.execute("GetQueueAttributes", params, sqs.now_ms, sqs.entropy, INFO)
     assert [type(e).__name__ for e in outcome.effects] == ["MessageRemoved"]
+
+
+# ---- a failed request and a restored node --------------------------------------------
+
+
+@pytest.mark.parametrize(("action", "params", "retention_first"), [
+    ("SendMessage", {"MessageBody": ""}, True),
+    ("SendMessageBatch", {"Entries": []}, True),
+    ("ReceiveMessage", {"MaxNumberOfMessages": 11}, True),
+    ("DeleteMessage", {"ReceiptHandle": "not-a-handle"}, True),
+    ("ChangeMessageVisibilityBatch", {"Entries": [{"Id": "a"}] * 11}, True),
+    # Checks its attribute names before it looks at the queue's messages.
+    ("GetQueueAttributes", {"AttributeNames": ["NoSuchAttribute"]}, False),
+])
+def test_a_failing_request_hands_on_the_retention_it_applied(
+    sqs: Harness, action: str, params: dict[str, Any], retention_first: bool
+) -> None:
+    sqs("CreateQueue", QueueName="q", Attributes={"MessageRetentionPeriod": "60"})
+    sent = sqs("SendMessage", QueueUrl=sqs.url("q"), MessageBody="old")
+    sqs.now_ms += 61_000
+    with pytest.raises(SqsError) as exc:
+        sqs(action, QueueUrl=sqs.url("q"), **params)
+    assert exc.value.effects == (
+        (MessageRemoved("q", sent["MessageId"]),) if retention_first else ())
+    # Applied, so the caller must store them: with them, the log rebuilds the broker.
+    sqs.effects.extend(exc.value.effects)
+    assert sqs.replayed().dump_state(sqs.now_ms) == sqs.broker.dump_state(sqs.now_ms)
+    # A request that fails before it reaches a queue has applied nothing.
+    with pytest.raises(SqsError) as exc:
+        sqs(action, QueueUrl=sqs.url("missing"), **params)
+    assert exc.value.effects == ()
+
+
+def test_a_move_task_keeps_its_pace_across_a_restore(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="dlq")
+    sqs("CreateQueue", QueueName="src", Attributes={"RedrivePolicy": redrive("dlq", 1)})
+    sqs("CreateQueue", QueueName="dest")
+    for i in range(10):
+        sqs("SendMessage", QueueUrl=sqs.url("dlq"), MessageBody=f"m{i}")
+    sqs("StartMessageMoveTask", SourceArn=ARN + "dlq", DestinationArn=ARN + "dest",
+        MaxNumberOfMessagesPerSecond=2)
+
+    def moved(broker: Broker) -> int:
+        (task,) = broker.execute("ListMessageMoveTasks", {"SourceArn": ARN + "dlq"},
+                                 sqs.now_ms, sqs.entropy, INFO).response["Results"]
+        return int(task["ApproximateNumberOfMessagesMoved"])
+
+    sqs.now_ms += 1_000
+    sqs.effects.extend(sqs.broker.tick(sqs.now_ms, sqs.entropy))
+    assert moved(sqs.broker) == 2
+    # A node that takes over from the log goes on at the same pace: 2 a second, not
+    # the 4 that counting from the task's start would allow.
+    follower = sqs.replayed()
+    sqs.now_ms += 1_000
+    for broker in (sqs.broker, follower):
+        broker.tick(sqs.now_ms, sqs.entropy)
+        assert moved(broker) == 4
+    # After a long pause (a node down for an hour) it does not catch up on the pause.
+    sqs.now_ms += 3_600_000
+    sqs.broker.tick(sqs.now_ms, sqs.entropy)
+    assert moved(sqs.broker) == 6

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ferrymq._core._effects import Effect, MessageRemoved, MessageStored
 from ferrymq._core._errors import SqsError
 from ferrymq._core._messages import (
     NAMES_PER_LIST_MAX,
@@ -14,7 +15,6 @@ from ferrymq._core._messages import (
     encode_receipt_handle,
 )
 from ferrymq._core._queue import MessageQueue
-from ferrymq._core._records import Effect, MessageRemoved, MessageStored
 from ferrymq._core._settings import QueueSettings
 
 T0 = 1_700_000_000_000  # an injected clock: just an int of epoch ms
@@ -1270,3 +1270,133 @@ def test_lazy_indexes_are_compacted_after_deletes() -> None:
     heaps = (h.q._by_sent, h.q._pending, h.q._ready)  # noqa: SLF001
     assert all(len(heap) <= 200 for heap in heaps), [len(heap) for heap in heaps]
     assert h.q.counts(h.now) == (0, 0, 0)
+
+
+# ---- nothing lives only in the node that made it ---------------------------------------
+
+
+def restored(h: Harness) -> MessageQueue:
+    """A queue rebuilt the way a restart does: one MessageStored per live message and its
+    dedup entries and attempts, as a store's load() yields them."""
+    from ferrymq._core._effects import HighWaterMarks
+
+    fresh = MessageQueue(h.q.name, h.q.arn, h.q.settings)
+    state = h.q.dump_state(h.now)
+    fresh.apply(HighWaterMarks(h.q.name, state["last sequence"], state["dedup horizon"]))
+    for record in h.q.snapshot():
+        fresh.apply(MessageStored(record))
+    for _, entry in state["dedup"]:
+        fresh.apply(entry)
+    for _, attempt in state["attempts"]:
+        fresh.apply(attempt)
+    return fresh
+
+
+def test_the_visibility_cap_counts_from_the_latest_receive_after_a_restore() -> None:
+    h = Harness(make(visibility_timeout_ms=1000))
+    h.send("x")
+    h.receive()
+    h.now += 5_000  # visible again
+    (m,) = h.receive()  # the latest receive, four hours later than the first once...
+    h.now += 1_000
+    for queue in (h.q, h.rebuilt(), restored(h)):
+        with pytest.raises(SqsError):  # ...the cap counts from this one
+            queue.change_message_visibility(
+                {"ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 43_200}, h.now)
+        # 43_199 s from now is within 12 hours of the latest receive.
+        queue.change_message_visibility(
+            {"ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 43_199}, h.now)
+
+
+def test_a_receive_attempt_is_replayed_after_a_restore_and_by_a_follower() -> None:
+    h = Harness(make(fifo=True, content_based_dedup=True))
+    for i in range(3):
+        h.send(f"a{i}", MessageGroupId="A")
+    first = h.receive(MaxNumberOfMessages=2, ReceiveRequestAttemptId="try-1")
+    for queue in (h.rebuilt(), restored(h)):
+        again, effects, _ = queue.receive_message(
+            {"MaxNumberOfMessages": 2, "ReceiveRequestAttemptId": "try-1"}, h.now,
+            h.entropy, None)
+        assert again["Messages"] == first and effects == []
+
+
+def test_the_attempt_cache_forgets_through_its_effects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ferrymq._core._queue as queue_module
+    from ferrymq._core._effects import ReceiveAttemptRecorded
+
+    monkeypatch.setattr(queue_module, "ATTEMPTS_MAX", 3)
+    h = Harness(make(fifo=True, content_based_dedup=True))
+    recorded: list[ReceiveAttemptRecorded] = []
+    for i in range(6):
+        h.send(f"m{i}", MessageGroupId=f"g{i}")
+        before = len(h.effects)
+        h.receive(ReceiveRequestAttemptId=f"try-{i}")
+        recorded += [e for e in h.effects[before:] if isinstance(e, ReceiveAttemptRecorded)]
+        if i == 3:
+            h.now += 300_000  # try-0 .. try-3 expire
+    assert [r.forgotten for r in recorded] == [
+        (), (), (), ("try-0",),  # full: the oldest goes
+        ("try-1", "try-2", "try-3"),  # expired
+        (),
+    ]
+    assert [k for k, _ in h.q.dump_state(h.now)["attempts"]] == ["try-4", "try-5"]
+    assert h.rebuilt().dump_state(h.now) == h.q.dump_state(h.now)
+
+
+def test_a_clock_that_goes_back_sorts_messages_for_the_earlier_time() -> None:
+    h = Harness(make())
+    h.send("late", DelaySeconds=10)
+    h.now += 20_000
+    assert h.q.counts(h.now) == (1, 0, 0)
+    h.now -= 15_000  # before the delay ended: not visible, as for any node at this time
+    assert h.q.counts(h.now) == (0, 0, 1)
+    assert h.receive() == []
+    assert h.rebuilt().dump_state(h.now) == h.q.dump_state(h.now)
+    h.now += 5_000
+    assert h.bodies() == ["late"]
+
+
+def test_a_clock_that_goes_back_holds_a_fifo_group_back_again() -> None:
+    h = Harness(make(fifo=True, content_based_dedup=True))
+    h.send("first", MessageGroupId="g")
+    h.send("second", MessageGroupId="g")
+    (m,) = h.receive(VisibilityTimeout=5)
+    h.now += 10_000  # "first" is visible again, so the group delivers from it
+    assert h.q.counts(h.now) == (2, 0, 0)
+    h.now -= 8_000  # back into its visibility timeout: the group is blocked again
+    assert h.receive() == []
+    assert h.rebuilt().dump_state(h.now) == h.q.dump_state(h.now)
+    h.now += 8_000
+    assert h.bodies(MaxNumberOfMessages=2) == ["first", "second"]
+    del m
+
+
+def test_sequence_numbers_keep_rising_after_the_newest_are_deleted_and_restored() -> None:
+    h = Harness(make(fifo=True, content_based_dedup=True))
+    h.send("a", MessageGroupId="g")
+    last = int(h.send("b", MessageGroupId="g")["SequenceNumber"])
+    for m in h.receive(MaxNumberOfMessages=2):
+        h.delete(m["ReceiptHandle"])
+    h.now -= 1  # the clock is no help: it went back
+    fresh = restored(h)
+    assert fresh.snapshot() == [] and fresh.dedup_entries(h.now)  # only entries remain
+    h.q.purge(h.now)  # the entries go too; the high-water mark does not
+    fresh = restored(h)
+    response, _ = fresh.send_message(
+        {"MessageBody": "c", "MessageGroupId": "g"}, h.now, h.entropy, "S")
+    assert int(response["SequenceNumber"]) == last + 1
+
+
+def test_dedup_entries_are_forgotten_by_newer_entries_never_by_the_clock() -> None:
+    h = Harness(make(fifo=True, content_based_dedup=True))
+    h.send("a", MessageGroupId="g")
+    h.now += 400_000  # past the window: the entry is dead...
+    h.receive()
+    assert len(h.q.dump_state(h.now)["dedup"]) == 1  # ...but held until a newer one
+    assert h.q.dedup_entries(h.now) == []  # and never consulted
+    h.send("b", MessageGroupId="g")
+    assert [key for key, _ in h.q.dump_state(h.now)["dedup"]] == [
+        h.q.dedup_entries(h.now)[0].key]
+    assert h.rebuilt().dump_state(h.now) == h.q.dump_state(h.now)

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from ferrymq._core._effects import Effect, MessageStored
 from ferrymq._core._errors import SqsError
 from ferrymq._core._messages import decode_receipt_handle
 from ferrymq._core._queue import DEDUP_WINDOW_MS, MessageQueue
-from ferrymq._core._records import Effect, MessageStored
 from ferrymq._core._settings import QueueSettings
 
 T0 = 1_700_000_000_000

@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from ferrymq._core._records import (
+from ferrymq._core._effects import (
     DedupRecorded,
     Effect,
     MessageReceived,
-    MessageRecord,
     MessageRemoved,
     MessageStored,
 )
+from ferrymq._core._records import MessageRecord
 from ferrymq._storage import open_store
 
 __all__ = ["REMOVE_LAG", "commit_effects"]
@@ -48,7 +48,7 @@ def commit_effects(i: int) -> list[Effect]:
     effects: list[Effect] = [
         MessageStored(_message(queue, f"c{i}-a")),
         MessageStored(_message(queue, f"c{i}-b")),
-        MessageReceived(queue, f"c{i}-a", f"t{i}", 2, 1, 2),
+        MessageReceived(queue, f"c{i}-a", f"t{i}", 2, 1, 2, 2),
         DedupRecorded(queue, f"k{i}", f"c{i}-a", i, 10**12),
     ]
     if i >= REMOVE_LAG:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,12 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ferrymq._core._records import (
-    AttributeValue,
-    DedupRecorded,
-    MessageRecord,
-    MessageStored,
-)
+from ferrymq._core._effects import DedupRecorded, MessageStored
+from ferrymq._core._records import AttributeValue, MessageRecord
 from ferrymq._storage import SqliteStore
 from ferrymq._storage._sqlite import decode_attributes, encode_attributes
 
@@ -255,3 +252,133 @@ def test_the_wal_stays_small(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert sum(sizes) > 0 and max(sizes) <= 5 * 1024 * 1024, max(sizes)
+
+
+# ---- schema version 1, as Ferry 0.1 wrote it --------------------------------------------
+
+# Frozen here on purpose: this is what files written by version 1 hold, whatever the
+# module says today.
+_V1_SCHEMA = """
+CREATE TABLE ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE queues (
+    name TEXT PRIMARY KEY, attributes BLOB NOT NULL, tags BLOB NOT NULL,
+    created_ms INTEGER NOT NULL, modified_ms INTEGER NOT NULL, last_purge_ms INTEGER
+);
+CREATE TABLE deleted_queues (name TEXT PRIMARY KEY, deleted_at_ms INTEGER NOT NULL);
+CREATE TABLE move_tasks (
+    task_handle TEXT PRIMARY KEY, source_arn TEXT NOT NULL, destination_arn TEXT,
+    max_per_second INTEGER, status TEXT NOT NULL, started_ms INTEGER NOT NULL,
+    moved INTEGER NOT NULL, to_move INTEGER NOT NULL, failure_reason TEXT
+);
+CREATE TABLE messages (
+    queue TEXT NOT NULL, message_id TEXT NOT NULL, body TEXT NOT NULL, attributes BLOB,
+    md5_of_body TEXT NOT NULL, md5_of_attributes TEXT, sent_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL, receive_count INTEGER NOT NULL,
+    first_receive_ms INTEGER, receipt_token TEXT, sender_id TEXT NOT NULL, group_id TEXT,
+    dedup_id TEXT, sequence_number INTEGER, trace_header TEXT,
+    dead_letter_source_arn TEXT, UNIQUE (queue, message_id)
+);
+CREATE TABLE dedup (
+    queue TEXT NOT NULL, key TEXT NOT NULL, message_id TEXT NOT NULL,
+    sequence_number INTEGER NOT NULL, expires_at_ms INTEGER NOT NULL, UNIQUE (queue, key)
+);
+CREATE INDEX dedup_expiry ON dedup (queue, expires_at_ms);
+INSERT INTO ferry_meta (key, value) VALUES ('format', 'ferrymq-store'), ('schema_version', '1');
+INSERT INTO queues VALUES ('q.fifo', '[["FifoQueue","true"]]', '[["team","a"]]', 1000, 2000, NULL);
+INSERT INTO deleted_queues VALUES ('gone', 3000);
+INSERT INTO move_tasks VALUES ('task', 'arn:aws:sqs:us-east-1:000000000000:dlq', NULL, 5,
+    'RUNNING', 4000, 1, 9, NULL);
+INSERT INTO messages VALUES
+    ('q.fifo', 'once', 'b1', NULL, 'md5', NULL, 10, 50000, 1, 20000, 'tok1', 's', 'g', 'd1',
+     100, NULL, NULL),
+    ('q.fifo', 'twice', 'b2', NULL, 'md5', NULL, 11, 60000, 2, 21000, 'tok2', 's', 'g', 'd2',
+     200, NULL, NULL),
+    ('q.fifo', 'never', 'b3', NULL, 'md5', NULL, 12, 12, 0, NULL, NULL, 's', 'g', 'd3', 300,
+     NULL, NULL);
+-- An entry dead under the horizon rule (its expiry is before the newest entry's record
+-- time), and one of a message deleted since, with the highest sequence number.
+INSERT INTO dedup VALUES ('q.fifo', 'd1', 'once', 100, 1000000),
+    ('q.fifo', 'd2', 'twice', 200, 1800000), ('q.fifo', 'd4', 'deleted', 400, 1700000);
+"""
+
+
+def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    from ferrymq._core._effects import (
+        HighWaterMarks,
+        MoveTaskUpserted,
+        QueueDeleted,
+        QueueUpserted,
+    )
+    from ferrymq._core._records import MoveTaskRecord, QueueRecord
+
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(_V1_SCHEMA)
+    conn.close()
+    store = SqliteStore(old)
+    loaded = list(store.load())
+    asyncio.run(store.close())
+
+    assert loaded[:4] == [
+        QueueUpserted(QueueRecord("q.fifo", (("FifoQueue", "true"),), (("team", "a"),),
+                                  1000, 2000)),
+        QueueDeleted("gone", 3000),
+        # Its pace counts from its start (the broker allows at most a second of it).
+        MoveTaskUpserted(MoveTaskRecord("task", "arn:aws:sqs:us-east-1:000000000000:dlq",
+                                        None, 5, "RUNNING", 4000, 1, 9, 4000)),
+        # The highest sequence number and record time its rows show.
+        HighWaterMarks("q.fifo", 400, 1_500_000),
+    ]
+    messages = {e.record.message_id: e.record for e in loaded if isinstance(e, MessageStored)}
+    # Received once: last received at its first receive. More often: not known.
+    assert {k: m.received_ms for k, m in messages.items()} == {
+        "once": 20000, "twice": None, "never": None}
+    assert [m.body for m in messages.values()] == ["b1", "b2", "b3"]
+    assert sorted(e.key for e in loaded if isinstance(e, DedupRecorded)) == ["d2", "d4"]
+
+    # The migrated file is exactly a new file of this version, rows aside.
+    fresh = tmp_path / "v2.db"
+    asyncio.run(SqliteStore(fresh).close())
+
+    def schema(path: Path) -> list[tuple[str, str]]:
+        db = sqlite3.connect(path)
+        try:
+            rows = db.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+            version = db.execute(
+                "SELECT value FROM ferry_meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            db.close()
+        # The text as written, but for its layout (the frozen copy above is laid out
+        # differently).
+        return [*((name, "".join((sql or "").split())) for name, sql in rows),
+                ("schema_version", version[0])]
+
+    assert schema(old) == schema(fresh)
+    assert ("schema_version", "2") in schema(old)
+
+
+def test_a_failed_migration_leaves_the_file_at_version_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ferrymq._storage import StorageError, _sqlite
+
+    old = tmp_path / "v1.db"
+    conn = sqlite3.connect(old)
+    conn.executescript(_V1_SCHEMA)
+    conn.close()
+    broken = _sqlite._MIGRATE_1_TO_2.replace(
+        "UPDATE ferry_meta", "INSERT INTO no_such_table VALUES (1); UPDATE ferry_meta")
+    monkeypatch.setitem(_sqlite._MIGRATIONS, 1, broken)
+    with pytest.raises(StorageError):
+        SqliteStore(old)
+    conn = sqlite3.connect(old)
+    try:
+        assert conn.execute("SELECT value FROM ferry_meta WHERE key = 'schema_version'"
+                            ).fetchone() == ("1",)
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(messages)")]
+        assert "received_ms" not in columns  # nothing of it stayed
+    finally:
+        conn.close()
+    monkeypatch.undo()
+    store = SqliteStore(old)  # and a working migration still goes through
+    asyncio.run(store.close())

@@ -5,6 +5,14 @@ tasks) live here; message-level actions are delegated to each queue's
 ``MessageQueue``. ``execute`` validates one request, changes state and returns the
 effect records it applied; ``apply`` replays effect records (restart recovery, and
 later replication followers). Pure: the caller passes ``now_ms`` and ``Entropy``.
+
+A request applies all of its effects or none of them, except for retention: the
+messages of a queue it touches that are past their retention period are removed first,
+because they are due at that time whatever the request says, and the request's checks
+see the queue without them. If the request then fails, the ``SqsError`` carries those
+removals (``SqsError.effects``) and the caller commits them before it answers, exactly
+as it commits a successful request's effects. Every other check runs before anything
+is applied, so a failed request leaves nothing else behind.
 """
 
 from __future__ import annotations
@@ -15,28 +23,28 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 from ferrymq._core import _attributes as attrs
-from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
-from ferrymq._core._messages import string_list
-from ferrymq._core._queue import BodyBudget, MessageQueue
-from ferrymq._core._records import (
+from ferrymq._core._effects import (
     DedupRecorded,
     Effect,
-    Entropy,
+    HighWaterMarks,
     MessageReceived,
     MessageRemoved,
     MessageStored,
-    MoveTaskRecord,
     MoveTaskUpserted,
     QueueDeleted,
     QueuePurged,
-    QueueRecord,
     QueueUpserted,
+    ReceiveAttemptRecorded,
     VisibilityChanged,
 )
+from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
+from ferrymq._core._messages import string_list
+from ferrymq._core._queue import BodyBudget, MessageQueue
+from ferrymq._core._records import Entropy, MoveTaskRecord, QueueRecord
 
 __all__ = ["READ_ONLY_ACTIONS", "Broker", "Outcome", "RequestInfo"]
 
@@ -56,6 +64,11 @@ _LIST_PAGE_MAX = 1000
 _MOVE_RATE_MAX_PER_S = 500
 # Without an explicit rate, SQS picks a "system optimized" rate; we use the cap.
 _MOVE_RATE_DEFAULT_PER_S = _MOVE_RATE_MAX_PER_S
+# A move task's rate is counted over at most this much time since it last moved: after
+# a pause (a restart, a takeover, messages held back behind in-flight FIFO messages) it
+# goes on at its rate instead of catching up on the whole pause at once. One second
+# keeps a rate of 1 per second working with the shell's 100 ms steps.
+_MOVE_CATCH_UP_MS_MAX = 1_000
 # ListMessageMoveTasks returns at most this many tasks (SQS's limit).
 _MOVE_TASKS_LISTED_MAX = 10
 # AddPermission accepts at most this many actions per statement (SQS's limit).
@@ -135,7 +148,9 @@ class Broker:
         self.body_budget = BodyBudget(body_memory_bytes_max)
         self._deleted_ms: dict[str, int] = {}
         self._tasks: dict[str, MoveTaskRecord] = {}
-        self._task_progress_ms: dict[str, int] = {}
+        # The retention removals the request being executed has applied so far: a
+        # failing request hands them on in its SqsError (module docstring).
+        self._housekeeping: list[Effect] = []
         self._handlers: dict[str, Callable[[dict[str, Any], int, Entropy, RequestInfo], Outcome]]
         self._handlers = {
             "CreateQueue": self._create_queue,
@@ -187,7 +202,14 @@ class Broker:
                 return self._get_queue_attributes(
                     dict(params), now_ms, entropy, info, expire=False
                 )
-        return handler(dict(params), now_ms, entropy, info)
+        housekeeping = self._housekeeping
+        housekeeping.clear()
+        try:
+            return handler(dict(params), now_ms, entropy, info)
+        except SqsError as exc:
+            if housekeeping:
+                exc.effects = tuple(housekeeping)
+            raise
 
     def queue_exists(self, name: str) -> bool:
         return name in self._queues
@@ -214,38 +236,53 @@ class Broker:
         return any(t.status == "RUNNING" for t in self._tasks.values())
 
     def apply(self, effect: Effect) -> None:
-        """Replay one effect record (restore, replication)."""
-        if isinstance(effect, QueueUpserted):
-            record = effect.record
-            entry = self._queues.get(record.name)
-            attributes = dict(record.attributes)
-            settings = attrs.settings_from(attributes)
-            if entry is None:
-                queue = MessageQueue(
-                    record.name, self._arn(record.name), settings, self.body_budget
-                )
-                self._queues[record.name] = _Queue(record, queue, attributes)
-            else:
-                entry.record = record
-                entry.attributes = attributes
-                entry.messages.settings = settings
-            self._deleted_ms.pop(record.name, None)
-        elif isinstance(effect, QueueDeleted):
-            gone = self._queues.pop(effect.name, None)
-            if gone is not None:
-                gone.messages.release_bodies()
-            self._deleted_ms[effect.name] = effect.deleted_at_ms
-        elif isinstance(effect, MoveTaskUpserted):
-            self._tasks[effect.record.task_handle] = effect.record
-        elif isinstance(effect, MessageStored):
-            self._queue_for_apply(effect.record.queue).apply(effect)
-        elif isinstance(
-            effect,
-            MessageReceived | VisibilityChanged | MessageRemoved | DedupRecorded | QueuePurged,
-        ):
-            self._queue_for_apply(effect.queue).apply(effect)
-        else:  # pragma: no cover - the union is closed
-            raise InternalError(f"unknown effect {effect!r}")
+        """Replay one effect record (restore, replication), as ``_effects.py`` defines it."""
+        match effect:
+            case MessageStored():
+                self._queue_for_apply(effect.record.queue).apply(effect)
+            case (MessageReceived() | MessageRemoved() | VisibilityChanged() | DedupRecorded()
+                  | ReceiveAttemptRecorded() | QueuePurged() | HighWaterMarks()):
+                self._queue_for_apply(effect.queue).apply(effect)
+            case QueueUpserted():
+                record = effect.record
+                entry = self._queues.get(record.name)
+                attributes = dict(record.attributes)
+                settings = attrs.settings_from(attributes)
+                if entry is None:
+                    queue = MessageQueue(
+                        record.name, self._arn(record.name), settings, self.body_budget
+                    )
+                    self._queues[record.name] = _Queue(record, queue, attributes)
+                else:
+                    entry.record = record
+                    entry.attributes = attributes
+                    entry.messages.settings = settings
+                self._deleted_ms.pop(record.name, None)
+            case QueueDeleted():
+                gone = self._queues.pop(effect.name, None)
+                if gone is not None:
+                    gone.messages.release_bodies()
+                self._deleted_ms[effect.name] = effect.deleted_at_ms
+            case MoveTaskUpserted():
+                self._tasks[effect.record.task_handle] = effect.record
+            case _:
+                assert_never(effect)
+
+    def dump_state(self, now_ms: int) -> dict[str, Any]:
+        """Everything this broker holds at ``now_ms``, as plain values: two brokers that
+        hold the same state dump equal (``MessageQueue.dump_state`` says what is left
+        out, and why). For tests and for checking a follower against its leader."""
+        return {
+            # In creation order: housekeeping visits queues in it.
+            "queues": [
+                (name, entry.record, sorted(entry.attributes.items()),
+                 entry.messages.settings, entry.messages.dump_state(now_ms))
+                for name, entry in self._queues.items()
+            ],
+            "deleted": sorted(self._deleted_ms.items()),
+            # In start order: ListMessageMoveTasks breaks ties of started_ms with it.
+            "tasks": list(self._tasks.values()),
+        }
 
     # ---- helpers ---------------------------------------------------------
 
@@ -275,6 +312,12 @@ class Broker:
         if entry is None:
             raise SqsError("QueueDoesNotExist", "The specified queue does not exist.")
         return entry
+
+    def _housekeep(self, queue: MessageQueue, now_ms: int) -> list[Effect]:
+        """Retention on ``queue`` before a request looks at it (module docstring)."""
+        effects = queue.expire(now_ms)
+        self._housekeeping.extend(effects)
+        return effects
 
     def _upsert(self, record: QueueRecord) -> QueueUpserted:
         effect = QueueUpserted(record)
@@ -447,7 +490,7 @@ class Broker:
         for name in wanted:
             if name != "All" and name not in attrs.ALL_NAMES:
                 raise SqsError("InvalidAttributeName", f"Unknown Attribute {name}.")
-        effects = entry.messages.expire(now_ms) if expire else []
+        effects = self._housekeep(entry.messages, now_ms) if expire else []
         everything = "All" in wanted
         visible, not_visible, delayed = entry.messages.counts(now_ms)
         values: dict[str, str] = {
@@ -511,7 +554,7 @@ class Broker:
     def _message_queue(self, params: Mapping[str, Any], now_ms: int) -> tuple[MessageQueue,
                                                                               list[Effect]]:
         queue = self._resolve(params).messages
-        return queue, queue.expire(now_ms)
+        return queue, self._housekeep(queue, now_ms)
 
     def _send(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo,
@@ -540,7 +583,7 @@ class Broker:
         dlq_entry = self._queues.get(dlq_name) if dlq_name else None
         dlq = dlq_entry.messages if dlq_entry else None
         if dlq is not None:
-            effects.extend(dlq.expire(now_ms))
+            effects.extend(self._housekeep(dlq, now_ms))
         response, more, wait_ms = queue.receive_message(params, now_ms, entropy, dlq)
         fetches = [
             (queue.name, message["MessageId"], message)
@@ -813,10 +856,10 @@ class Broker:
             started_ms=now_ms,
             moved=0,
             to_move=to_move,
+            progress_ms=now_ms,
         )
         effect = MoveTaskUpserted(record)
         self.apply(effect)
-        self._task_progress_ms[handle] = now_ms
         return Outcome({"TaskHandle": handle}, [effect])
 
     def _advance_task(self, handle: str, now_ms: int, entropy: Entropy) -> list[Effect]:
@@ -827,7 +870,7 @@ class Broker:
 
         def finish(status: str, reason: str | None = None) -> None:
             record = replace(task, status=status, failure_reason=reason,
-                             moved=task.moved + moved)
+                             moved=task.moved + moved, progress_ms=now_ms)
             effect = MoveTaskUpserted(record)
             self.apply(effect)
             effects.append(effect)
@@ -836,12 +879,13 @@ class Broker:
         if source is None:
             finish("FAILED", "AWS.SimpleQueueService.NonExistentQueue")
             return effects
-        last_ms = self._task_progress_ms.get(handle, task.started_ms)
         rate = task.max_per_second or _MOVE_RATE_DEFAULT_PER_S
-        budget = (now_ms - last_ms) * rate // 1000
+        # Counted from the record, never from memory of its own: whoever holds the task's
+        # record (after a restart, a follower taking over) paces it alike.
+        elapsed_ms = min(now_ms - task.progress_ms, _MOVE_CATCH_UP_MS_MAX)
+        budget = elapsed_ms * rate // 1000
         if budget <= 0:
             return effects
-        self._task_progress_ms[handle] = now_ms
         effects.extend(source.messages.expire(now_ms))
         for record in source.messages.take_visible(budget, now_ms):
             dest_arn = task.destination_arn or record.dead_letter_source_arn
@@ -859,7 +903,7 @@ class Broker:
         ):
             finish("COMPLETED")
         elif moved:
-            effect = MoveTaskUpserted(replace(task, moved=task.moved + moved))
+            effect = MoveTaskUpserted(replace(task, moved=task.moved + moved, progress_ms=now_ms))
             self.apply(effect)
             effects.append(effect)
         return effects

@@ -7,6 +7,11 @@ invariant and is rendered as a 500 after being logged.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._effects import Effect
+
 __all__ = ["ERRORS", "InternalError", "SqsError", "invalid_parameter", "missing_parameter"]
 
 
@@ -59,7 +64,14 @@ class SqsError(Exception):
     ``shape`` is the service-model name (``QueueDoesNotExist``); ``code`` the legacy
     Query code (``AWS.SimpleQueueService.NonExistentQueue``); ``status`` the HTTP
     status; ``sender_fault`` whether the client is to blame.
+
+    ``effects``: what the core applied while executing the request before it failed
+    (``Broker.execute`` sets it: retention the request ran into, which is due whether
+    the request succeeds or not). The caller must commit them before it answers, as it
+    commits a successful request's, or the core holds state its log does not.
     """
+
+    effects: tuple[Effect, ...]
 
     def __init__(self, shape: str, message: str) -> None:
         if shape not in ERRORS:
@@ -69,6 +81,7 @@ class SqsError(Exception):
         self.message = message
         self.code, self.status, fault = ERRORS[shape]
         self.sender_fault = fault == "Sender"
+        self.effects = ()
 
     def __repr__(self) -> str:
         return f"SqsError({self.shape!r}, {self.message!r})"

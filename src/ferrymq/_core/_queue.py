@@ -5,16 +5,15 @@ visibility, delete, delay, retention, FIFO groups and deduplication, redrive int
 dead-letter queue. Time arrives as ``now_ms`` and randomness through ``Entropy``.
 
 Every command computes effect records, applies them with ``apply`` and returns them;
-``apply`` alone rebuilds the same state (restore, replication followers). The only
-state that is not carried by effects is derived or deliberately volatile:
-
-* which not-yet-visible messages have been promoted to visible (lazy, recomputed
-  from ``visible_at_ms`` on the next command),
-* the ReceiveRequestAttemptId cache (in memory only, like a retry window: after a
-  restart a retried receive simply receives afresh),
-* the time of the latest receive of each message, used only for the 12-hour cap of
-  ChangeMessageVisibility (``MessageReceived`` does not carry it; after a restore the
-  cap is exact for messages received once and is not enforced otherwise).
+``apply`` alone rebuilds the same state (restore, replication followers): the
+ReceiveRequestAttemptId cache, the latest receive of each message, the dedup horizon and
+the sequence high-water mark included (``_effects.py`` says how each is carried). What
+is not carried by effects is derived from them and from the time a command runs at:
+which messages are visible, in flight or delayed (``_advance`` sorts them into indexes
+lazily; if the clock goes back, the indexes are rewound to the earlier time, so a
+message's state is always a function of its ``visible_at_ms`` and the command's time,
+never of times only this node saw). ``dump_state`` renders the whole of it, for tests
+that compare two nodes.
 
 Bodies are held in memory only while a ``BodyBudget`` shared by all queues has room;
 beyond it an entry keeps its metadata and ``body=None``, and a receive renders such a
@@ -22,7 +21,6 @@ message with ``"Body": None`` for the I/O shell to fill from the store. Which bo
 stay in memory is decided when a message arrives (first come, first kept): the
 oldest messages are the next to be received, so they are the ones worth keeping.
 
-``now_ms`` is assumed not to go backwards between commands on one queue.
 """
 
 from __future__ import annotations
@@ -31,8 +29,22 @@ import heapq
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, assert_never
 
+from ._effects import (
+    DEDUP_WINDOW_MS,
+    DedupRecorded,
+    Effect,
+    HighWaterMarks,
+    MessageEffect,
+    MessageReceived,
+    MessageRemoved,
+    MessageStored,
+    QueuePurged,
+    ReceiveAttemptRecorded,
+    VisibilityChanged,
+    dedup_horizon_ms,
+)
 from ._errors import ERRORS, InternalError, SqsError, invalid_parameter, missing_parameter
 from ._messages import (
     AttributeFilter,
@@ -51,18 +63,7 @@ from ._messages import (
     validate_body,
     validate_fifo_id,
 )
-from ._records import (
-    AttributeValue,
-    DedupRecorded,
-    Effect,
-    Entropy,
-    MessageReceived,
-    MessageRecord,
-    MessageRemoved,
-    MessageStored,
-    QueuePurged,
-    VisibilityChanged,
-)
+from ._records import AttributeValue, Entropy, MessageRecord
 from ._settings import QueueSettings
 
 __all__ = [
@@ -80,12 +81,12 @@ WAIT_TIME_S_MAX = 20
 RECEIVE_MESSAGES_MAX = 10
 BATCH_ENTRIES_MAX = 10
 BATCH_PAYLOAD_BYTES_MAX = 1_048_576
-DEDUP_WINDOW_MS = 300_000  # FIFO deduplication interval, 5 minutes
 ATTEMPT_WINDOW_MS = 300_000  # ReceiveRequestAttemptId retry window, 5 minutes
 # SQS's in-flight ceiling per queue (standard: OverLimit; FIFO: empty receives).
 INFLIGHT_MESSAGES_MAX = 120_000
-# Bound on remembered ReceiveRequestAttemptIds: 5 minutes of FIFO receives at SQS's
-# 300 TPS is 90,000; a client inventing a fresh id per call cannot grow memory beyond.
+# Bound on remembered ReceiveRequestAttemptIds per queue: 5 minutes of FIFO receives at
+# SQS's 300 TPS is 90,000; a client inventing a fresh id per call cannot grow memory
+# beyond.
 ATTEMPTS_MAX = 100_000
 # Sequence numbers start at now_ms * this, so they keep increasing across restarts
 # without a persisted counter: 10^6 sends per ms of headroom, 19 decimal digits, and
@@ -155,7 +156,7 @@ class _Entry:
         self.receive_count = record.receive_count
         self.first_receive_ms = record.first_receive_ms
         self.receipt_token = record.receipt_token
-        self.received_ms: int | None = None
+        self.received_ms = record.received_ms
         self.removed = False
         self.group: _Group | None = None
 
@@ -166,6 +167,7 @@ class _Entry:
             receive_count=self.receive_count,
             first_receive_ms=self.first_receive_ms,
             receipt_token=self.receipt_token,
+            received_ms=self.received_ms,
         )
 
 
@@ -251,13 +253,6 @@ class _Group:
         entry.prev = entry.next = None
 
 
-@dataclass(slots=True)
-class _Attempt:
-    """A FIFO receive that named a ReceiveRequestAttemptId: each message it returned,
-    with the token and visibility deadline that receive gave it."""
-
-    expires_at_ms: int
-    received: list[tuple[_Entry, str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +306,12 @@ class MessageQueue:
         self._counts = [0, 0, 0]  # per state: ready, delayed, in flight
         self._gen = 0
         self._order = 0
-        self._now_high_ms = 0  # latest now_ms seen: states are exact up to this time
+        # The time the indexes below sort messages for: a cache of the latest command's
+        # time, rewound when the clock goes back (``_advance``), never state of its own.
+        self._now_high_ms = 0
+        # High-water marks (``_effects.py``): derived from effects, durable in stores.
         self._last_sequence = 0
+        self._dedup_horizon_ms = 0
         # Heaps with lazy deletion; each is bounded by live messages plus stale
         # entries that are discarded when they surface.
         self._pending: list[tuple[int, int, _Entry]] = []  # (visible_at_ms, gen, entry)
@@ -324,51 +323,91 @@ class MessageQueue:
         # group); items whose key is no longer the group's are stale (see _Group).
         self._groups_ready: list[tuple[int, int, int, _Group]] = []
         self._dedup: dict[str, DedupRecorded] = {}
-        self._dedup_expiry: list[tuple[int, str]] = []  # (expires_at_ms, key)
-        self._attempts: dict[str, _Attempt] = {}
+        # (expires_at_ms, key); items of keys recorded again since are skipped when
+        # they surface. Bounded by the entries recorded within one dedup window.
+        self._dedup_expiry: list[tuple[int, str]] = []
+        # ReceiveRequestAttemptId -> its receive, oldest first (bounded: ATTEMPTS_MAX).
+        self._attempts: dict[str, ReceiveAttemptRecorded] = {}
 
     # ---- effects -----------------------------------------------------------
 
-    def apply(self, effect: Effect) -> None:
-        if isinstance(effect, MessageStored):
-            assert effect.record.queue == self.name, effect
-            self._apply_stored(effect.record)
-        elif isinstance(effect, MessageReceived):
-            assert effect.queue == self.name, effect
-            self._apply_received(effect, None)
-        elif isinstance(effect, VisibilityChanged):
-            assert effect.queue == self.name, effect
-            entry = self._messages.get(effect.message_id)
-            if entry is not None:
-                self._place(entry, effect.visible_at_ms)
-        elif isinstance(effect, MessageRemoved):
-            assert effect.queue == self.name, effect
-            entry = self._messages.get(effect.message_id)
-            if entry is not None:
-                self._drop(entry)
-        elif isinstance(effect, DedupRecorded):
-            assert effect.queue == self.name, effect
+    def apply(self, effect: MessageEffect) -> None:
+        """Apply one effect of this queue, exactly as ``_effects.py`` defines it."""
+        match effect:
+            case MessageStored():
+                if effect.record.queue != self.name:
+                    raise InternalError(f"{effect!r} applied to queue {self.name!r}")
+                self._apply_stored(effect.record)
+                return
+            case _ if effect.queue != self.name:
+                raise InternalError(f"{effect!r} applied to queue {self.name!r}")
+            case MessageReceived():
+                self._apply_received(effect)
+            case VisibilityChanged():
+                entry = self._messages.get(effect.message_id)
+                if entry is not None:
+                    self._place(entry, effect.visible_at_ms)
+            case MessageRemoved():
+                entry = self._messages.get(effect.message_id)
+                if entry is not None:
+                    self._drop(entry)
+            case DedupRecorded():
+                self._apply_dedup(effect)
+            case ReceiveAttemptRecorded():
+                attempts = self._attempts
+                for attempt_id in effect.forgotten:
+                    attempts.pop(attempt_id, None)
+                attempts.pop(effect.attempt_id, None)  # re-recorded: now the newest
+                # Held without what it forgot: the cache holds attempts, as stores do.
+                attempts[effect.attempt_id] = ReceiveAttemptRecorded(
+                    effect.queue, effect.attempt_id, effect.expires_at_ms, effect.received)
+            case QueuePurged():
+                self._apply_purged()
+            case HighWaterMarks():
+                if effect.sequence_number > self._last_sequence:
+                    self._last_sequence = effect.sequence_number
+                if effect.dedup_horizon_ms > self._dedup_horizon_ms:
+                    self._dedup_horizon_ms = effect.dedup_horizon_ms
+                    self._forget_dedup()
+            case _:
+                assert_never(effect)
+
+    def _apply_dedup(self, effect: DedupRecorded) -> None:
+        horizon_ms = dedup_horizon_ms(effect)
+        if horizon_ms > self._dedup_horizon_ms:
+            self._dedup_horizon_ms = horizon_ms
+        if effect.expires_at_ms > self._dedup_horizon_ms:
             self._dedup[effect.key] = effect
             heapq.heappush(self._dedup_expiry, (effect.expires_at_ms, effect.key))
-            self._last_sequence = max(self._last_sequence, effect.sequence_number)
-        elif isinstance(effect, QueuePurged):
-            assert effect.queue == self.name, effect
-            self._apply_purged()
         else:
-            raise AssertionError(f"effect {effect!r} does not belong to a message queue")
+            self._dedup.pop(effect.key, None)  # upserted and at once forgotten
+        self._forget_dedup()
+        if effect.sequence_number > self._last_sequence:
+            self._last_sequence = effect.sequence_number
+
+    def _forget_dedup(self) -> None:
+        """Forget every dedup entry that expires at or before the dedup horizon."""
+        horizon_ms = self._dedup_horizon_ms
+        expiry = self._dedup_expiry
+        while expiry and expiry[0][0] <= horizon_ms:
+            expires_at_ms, key = heapq.heappop(expiry)
+            current = self._dedup.get(key)
+            if current is not None and current.expires_at_ms == expires_at_ms:
+                del self._dedup[key]
 
     def _apply_stored(self, record: MessageRecord) -> None:
         old = self._messages.get(record.message_id)
         if old is not None:
             self._drop(old)
         if self._fifo:
-            assert record.sequence_number is not None and record.group_id is not None, record
+            if record.sequence_number is None or record.group_id is None:
+                raise InternalError(f"FIFO message without a sequence number or group: {record}")
             order = record.sequence_number
         else:
             self._order += 1
             order = self._order
-        if record.sequence_number is not None:
-            self._last_sequence = max(self._last_sequence, record.sequence_number)
+        if record.sequence_number is not None and record.sequence_number > self._last_sequence:
+            self._last_sequence = record.sequence_number
         body_bytes = 0
         if record.body is not None:
             body_bytes = self._budget.admit(record.body)
@@ -392,16 +431,14 @@ class MessageQueue:
         heapq.heappush(self._by_sent, (record.sent_ms, self._gen, entry))
         self._place(entry, record.visible_at_ms)
 
-    def _apply_received(self, effect: MessageReceived, received_ms: int | None) -> None:
+    def _apply_received(self, effect: MessageReceived) -> None:
         entry = self._messages.get(effect.message_id)
         if entry is None:
             return
         entry.receipt_token = effect.receipt_token
         entry.receive_count = effect.receive_count
         entry.first_receive_ms = effect.first_receive_ms
-        if received_ms is None and effect.receive_count == 1:
-            received_ms = effect.first_receive_ms  # exact: the first receive is the latest
-        entry.received_ms = received_ms
+        entry.received_ms = effect.received_ms
         self._place(entry, effect.visible_at_ms)
 
     def _apply_purged(self) -> None:
@@ -515,16 +552,33 @@ class MessageQueue:
                 self._queue_group(group)  # the next message may now be the head
 
     def _advance(self, now_ms: int) -> None:
-        """Promote every message whose visibility time has come."""
-        if now_ms > self._now_high_ms:
+        """Sort messages into the indexes for time ``now_ms``: promote every message
+        whose visibility time has come; if the clock went back, first rewind."""
+        high_ms = self._now_high_ms
+        if now_ms > high_ms:
             self._now_high_ms = now_ms
+        elif now_ms < high_ms:
+            self._rewind(now_ms)
         pending = self._pending
-        now_ms = self._now_high_ms
         while pending and pending[0][0] <= now_ms:
             _, gen, entry = heapq.heappop(pending)
             if entry.removed or entry.gen != gen:
                 continue
             self._make_ready(entry)
+
+    def _rewind(self, now_ms: int) -> None:
+        """The clock went back: messages made visible after ``now_ms`` are not visible
+        yet. Indexing them again keeps every message's state a function of its own
+        deadline and the time a command runs at, which a follower or a restarted node
+        computes alike, instead of the latest time this node happened to see. O(messages),
+        paid only when the clock goes back."""
+        self._now_high_ms = now_ms
+        for entry in list(self._messages.values()):
+            if entry.state == _READY and entry.visible_at_ms > now_ms:
+                group = entry.group
+                if group is not None and group.first is entry:
+                    group.key = None  # its offer is stale; re-made when it is visible again
+                self._place(entry, entry.visible_at_ms)
 
     # ---- public queries ----------------------------------------------------
 
@@ -559,15 +613,62 @@ class MessageQueue:
             (d for d in self._dedup.values() if d.expires_at_ms > now_ms), key=lambda d: d.key
         )
 
+    def dump_state(self, now_ms: int) -> dict[str, Any]:
+        """Everything this queue holds at ``now_ms``, as plain values, for comparing two
+        nodes (tests; later, a follower against its leader). Sorting into the indexes
+        for ``now_ms`` first is what any command at ``now_ms`` would do.
+
+        Left out, each because it is not state: the absolute arrival counter of a
+        standard queue (it counts messages long gone; the rank among live messages is
+        the delivery order it encodes), generation counters and the heaps' stale items
+        (lazy deletion), and which bodies are in memory (the body budget's cache: a
+        record without its body says the store has it).
+        """
+        self._advance(now_ms)
+        entries = sorted(self._messages.values(), key=lambda e: e.order)
+        state_names = ("visible", "delayed", "in flight")
+        messages = {
+            entry.record.message_id: {
+                "order": entry.order if self._fifo else rank,
+                "state": state_names[entry.state],
+                "record": entry.snapshot(),
+            }
+            for rank, entry in enumerate(entries)
+        }
+        groups = {}
+        for name, group in sorted(self._groups.items()):
+            members = []
+            node = group.first
+            while node is not None:
+                members.append(node.record.message_id)
+                node = node.next
+            groups[name] = members
+        return {
+            "messages": dict(sorted(messages.items())),
+            "counts": tuple(self._counts),
+            "next visible": self.next_visible_ms(),
+            # What receives would take, in order: checks the indexes, not just the data.
+            "delivery order": [
+                r.message_id for r in self.take_visible(len(self._messages), now_ms)],
+            "groups": groups,
+            "dedup": sorted(self._dedup.items()),
+            "dedup horizon": self._dedup_horizon_ms,
+            "last sequence": self._last_sequence,
+            # Oldest first: which attempt is forgotten next depends on the order.
+            "attempts": list(self._attempts.items()),
+        }
+
     # ---- maintenance commands ----------------------------------------------
 
     def purge(self, now_ms: int) -> list[Effect]:
-        effects: list[Effect] = [QueuePurged(self.name, now_ms)]
-        self.apply(effects[0])
-        return effects
+        effect = QueuePurged(self.name, now_ms)
+        self.apply(effect)
+        return [effect]
 
     def expire(self, now_ms: int) -> list[Effect]:
-        """Retention: drop messages sent at least retention_ms ago (in flight too)."""
+        """Retention: drop messages sent at least retention_ms ago (in flight too).
+        Dedup entries and receive attempts are forgotten by the effects that record new
+        ones (``_effects.py``), not here: this runs at times no effect records."""
         effects: list[Effect] = []
         cutoff_ms = now_ms - self.settings.retention_ms
         # Re-read self._by_sent on every turn: removals may compact (replace) it.
@@ -578,26 +679,14 @@ class MessageQueue:
             effect = MessageRemoved(self.name, entry.record.message_id)
             self.apply(effect)
             effects.append(effect)
-        expiry = self._dedup_expiry
-        while expiry and expiry[0][0] <= now_ms:
-            expires_at_ms, key = heapq.heappop(expiry)
-            current = self._dedup.get(key)
-            if current is not None and current.expires_at_ms == expires_at_ms:
-                del self._dedup[key]
-        attempts = self._attempts
-        while attempts:
-            oldest = next(iter(attempts))  # insertion order is expiry order
-            if attempts[oldest].expires_at_ms > now_ms:
-                break
-            del attempts[oldest]
         return effects
 
     def remove(self, message_id: str) -> list[Effect]:
         if message_id not in self._messages:
             return []
-        effects: list[Effect] = [MessageRemoved(self.name, message_id)]
-        self.apply(effects[0])
-        return effects
+        effect = MessageRemoved(self.name, message_id)
+        self.apply(effect)
+        return [effect]
 
     def take_visible(self, limit: int, now_ms: int) -> list[MessageRecord]:
         """Up to ``limit`` of the oldest visible messages, left in place."""
@@ -658,15 +747,16 @@ class MessageQueue:
             queue=self.name,
             visible_at_ms=now_ms,
             receipt_token=None,
+            received_ms=None,
             group_id=group_id,
             sequence_number=sequence_number,
             dead_letter_source_arn=source_arn,
         )
         if source_arn is None:
             moved = replace(moved, receive_count=0, first_receive_ms=None)
-        effects: list[Effect] = [MessageStored(moved, moved_from)]
-        self.apply(effects[0])
-        return effects
+        effect = MessageStored(moved, moved_from)
+        self.apply(effect)
+        return [effect]
 
     def _next_sequence(self, now_ms: int) -> int:
         return max(self._last_sequence + 1, now_ms * _SEQUENCE_PER_MS)
@@ -766,18 +856,18 @@ class MessageQueue:
             sequence_number=sequence_number,
             trace_header=plan.trace_header,
         )
-        effects.append(MessageStored(record))
+        stored = MessageStored(record)
+        self.apply(stored)
+        effects.append(stored)
         if sequence_number is not None:
-            effects.append(
-                DedupRecorded(
-                    self.name, self._dedup_key(plan), message_id, sequence_number,
-                    now_ms + DEDUP_WINDOW_MS,
-                )
+            dedup = DedupRecorded(
+                self.name, self._dedup_key(plan), message_id, sequence_number,
+                now_ms + DEDUP_WINDOW_MS,
             )
+            self.apply(dedup)
+            effects.append(dedup)
             response["SequenceNumber"] = str(sequence_number)
         response["MessageId"] = message_id
-        for effect in effects:
-            self.apply(effect)
         return response, effects
 
     def send_message(
@@ -997,9 +1087,9 @@ class MessageQueue:
                 f"[{VISIBILITY_TIMEOUT_S_MAX} seconds]."
             )
         message_id = entry.record.message_id
-        effects: list[Effect] = [VisibilityChanged(self.name, message_id, visible_at_ms)]
-        self.apply(effects[0])
-        return effects
+        effect = VisibilityChanged(self.name, message_id, visible_at_ms)
+        self.apply(effect)
+        return [effect]
 
     def change_message_visibility(
         self, params: dict[str, Any], now_ms: int
@@ -1063,21 +1153,25 @@ class MessageQueue:
             if attempt is not None and attempt.expires_at_ms > now_ms:
                 # SQS replays a receive only while none of its messages was modified:
                 # once one was deleted or had its visibility changed, the retry is
-                # refused (the documented rule, and the text AWS answered).
-                if any(
-                    entry.removed
-                    or (entry.receipt_token == token and entry.visible_at_ms != visible_at_ms)
-                    for entry, token, visible_at_ms in attempt.received
-                ):
-                    raise invalid_parameter(
-                        f"Value {attempt_id} for parameter ReceiveRequestAttemptId is invalid. "
-                        "Reason: The receiveRequestAttemptId is not valid anymore since the "
-                        "receive call is not retryable."
-                    )
+                # refused (the documented rule, and the text AWS answered). A message
+                # is known by its id: one deleted, expired or moved to another queue is
+                # gone from this one.
+                messages = self._messages
+                for message_id, token, visible_at_ms in attempt.received:
+                    held = messages.get(message_id)
+                    if held is None or (
+                        held.receipt_token == token and held.visible_at_ms != visible_at_ms
+                    ):
+                        raise invalid_parameter(
+                            f"Value {attempt_id} for parameter ReceiveRequestAttemptId is "
+                            "invalid. Reason: The receiveRequestAttemptId is not valid anymore "
+                            "since the receive call is not retryable."
+                        )
                 still = [
-                    (entry, token)
-                    for entry, token, _ in attempt.received
-                    if entry.receipt_token == token and entry.state == _INFLIGHT
+                    (held, token)
+                    for message_id, token, _ in attempt.received
+                    if (held := messages[message_id]).receipt_token == token
+                    and held.state == _INFLIGHT
                 ]
                 if still:
                     return {"Messages": [render(e, t) for e, t in still]}, [], wait_ms
@@ -1118,8 +1212,9 @@ class MessageQueue:
                 now_ms + visibility_ms,
                 entry.receive_count + 1,
                 now_ms if entry.first_receive_ms is None else entry.first_receive_ms,
+                now_ms,
             )
-            self._apply_received(effect, now_ms)
+            self._apply_received(effect)
             effects.append(effect)
             delivered.append((entry, token))
             return True
@@ -1130,7 +1225,7 @@ class MessageQueue:
             self._receive_standard(limit, deliver)
 
         if attempt_id is not None and delivered:
-            self._remember_attempt(attempt_id, now_ms, delivered)
+            effects.append(self._remember_attempt(attempt_id, now_ms, delivered))
         response: dict[str, Any] = {}
         if delivered:
             response["Messages"] = [render(e, t) for e, t in delivered]
@@ -1208,15 +1303,28 @@ class MessageQueue:
 
     def _remember_attempt(
         self, attempt_id: str, now_ms: int, delivered: list[tuple[_Entry, str]]
-    ) -> None:
+    ) -> ReceiveAttemptRecorded:
+        """Record this receive under ``attempt_id``, forgetting the attempts whose window
+        has passed and, if the cache is still full, the oldest: from the front, since a
+        dict keeps insertion order, which is expiry order while the clock goes forward.
+        Amortised O(1): each attempt is walked over once, when it is forgotten."""
         attempts = self._attempts
-        attempts.pop(attempt_id, None)
-        while len(attempts) >= ATTEMPTS_MAX:
-            del attempts[next(iter(attempts))]  # dicts keep insertion order: oldest first
-        attempts[attempt_id] = _Attempt(
-            now_ms + ATTEMPT_WINDOW_MS,
-            [(entry, token, entry.visible_at_ms) for entry, token in delivered],
+        excess = len(attempts) + (attempt_id not in attempts) - ATTEMPTS_MAX
+        forgotten: list[str] = []
+        for old_id, old in attempts.items():
+            if old_id == attempt_id:
+                continue  # replaced by this one
+            if old.expires_at_ms > now_ms and len(forgotten) >= excess:
+                break
+            forgotten.append(old_id)
+        effect = ReceiveAttemptRecorded(
+            self.name, attempt_id, now_ms + ATTEMPT_WINDOW_MS,
+            tuple((entry.record.message_id, token, entry.visible_at_ms)
+                  for entry, token in delivered),
+            tuple(forgotten),
         )
+        self.apply(effect)
+        return effect
 
     def _render(
         self, entry: _Entry, token: str, system_names: frozenset[str],

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ferrymq._storage._base import (
-    DEDUP_PRUNE_MARGIN_MS,
     StorageError,
     StorageFullError,
     Store,
@@ -19,7 +18,6 @@ from ferrymq._storage._memory import MemoryStore
 from ferrymq._storage._sqlite import FREE_BYTES_MIN_DEFAULT, SqliteStore
 
 __all__ = [
-    "DEDUP_PRUNE_MARGIN_MS",
     "FREE_BYTES_MIN_DEFAULT",
     "STORE_FILE_NAME",
     "MemoryStore",

@@ -1,9 +1,9 @@
 """The narrow interface every durable store implements, and its typed errors.
 
-A store persists effect records (``ferrymq._core._records``) and, at start-up, yields
-effects that rebuild the durable state in an empty core. Everything an implementation
-must honour is stated on ``Store``; ``tests/storage/test_conformance.py`` checks it for
-every implementation.
+A store persists effect records (``ferrymq._core._effects``, which also says what each
+means) and, at start-up, yields effects that rebuild the durable state in an empty
+core. Everything an implementation must honour is stated on ``Store``;
+``tests/storage/test_conformance.py`` checks it for every implementation.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ferrymq._core._records import Effect
+from ferrymq._core._effects import Effect
 
 __all__ = [
-    "DEDUP_PRUNE_MARGIN_MS",
     "StorageError",
     "StorageFullError",
     "Store",
@@ -24,10 +23,6 @@ __all__ = [
     "StoreLockedError",
     "StoreStats",
 ]
-
-# A dedup entry that expired this long before the newest entry of its queue can never
-# matter again (the window is 5 minutes), so recording a new entry may drop it.
-DEDUP_PRUNE_MARGIN_MS = 300_000
 
 
 class StorageError(Exception):
@@ -70,26 +65,14 @@ class StoreStats:
 class Store(Protocol):
     """A durable home for effect records.
 
-    Effect semantics on the durable state:
-
-    - ``MessageStored`` upserts the message (key: queue + message id). A new message
-      takes the next position in insertion order; an existing one keeps its position.
-      With ``record.body is None`` (a move of a message whose body is not in memory)
-      the body is copied from the message of the same id in queue ``moved_from``; if
-      there is none, nothing is stored.
-    - ``MessageReceived`` sets receipt token, visible_at_ms, receive count and first
-      receive time; ``VisibilityChanged`` sets visible_at_ms; ``MessageRemoved``
-      deletes the message. Effects on messages that do not exist change nothing.
-    - ``DedupRecorded`` upserts (queue, key), then may drop that queue's entries that
-      expire before ``expires_at_ms - DEDUP_PRUNE_MARGIN_MS``.
-    - ``QueuePurged`` deletes the queue's messages and dedup entries.
-    - ``QueueUpserted`` upserts the queue and forgets a remembered deletion of its name.
-    - ``QueueDeleted`` deletes the queue, its messages and dedup entries, and remembers
-      (name, deleted_at_ms), the latest per name.
-    - ``MoveTaskUpserted`` upserts by task handle.
+    A store holds exactly the durable state its effects define (``_effects.py``: the
+    one statement of what each effect means, for the core and every store alike), and
+    in these orders: messages, move tasks, queues and deletions in first-stored order
+    (an upsert keeps its position), receive attempts oldest first (a re-recorded one
+    becomes the newest). ``tests/storage/test_conformance.py`` checks every rule.
 
     Storage does not judge validity (the core does): effects naming a queue that does
-    not exist are still applied to the message and dedup tables.
+    not exist are still applied to the message, dedup, attempt and mark tables.
     """
 
     @property
@@ -98,11 +81,13 @@ class Store(Protocol):
     def load(self) -> Iterator[Effect]:
         """Effects that, applied in order to an empty core, rebuild the durable state:
         ``QueueUpserted`` per live queue, ``QueueDeleted`` per remembered deletion,
-        ``MoveTaskUpserted`` per task, ``MessageStored`` per live message with its
-        current state and body (per queue in first-stored order), then
-        ``DedupRecorded`` per entry. Yielded one at a time, so a store larger than
-        memory can be restored into a core that keeps only some bodies. Synchronous;
-        called once at start-up before serving; consume it to the end."""
+        ``MoveTaskUpserted`` per task, ``HighWaterMarks`` per queue that has any,
+        ``MessageStored`` per live message with its current state and body (per queue in
+        first-stored order), ``DedupRecorded`` per entry, then ``ReceiveAttemptRecorded``
+        per attempt (per queue oldest first, ``forgotten`` empty). Yielded one at a time,
+        so a store larger than memory can be restored into a core that keeps only some
+        bodies. Synchronous; called once at start-up before serving; consume it to the
+        end."""
         ...
 
     async def commit(

@@ -11,23 +11,25 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Iterator, Sequence
+from typing import assert_never
 
-from ferrymq._core._records import (
+from ferrymq._core._effects import (
     DedupRecorded,
     Effect,
+    HighWaterMarks,
     MessageReceived,
-    MessageRecord,
     MessageRemoved,
     MessageStored,
-    MoveTaskRecord,
     MoveTaskUpserted,
     QueueDeleted,
     QueuePurged,
-    QueueRecord,
     QueueUpserted,
+    ReceiveAttemptRecorded,
     VisibilityChanged,
+    dedup_horizon_ms,
 )
-from ferrymq._storage._base import DEDUP_PRUNE_MARGIN_MS, StorageError, StoreStats
+from ferrymq._core._records import MessageRecord, MoveTaskRecord, QueueRecord
+from ferrymq._storage._base import StorageError, StoreStats
 
 __all__ = ["MemoryStore"]
 
@@ -46,10 +48,14 @@ class MemoryStore:
         self._message_ids: dict[str, set[str]] = {}  # per queue, for purge/delete
         self._dedup: dict[tuple[str, str], DedupRecorded] = {}
         self._dedup_keys: dict[str, set[str]] = {}
-        # Per queue (expires_at_ms, key), possibly stale after an upsert; pruning pops
+        # Per queue (expires_at_ms, key), possibly stale after an upsert; forgetting pops
         # from the front and skips entries that no longer match, so each record costs
         # O(log n) amortized instead of a scan of the whole queue.
         self._dedup_expiry: dict[str, list[tuple[int, str]]] = {}
+        # Per queue, oldest first (the order the core forgets them in).
+        self._attempts: dict[str, dict[str, ReceiveAttemptRecorded]] = {}
+        # Per queue: [highest sequence number, dedup horizon].
+        self._marks: dict[str, list[int]] = {}
 
     @property
     def stats(self) -> StoreStats:
@@ -63,8 +69,12 @@ class MemoryStore:
         effects: list[Effect] = [QueueUpserted(q) for q in self._queues.values()]
         effects.extend(QueueDeleted(name, at_ms) for name, at_ms in self._deleted.items())
         effects.extend(MoveTaskUpserted(t) for t in self._tasks.values())
+        effects.extend(HighWaterMarks(queue, sequence, horizon)
+                       for queue, (sequence, horizon) in self._marks.items())
         effects.extend(MessageStored(m) for m in self._messages.values())
         effects.extend(self._dedup.values())
+        for attempts in self._attempts.values():
+            effects.extend(attempts.values())
         return iter(effects)
 
     async def commit(
@@ -98,11 +108,13 @@ class MemoryStore:
     def _apply(self, effect: Effect) -> None:
         match effect:
             case MessageStored(record=m, moved_from=moved_from):
+                if m.sequence_number is not None:
+                    self._raise_marks(m.queue, m.sequence_number, 0)
                 if m.body is None:
                     source = (None if moved_from is None
                               else self._messages.get((moved_from, m.message_id)))
                     if source is None:
-                        return  # nowhere to take the body from: nothing is stored
+                        return  # nowhere to take the body from: no message is stored
                     m = dataclasses.replace(m, body=source.body)
                 self._messages[(m.queue, m.message_id)] = m
                 self._message_ids.setdefault(m.queue, set()).add(m.message_id)
@@ -116,6 +128,7 @@ class MemoryStore:
                         visible_at_ms=effect.visible_at_ms,
                         receive_count=effect.receive_count,
                         first_receive_ms=effect.first_receive_ms,
+                        received_ms=effect.received_ms,
                     )
             case VisibilityChanged():
                 key = (effect.queue, effect.message_id)
@@ -129,6 +142,12 @@ class MemoryStore:
                     self._message_ids[effect.queue].discard(effect.message_id)
             case DedupRecorded():
                 self._record_dedup(effect)
+            case ReceiveAttemptRecorded():
+                attempts = self._attempts.setdefault(effect.queue, {})
+                for attempt_id in effect.forgotten:
+                    attempts.pop(attempt_id, None)
+                attempts.pop(effect.attempt_id, None)  # re-recorded: now the newest
+                attempts[effect.attempt_id] = dataclasses.replace(effect, forgotten=())
             case QueuePurged():
                 self._drop_queue_contents(effect.queue)
             case QueueUpserted(record=q):
@@ -137,20 +156,43 @@ class MemoryStore:
             case QueueDeleted():
                 self._queues.pop(effect.name, None)
                 self._drop_queue_contents(effect.name)
+                self._marks.pop(effect.name, None)
                 self._deleted[effect.name] = effect.deleted_at_ms
             case MoveTaskUpserted(record=t):
                 self._tasks[t.task_handle] = t
+            case HighWaterMarks():
+                self._raise_marks(effect.queue, effect.sequence_number, effect.dedup_horizon_ms)
+                self._forget_dedup(effect.queue)
             case _:
-                raise AssertionError(f"unknown effect {effect!r}")
+                assert_never(effect)
+
+    def _raise_marks(self, queue: str, sequence_number: int, horizon_ms: int) -> None:
+        marks = self._marks.get(queue)
+        if marks is None:
+            self._marks[queue] = [sequence_number, horizon_ms]
+            return
+        if sequence_number > marks[0]:
+            marks[0] = sequence_number
+        if horizon_ms > marks[1]:
+            marks[1] = horizon_ms
 
     def _record_dedup(self, entry: DedupRecorded) -> None:
         queue = entry.queue
+        self._raise_marks(queue, entry.sequence_number, dedup_horizon_ms(entry))
         self._dedup[(queue, entry.key)] = entry
         self._dedup_keys.setdefault(queue, set()).add(entry.key)
-        heap = self._dedup_expiry.setdefault(queue, [])
-        heapq.heappush(heap, (entry.expires_at_ms, entry.key))
-        cutoff_ms = entry.expires_at_ms - DEDUP_PRUNE_MARGIN_MS
-        while heap and heap[0][0] < cutoff_ms:
+        heapq.heappush(self._dedup_expiry.setdefault(queue, []),
+                       (entry.expires_at_ms, entry.key))
+        self._forget_dedup(queue)
+
+    def _forget_dedup(self, queue: str) -> None:
+        """Forget the queue's entries that expire at or before its dedup horizon."""
+        heap = self._dedup_expiry.get(queue)
+        marks = self._marks.get(queue)
+        if heap is None or marks is None:
+            return
+        horizon_ms = marks[1]
+        while heap and heap[0][0] <= horizon_ms:
             expires_at_ms, key = heapq.heappop(heap)
             current = self._dedup.get((queue, key))
             if current is not None and current.expires_at_ms == expires_at_ms:
@@ -163,3 +205,4 @@ class MemoryStore:
         for key in self._dedup_keys.pop(queue, ()):
             del self._dedup[(queue, key)]
         self._dedup_expiry.pop(queue, None)
+        self._attempts.pop(queue, None)

@@ -26,7 +26,13 @@ writes before the core applies them and a full disk is usually never hit at all.
 Exclusive use: the store holds an ``flock`` on ``<file>.lock`` for its whole life, so a
 second server on the same file refuses to start (``StoreLockedError``).
 
-On-disk encodings (schema version 1):
+Schema: version 2. A new file is created at version 1 and migrated, by the same steps
+that migrate an existing version-1 file in place, so there is one version 2 whichever
+way a file got there. Version 2 added what the effect log needed to be the whole truth
+(``_effects.py``): each message's latest receive time, each move task's progress time,
+the FIFO receive-attempt cache, and each queue's high-water marks.
+
+On-disk encodings:
 
 - message bodies: TEXT (UTF-8).
 - message attributes: a BLOB, NULL when there are none; per attribute in record order:
@@ -34,6 +40,7 @@ On-disk encodings (schema version 1):
   present, bit 1: binary value present), then each present value as ``u32 len + bytes``
   (string first, UTF-8). Integers are big-endian.
 - queue attributes and tags: JSON arrays of ``[name, value]`` pairs (keeps order).
+- a receive attempt's messages: a JSON array of ``[message id, token, visible_at_ms]``.
 """
 
 from __future__ import annotations
@@ -42,7 +49,6 @@ import asyncio
 import collections
 import errno
 import fcntl
-import itertools
 import os
 import sqlite3
 import struct
@@ -51,28 +57,28 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 
-from ferrymq._core._records import (
-    AttributeValue,
+from ferrymq._core._effects import (
+    DEDUP_WINDOW_MS,
     DedupRecorded,
     Effect,
+    HighWaterMarks,
     MessageReceived,
-    MessageRecord,
     MessageRemoved,
     MessageStored,
-    MoveTaskRecord,
     MoveTaskUpserted,
     QueueDeleted,
     QueuePurged,
-    QueueRecord,
     QueueUpserted,
+    ReceiveAttemptRecorded,
     VisibilityChanged,
+    dedup_horizon_ms,
 )
+from ferrymq._core._records import AttributeValue, MessageRecord, MoveTaskRecord, QueueRecord
 from ferrymq._storage._base import (
-    DEDUP_PRUNE_MARGIN_MS,
     StorageError,
     StorageFullError,
     StoreFormatError,
@@ -89,7 +95,7 @@ __all__ = [
     "encode_attributes",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _FORMAT_NAME = "ferrymq-store"
 
 # Commit calls the handoff holds for the writer. It bounds one transaction: a group
@@ -118,7 +124,8 @@ FREE_BYTES_MIN_DEFAULT = 32 * 1024 * 1024
 # beside the writer only in tests; a foreign process holding the file is an error).
 _BUSY_TIMEOUT_MS = 5_000
 
-_SCHEMA = """
+# Version 1, as Ferry 0.1 created it; a new file starts here and is migrated.
+_SCHEMA_V1 = """
 CREATE TABLE ferry_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE queues (
     name TEXT PRIMARY KEY,
@@ -173,29 +180,68 @@ CREATE TABLE dedup (
 CREATE INDEX dedup_expiry ON dedup (queue, expires_at_ms);
 """
 
+# Version 1 -> 2, in one transaction with the version bump. The new columns of rows
+# written by version 1 are filled with what version 1 knew: a message received exactly
+# once was last received at its first receive (received more often: unknown, so its
+# visibility cap is not enforced); a move task's pace counts from its start (at most a
+# second of catching up, see the broker); the marks are the highest sequence number and
+# dedup horizon its rows show. Dedup entries dead under the horizon rule are forgotten.
+_MIGRATE_1_TO_2 = """
+ALTER TABLE messages ADD COLUMN received_ms INTEGER;
+UPDATE messages SET received_ms = first_receive_ms
+    WHERE receipt_token IS NOT NULL AND receive_count = 1;
+ALTER TABLE move_tasks ADD COLUMN progress_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE move_tasks SET progress_ms = started_ms;
+-- The rowid is the order: oldest first, a re-recorded attempt is deleted and inserted.
+CREATE TABLE receive_attempts (
+    queue TEXT NOT NULL,
+    attempt_id TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    received BLOB NOT NULL,
+    UNIQUE (queue, attempt_id)
+);
+CREATE TABLE queue_marks (
+    queue TEXT PRIMARY KEY,
+    last_sequence INTEGER NOT NULL,
+    dedup_horizon_ms INTEGER NOT NULL
+);
+INSERT INTO queue_marks (queue, last_sequence, dedup_horizon_ms)
+    SELECT queue, max(sequence), max(horizon) FROM (
+        SELECT queue, sequence_number AS sequence, 0 AS horizon FROM messages
+            WHERE sequence_number IS NOT NULL
+        UNION ALL
+        SELECT queue, sequence_number, expires_at_ms - {dedup_window_ms} FROM dedup
+    ) GROUP BY queue;
+DELETE FROM dedup WHERE expires_at_ms <=
+    (SELECT dedup_horizon_ms FROM queue_marks WHERE queue_marks.queue = dedup.queue);
+UPDATE ferry_meta SET value = '2' WHERE key = 'schema_version';
+"""
+# The migration steps from each version to the next.
+_MIGRATIONS = {1: _MIGRATE_1_TO_2}
+
 _MESSAGE_COLUMNS = (
     "queue, message_id, body, attributes, md5_of_body, md5_of_attributes, sent_ms, "
     "visible_at_ms, receive_count, first_receive_ms, receipt_token, sender_id, group_id, "
-    "dedup_id, sequence_number, trace_header, dead_letter_source_arn"
+    "dedup_id, sequence_number, trace_header, dead_letter_source_arn, received_ms"
 )
 _MESSAGE_UPDATES = ", ".join(
     f"{c} = excluded.{c}" for c in _MESSAGE_COLUMNS.split(", ")[2:]
 )
 _SQL_MESSAGE_STORE = (
-    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 17)}) "
+    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 18)}) "
     f"ON CONFLICT (queue, message_id) DO UPDATE SET {_MESSAGE_UPDATES}"
 )
 # A move of a message whose body is not in memory: the body comes from the copy in the
 # source queue, which the same transaction deletes right after.
 _SQL_MESSAGE_MOVE = (
     f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT ?, ?, body, "
-    f"{', '.join('?' * 14)} FROM messages WHERE queue = ? AND message_id = ? "
+    f"{', '.join('?' * 15)} FROM messages WHERE queue = ? AND message_id = ? "
     f"ON CONFLICT (queue, message_id) DO UPDATE SET {_MESSAGE_UPDATES}"
 )
 _SQL_BODY = "SELECT body FROM messages WHERE queue = ? AND message_id = ?"
 _SQL_MESSAGE_RECEIVED = (
     "UPDATE messages SET receipt_token = ?, visible_at_ms = ?, receive_count = ?, "
-    "first_receive_ms = ? WHERE queue = ? AND message_id = ?"
+    "first_receive_ms = ?, received_ms = ? WHERE queue = ? AND message_id = ?"
 )
 _SQL_VISIBILITY = "UPDATE messages SET visible_at_ms = ? WHERE queue = ? AND message_id = ?"
 _SQL_MESSAGE_REMOVE = "DELETE FROM messages WHERE queue = ? AND message_id = ?"
@@ -205,9 +251,25 @@ _SQL_DEDUP_UPSERT = (
     "message_id = excluded.message_id, sequence_number = excluded.sequence_number, "
     "expires_at_ms = excluded.expires_at_ms"
 )
-_SQL_DEDUP_PRUNE = "DELETE FROM dedup WHERE queue = ? AND expires_at_ms < ?"
+_SQL_MARKS_RAISE = (
+    "INSERT INTO queue_marks (queue, last_sequence, dedup_horizon_ms) VALUES (?, ?, ?) "
+    "ON CONFLICT (queue) DO UPDATE SET "
+    "last_sequence = max(last_sequence, excluded.last_sequence), "
+    "dedup_horizon_ms = max(dedup_horizon_ms, excluded.dedup_horizon_ms)"
+)
+_SQL_DEDUP_FORGET = (
+    "DELETE FROM dedup WHERE queue = ?1 AND expires_at_ms <= "
+    "(SELECT dedup_horizon_ms FROM queue_marks WHERE queue = ?1)"
+)
+_SQL_ATTEMPT_FORGET = "DELETE FROM receive_attempts WHERE queue = ? AND attempt_id = ?"
+_SQL_ATTEMPT_RECORD = (
+    "INSERT INTO receive_attempts (queue, attempt_id, expires_at_ms, received) "
+    "VALUES (?, ?, ?, ?)"
+)
 _SQL_QUEUE_MESSAGES_DELETE = "DELETE FROM messages WHERE queue = ?"
 _SQL_QUEUE_DEDUP_DELETE = "DELETE FROM dedup WHERE queue = ?"
+_SQL_QUEUE_ATTEMPTS_DELETE = "DELETE FROM receive_attempts WHERE queue = ?"
+_SQL_QUEUE_MARKS_DELETE = "DELETE FROM queue_marks WHERE queue = ?"
 _SQL_QUEUE_UPSERT = (
     "INSERT INTO queues (name, attributes, tags, created_ms, modified_ms, last_purge_ms) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
@@ -223,11 +285,13 @@ _SQL_DELETION_REMEMBER = (
 )
 _SQL_TASK_UPSERT = (
     "INSERT INTO move_tasks (task_handle, source_arn, destination_arn, max_per_second, "
-    "status, started_ms, moved, to_move, failure_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "status, started_ms, moved, to_move, failure_reason, progress_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (task_handle) DO UPDATE SET source_arn = excluded.source_arn, "
     "destination_arn = excluded.destination_arn, max_per_second = excluded.max_per_second, "
     "status = excluded.status, started_ms = excluded.started_ms, moved = excluded.moved, "
-    "to_move = excluded.to_move, failure_reason = excluded.failure_reason"
+    "to_move = excluded.to_move, failure_reason = excluded.failure_reason, "
+    "progress_ms = excluded.progress_ms"
 )
 
 # ---- attribute encoding ------------------------------------------------------------
@@ -303,7 +367,7 @@ def _message_params(m: MessageRecord) -> tuple[Any, ...]:
         m.queue, m.message_id, m.body, encode_attributes(m.attributes), m.md5_of_body,
         m.md5_of_attributes, m.sent_ms, m.visible_at_ms, m.receive_count,
         m.first_receive_ms, m.receipt_token, m.sender_id, m.group_id, m.dedup_id,
-        m.sequence_number, m.trace_header, m.dead_letter_source_arn,
+        m.sequence_number, m.trace_header, m.dead_letter_source_arn, m.received_ms,
     )
 
 
@@ -312,73 +376,114 @@ def _move_params(e: MessageStored) -> tuple[Any, ...]:
     return (*params[:2], *params[3:], e.moved_from, e.record.message_id)
 
 
-def _write_run(cur: sqlite3.Cursor, kind: type, run: list[Any]) -> None:
-    """Write consecutive effects of one kind, with executemany where the kind is a
-    single statement per effect."""
-    if kind is MessageStored:
-        for moved, stored in itertools.groupby(run, key=lambda e: e.record.body is None):
-            if moved:
-                cur.executemany(_SQL_MESSAGE_MOVE, [_move_params(e) for e in stored])
-            else:
-                cur.executemany(_SQL_MESSAGE_STORE, [_message_params(e.record) for e in stored])
-    elif kind is MessageReceived:
-        cur.executemany(
-            _SQL_MESSAGE_RECEIVED,
-            [
-                (e.receipt_token, e.visible_at_ms, e.receive_count, e.first_receive_ms,
-                 e.queue, e.message_id)
-                for e in run
-            ],
-        )
-    elif kind is VisibilityChanged:
-        cur.executemany(_SQL_VISIBILITY, [(e.visible_at_ms, e.queue, e.message_id) for e in run])
-    elif kind is MessageRemoved:
-        cur.executemany(_SQL_MESSAGE_REMOVE, [(e.queue, e.message_id) for e in run])
-    elif kind is DedupRecorded:
-        cur.executemany(
-            _SQL_DEDUP_UPSERT,
-            [(e.queue, e.key, e.message_id, e.sequence_number, e.expires_at_ms) for e in run],
-        )
-        # One prune per queue after the upserts, at the run's earliest cutoff: it drops
-        # only entries that every per-entry prune would drop, and never an entry of this
-        # run (each expires a full margin after its own cutoff). Two statements per FIFO
-        # send were a third of the writer's work on FIFO batches.
-        cutoffs: dict[str, int] = {}
-        for e in run:
-            cutoff_ms = e.expires_at_ms - DEDUP_PRUNE_MARGIN_MS
-            if cutoff_ms < cutoffs.get(e.queue, cutoff_ms + 1):
-                cutoffs[e.queue] = cutoff_ms
-        cur.executemany(_SQL_DEDUP_PRUNE, list(cutoffs.items()))
-    elif kind is QueuePurged:
-        for e in run:
-            cur.execute(_SQL_QUEUE_MESSAGES_DELETE, (e.queue,))
-            cur.execute(_SQL_QUEUE_DEDUP_DELETE, (e.queue,))
-    elif kind is QueueUpserted:
-        for e in run:
-            q: QueueRecord = e.record
-            cur.execute(
-                _SQL_QUEUE_UPSERT,
-                (q.name, _pairs_json(q.attributes), _pairs_json(q.tags), q.created_ms,
-                 q.modified_ms, q.last_purge_ms),
-            )
-            cur.execute(_SQL_DELETION_FORGET, (q.name,))
-    elif kind is QueueDeleted:
-        for e in run:
-            cur.execute(_SQL_QUEUE_DELETE, (e.name,))
-            cur.execute(_SQL_QUEUE_MESSAGES_DELETE, (e.name,))
-            cur.execute(_SQL_QUEUE_DEDUP_DELETE, (e.name,))
-            cur.execute(_SQL_DELETION_REMEMBER, (e.name, e.deleted_at_ms))
-    elif kind is MoveTaskUpserted:
-        cur.executemany(
-            _SQL_TASK_UPSERT,
-            [
-                (t.task_handle, t.source_arn, t.destination_arn, t.max_per_second, t.status,
-                 t.started_ms, t.moved, t.to_move, t.failure_reason)
-                for t in (e.record for e in run)
-            ],
-        )
-    else:
-        raise AssertionError(f"unknown effect kind {kind!r}")
+def _write_effects(cur: sqlite3.Cursor, effects: Iterable[Effect]) -> int:
+    """Write ``effects`` in order, as ``_effects.py`` defines them; the number written.
+
+    Consecutive effects that use the same statement share one ``executemany``. Dedup
+    entries and high-water marks wait until something could see their order (a purge
+    or deletion of a queue, or the end): their tables are touched by nothing else, and
+    the horizon rule gives the same entries whatever order they are written in, so a
+    FIFO batch writes its entries, marks and forgetting in three statements, not three
+    per message.
+    """
+    count = 0
+    sql: str | None = None
+    rows: list[tuple[Any, ...]] = []
+    dedup_rows: list[tuple[Any, ...]] = []
+    marks: dict[str, list[int]] = {}  # queue -> [sequence, horizon] to raise the marks to
+
+    def add(statement: str, row: tuple[Any, ...]) -> None:
+        nonlocal sql
+        if statement is not sql:
+            if rows:
+                cur.executemany(sql, rows)  # type: ignore[arg-type]  # set with rows
+                rows.clear()
+            sql = statement
+        rows.append(row)
+
+    def mark(queue: str, sequence_number: int, horizon_ms: int) -> None:
+        raised = marks.get(queue)
+        if raised is None:
+            marks[queue] = [sequence_number, horizon_ms]
+            return
+        if sequence_number > raised[0]:
+            raised[0] = sequence_number
+        if horizon_ms > raised[1]:
+            raised[1] = horizon_ms
+
+    def flush() -> None:
+        nonlocal sql
+        if rows:
+            cur.executemany(sql, rows)  # type: ignore[arg-type]  # set with rows
+            rows.clear()
+        sql = None
+        if dedup_rows:
+            cur.executemany(_SQL_DEDUP_UPSERT, dedup_rows)
+            dedup_rows.clear()
+        if marks:
+            cur.executemany(_SQL_MARKS_RAISE, [(q, m[0], m[1]) for q, m in marks.items()])
+            cur.executemany(_SQL_DEDUP_FORGET, [(q,) for q, m in marks.items() if m[1]])
+            marks.clear()
+
+    for effect in effects:
+        count += 1
+        match effect:
+            case MessageStored():
+                record = effect.record
+                if record.body is None:
+                    add(_SQL_MESSAGE_MOVE, _move_params(effect))
+                else:
+                    add(_SQL_MESSAGE_STORE, _message_params(record))
+                if record.sequence_number is not None:
+                    mark(record.queue, record.sequence_number, 0)
+            case MessageReceived():
+                add(_SQL_MESSAGE_RECEIVED, (
+                    effect.receipt_token, effect.visible_at_ms, effect.receive_count,
+                    effect.first_receive_ms, effect.received_ms, effect.queue,
+                    effect.message_id))
+            case MessageRemoved():
+                add(_SQL_MESSAGE_REMOVE, (effect.queue, effect.message_id))
+            case VisibilityChanged():
+                add(_SQL_VISIBILITY, (effect.visible_at_ms, effect.queue, effect.message_id))
+            case DedupRecorded():
+                dedup_rows.append((effect.queue, effect.key, effect.message_id,
+                                   effect.sequence_number, effect.expires_at_ms))
+                mark(effect.queue, effect.sequence_number, dedup_horizon_ms(effect))
+            case ReceiveAttemptRecorded():
+                for attempt_id in (*effect.forgotten, effect.attempt_id):
+                    add(_SQL_ATTEMPT_FORGET, (effect.queue, attempt_id))
+                add(_SQL_ATTEMPT_RECORD, (effect.queue, effect.attempt_id,
+                                          effect.expires_at_ms, orjson.dumps(effect.received)))
+            case QueuePurged():
+                flush()
+                for statement in (_SQL_QUEUE_MESSAGES_DELETE, _SQL_QUEUE_DEDUP_DELETE,
+                                  _SQL_QUEUE_ATTEMPTS_DELETE):
+                    cur.execute(statement, (effect.queue,))
+            case QueueUpserted():
+                q = effect.record
+                add(_SQL_QUEUE_UPSERT, (q.name, _pairs_json(q.attributes), _pairs_json(q.tags),
+                                        q.created_ms, q.modified_ms, q.last_purge_ms))
+                add(_SQL_DELETION_FORGET, (q.name,))
+            case QueueDeleted():
+                flush()
+                name = effect.name
+                for statement in (_SQL_QUEUE_DELETE, _SQL_QUEUE_MESSAGES_DELETE,
+                                  _SQL_QUEUE_DEDUP_DELETE, _SQL_QUEUE_ATTEMPTS_DELETE,
+                                  _SQL_QUEUE_MARKS_DELETE):
+                    cur.execute(statement, (name,))
+                cur.execute(_SQL_DELETION_REMEMBER, (name, effect.deleted_at_ms))
+            case MoveTaskUpserted():
+                t = effect.record
+                add(_SQL_TASK_UPSERT, (
+                    t.task_handle, t.source_arn, t.destination_arn, t.max_per_second,
+                    t.status, t.started_ms, t.moved, t.to_move, t.failure_reason,
+                    t.progress_ms))
+            case HighWaterMarks():
+                mark(effect.queue, effect.sequence_number, effect.dedup_horizon_ms)
+            case _:
+                assert_never(effect)
+    flush()
+    return count
 
 
 # ---- opening -----------------------------------------------------------------------
@@ -395,6 +500,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _migrations_from(version: int) -> str:
+    """The SQL that takes a store from ``version`` to SCHEMA_VERSION."""
+    steps = []
+    while version < SCHEMA_VERSION:
+        steps.append(_MIGRATIONS[version].format(dedup_window_ms=DEDUP_WINDOW_MS))
+        version += 1
+    return "".join(steps)
+
+
 def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
     tables = {
         row[0]
@@ -403,9 +517,9 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
     if not tables:
         # One script, one transaction: a crash leaves either no schema or all of it.
         conn.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}"
+            f"BEGIN IMMEDIATE;{_SCHEMA_V1}"
             f"INSERT INTO ferry_meta (key, value) VALUES ('format', '{_FORMAT_NAME}'), "
-            f"('schema_version', '{SCHEMA_VERSION}');COMMIT;"
+            f"('schema_version', '1');{_migrations_from(1)}COMMIT;"
         )
         _fsync_directory(path.parent)
         return
@@ -420,8 +534,16 @@ def _check_or_create_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has store schema version {version}, newer than this Ferry "
             f"supports ({SCHEMA_VERSION}); upgrade Ferry to open it"
         )
-    # Only version 1 exists; older versions would be migrated here.
-    assert version == SCHEMA_VERSION, f"unexpected schema version {version}"
+    if version < 1:
+        raise StoreFormatError(f"{path} has store schema version {version}, which never existed")
+    if version < SCHEMA_VERSION:
+        # In place, in one transaction: a crash leaves the old version or the new one.
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;{_migrations_from(version)}COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
 
 def _free_bytes(directory: Path) -> int:
@@ -578,7 +700,8 @@ class SqliteStore:
             yield from self._read_all(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read store {self._path}: {exc}") from exc
-        except (AssertionError, struct.error, UnicodeDecodeError, ValueError) as exc:
+        except (AssertionError, struct.error, UnicodeDecodeError, ValueError,
+                TypeError) as exc:
             # Rows that do not decode: the file was damaged or written by someone else.
             raise StoreFormatError(f"store {self._path} holds undecodable data") from exc
         finally:
@@ -600,13 +723,18 @@ class SqliteStore:
             yield QueueDeleted(name, deleted_at_ms)
         for row in conn.execute(
             "SELECT task_handle, source_arn, destination_arn, max_per_second, status, "
-            "started_ms, moved, to_move, failure_reason FROM move_tasks ORDER BY rowid"
+            "started_ms, moved, to_move, progress_ms, failure_reason FROM move_tasks "
+            "ORDER BY rowid"
         ):
             yield MoveTaskUpserted(MoveTaskRecord(*row))
+        for row in conn.execute(
+            "SELECT queue, last_sequence, dedup_horizon_ms FROM queue_marks ORDER BY rowid"
+        ):
+            yield HighWaterMarks(*row)
         for row in conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY rowid"):
             (queue, message_id, body, attrs, md5_body, md5_attrs, sent_ms, visible_at_ms,
              receive_count, first_receive_ms, receipt_token, sender_id, group_id, dedup_id,
-             sequence_number, trace_header, dlq_source_arn) = row
+             sequence_number, trace_header, dlq_source_arn, received_ms) = row
             yield MessageStored(MessageRecord(
                 queue=queue, message_id=message_id, body=body,
                 attributes=decode_attributes(attrs), md5_of_body=md5_body,
@@ -615,12 +743,20 @@ class SqliteStore:
                 receipt_token=receipt_token, sender_id=sender_id, group_id=group_id,
                 dedup_id=dedup_id, sequence_number=sequence_number,
                 trace_header=trace_header, dead_letter_source_arn=dlq_source_arn,
+                received_ms=received_ms,
             ))
         for row in conn.execute(
             "SELECT queue, key, message_id, sequence_number, expires_at_ms FROM dedup "
             "ORDER BY rowid"
         ):
             yield DedupRecorded(*row)
+        for queue, attempt_id, expires_at_ms, received in conn.execute(
+            "SELECT queue, attempt_id, expires_at_ms, received FROM receive_attempts "
+            "ORDER BY rowid"
+        ):
+            yield ReceiveAttemptRecorded(queue, attempt_id, expires_at_ms, tuple(
+                (str(message_id), str(token), int(visible_at_ms))
+                for message_id, token, visible_at_ms in orjson.loads(received)))
 
     # ---- commit (event loop side) ------------------------------------------------
 
@@ -781,7 +917,7 @@ class SqliteStore:
                 start = 0
                 for end, item in enumerate(batch, 1):
                     if item.fetch_bodies or end == len(batch):
-                        effect_count += _write_effects(cur, batch[start:end])
+                        effect_count += _write_effects(cur, _effects_in_order(batch[start:end]))
                         start = end
                         item.bodies = [_read_body(cur, key) for key in item.fetch_bodies]
                 cur.execute("COMMIT")
@@ -829,18 +965,9 @@ def _refusal(failure: StorageError) -> StorageError:
     return refusal
 
 
-def _effects_in_order(batch: Iterable[_Pending]) -> Iterable[Effect]:
+def _effects_in_order(batch: Iterable[_Pending]) -> Iterator[Effect]:
     for item in batch:
         yield from item.effects
-
-
-def _write_effects(cur: sqlite3.Cursor, batch: Iterable[_Pending]) -> int:
-    count = 0
-    for kind, run_iter in itertools.groupby(_effects_in_order(batch), key=type):
-        run = list(run_iter)
-        count += len(run)
-        _write_run(cur, kind, run)
-    return count
 
 
 def _read_body(cur: sqlite3.Cursor, key: tuple[str, str]) -> str | None:
