@@ -123,6 +123,31 @@ def _listen_fd(text: str) -> socket.socket:
     return sock
 
 
+_NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _node_id(text: str) -> str:
+    if not _NODE_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid name (1 to 64 letters, digits, '-' or '_')")
+    return text
+
+
+def _etcd_endpoints(text: str) -> tuple[str, ...]:
+    endpoints = []
+    for item in text.split(","):
+        parts = urlsplit(item.strip() if "://" in item else f"http://{item.strip()}")
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not an etcd URL like http://127.0.0.1:2379")
+        try:
+            port = parts.port or 2379
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item!r}: {exc}") from exc
+        endpoints.append(f"{parts.hostname}:{port}")
+    return tuple(endpoints)
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
@@ -151,29 +176,90 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", type=_public_url, default=None,
                        help="base URL for queue URLs, e.g. http://sqs.local:9324 (default: "
                        "taken from each request's Host header)")
-    serve.add_argument("--account-id", type=_account_id, default="000000000000",
-                       help="12-digit account id in queue URLs and ARNs (default: %(default)s)")
-    serve.add_argument("--region", type=_region, default="us-east-1", help="region in ARNs "
-                       "(default: %(default)s)")
-    serve.add_argument("--purge-interval-seconds", type=_non_negative_int, default=60,
-                       help="minimum time between two PurgeQueue calls on a queue, as SQS "
-                       "enforces (default: %(default)s; 0 disables the rule)")
-    serve.add_argument("--recreate-delay-seconds", type=_non_negative_int, default=60,
-                       help="time after DeleteQueue before the name can be reused, as SQS "
-                       "enforces (default: %(default)s; 0 disables the rule)")
     serve.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite",
                        help="sqlite: durable, fsync before every acknowledgement (default); "
                        "memory: nothing survives a restart (tests and experiments only)")
-    serve.add_argument("--body-memory-mib", type=_non_negative_int, default=256,
+    _add_service_options(serve)
+    node = commands.add_parser(
+        "node", help="run one node of a replicated cluster (coordinated by etcd)",
+        description="Run one Ferry cluster node: the whole SQS API on its port, with every "
+        "queue replicated to a replica set of nodes and a new leader elected through etcd "
+        "when one fails. Requests reaching a node that does not lead are forwarded to the "
+        "leader. See docs/cluster.md.",
+    )
+    node.add_argument("--node-id", type=_node_id, required=True,
+                      help="this node's name in the cluster (letters, digits, - and _)")
+    node.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                      "(default: %(default)s)")
+    node.add_argument("--port", type=_port, default=9324, help="port (default: %(default)s)")
+    _add_data_dir(node)
+    node.add_argument("--etcd", type=_etcd_endpoints, required=True, metavar="URL[,URL...]",
+                      help="etcd client URLs, e.g. http://127.0.0.1:2379")
+    node.add_argument("--cluster", type=_node_id, default="ferry",
+                      help="cluster name: nodes of one cluster share it (default: "
+                      "%(default)s)")
+    node.add_argument("--advertise-url", type=_public_url, default=None,
+                      help="this node's URL as other nodes and clients reach it (default: "
+                      "http://HOST:PORT)")
+    node.add_argument("--replicas", type=_positive_int, default=3,
+                      help="replicas of the replica set (default: %(default)s)")
+    node.add_argument("--min-insync-replicas", type=_positive_int, default=2,
+                      help="sync durability refuses writes while fewer replicas are in "
+                      "sync (default: %(default)s, capped at --replicas)")
+    node.add_argument("--durability", choices=["sync", "async"], default="sync",
+                      help="sync: a write is acknowledged once every in-sync replica has "
+                      "fsynced it; async: once the leader has (default: %(default)s)")
+    node.add_argument("--lease-ttl-seconds", type=_positive_int, default=2,
+                      help="etcd lease of the node's membership: a node that stops is "
+                      "replaced about this long after (default: %(default)s; etcd's "
+                      "minimum is 2)")
+    _add_service_options(node)
+    repair = commands.add_parser(
+        "repair", help="mend a store that cannot be restored",
+        description="Mend a store whose rows contradict each other, as `ferrymq serve` "
+        "reports at start-up. The server must be stopped. Back the data directory up first.",
+    )
+    _add_data_dir(repair)
+    repair.add_argument("--orphans", choices=["adopt", "drop"], required=True,
+                        help="messages of a queue the store does not hold: adopt re-creates "
+                        "each such queue with default attributes and keeps its messages; "
+                        "drop deletes them")
+    bench = commands.add_parser(
+        "bench", help="benchmark Ferry against peer servers, side by side",
+        description="Start Ferry and peer SQS servers on loopback, drive each with the same "
+        "workloads, and report throughput, latency and server CPU per message.",
+    )
+    from ferrymq._bench import add_arguments
+
+    add_arguments(bench)
+    from ferrymq._cluster._local import add_cluster_parser
+
+    add_cluster_parser(commands)
+    return parser
+
+
+def _add_service_options(parser: argparse.ArgumentParser) -> None:
+    """Options ``serve`` and ``node`` share: the SQS service they run."""
+    parser.add_argument("--account-id", type=_account_id, default="000000000000",
+                       help="12-digit account id in queue URLs and ARNs (default: %(default)s)")
+    parser.add_argument("--region", type=_region, default="us-east-1", help="region in ARNs "
+                       "(default: %(default)s)")
+    parser.add_argument("--purge-interval-seconds", type=_non_negative_int, default=60,
+                       help="minimum time between two PurgeQueue calls on a queue, as SQS "
+                       "enforces (default: %(default)s; 0 disables the rule)")
+    parser.add_argument("--recreate-delay-seconds", type=_non_negative_int, default=60,
+                       help="time after DeleteQueue before the name can be reused, as SQS "
+                       "enforces (default: %(default)s; 0 disables the rule)")
+    parser.add_argument("--body-memory-mib", type=_non_negative_int, default=256,
                        help="message bodies held in memory, in MiB, across all queues; "
                        "bodies beyond it are read from the store when received, so memory "
                        "per stored message stays small (default: %(default)s; 0 keeps "
                        "every body on disk only)")
-    serve.add_argument("--disk-free-min-mib", type=_non_negative_int, default=32,
+    parser.add_argument("--disk-free-min-mib", type=_non_negative_int, default=32,
                        help="free space, in MiB, kept on the data directory's filesystem: "
                        "below it writes are refused with 503 ServiceUnavailable (reads go "
                        "on) until space returns (default: %(default)s)")
-    http = serve.add_argument_group(
+    http = parser.add_argument_group(
         "connection limits", "Bounds that keep slow or idle clients from holding the server's "
         "connections; the defaults suit SDKs on any network.")
     http.add_argument("--connections-max", type=_positive_int,
@@ -193,29 +279,10 @@ def _parser() -> argparse.ArgumentParser:
                       default=_HTTP_DEFAULTS.idle_timeout_s,
                       help="a keep-alive connection with no request for this long is closed "
                       "(default: %(default)s)")
-    serve.add_argument("--log-level", default="warning",
+    parser.add_argument("--log-level", default="warning",
                        choices=["debug", "info", "warning", "error"],
                        help="least severe log messages written to stderr (default: "
                        "%(default)s)")
-    repair = commands.add_parser(
-        "repair", help="mend a store that cannot be restored",
-        description="Mend a store whose rows contradict each other, as `ferrymq serve` "
-        "reports at start-up. The server must be stopped. Back the data directory up first.",
-    )
-    _add_data_dir(repair)
-    repair.add_argument("--orphans", choices=["adopt", "drop"], required=True,
-                        help="messages of a queue the store does not hold: adopt re-creates "
-                        "each such queue with default attributes and keeps its messages; "
-                        "drop deletes them")
-    bench = commands.add_parser(
-        "bench", help="benchmark Ferry against peer servers, side by side",
-        description="Start Ferry and peer SQS servers on loopback, drive each with the same "
-        "workloads, and report throughput, latency and server CPU per message.",
-    )
-    from ferrymq._bench import add_arguments
-
-    add_arguments(bench)
-    return parser
 
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -230,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "node":
+        return _node(args)
     if args.command == "repair":
         return _repair(args)
     if args.command == "bench":
         from ferrymq._bench import run
 
         return run(args)
+    if args.command == "cluster":
+        return int(args.func(args))
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -265,6 +336,40 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - optional on non-Linux platforms
         return asyncio.run(_run(args))
     return uvloop.run(_run(args))
+
+
+def _node(args: argparse.Namespace) -> int:
+    problem = _usable_data_dir(args.data_dir)
+    if problem is not None:
+        return _fail(problem, 2)
+    from ferrymq._cluster._node import NodeConfig, run_node
+    from ferrymq._core._broker import Broker
+
+    make_broker = functools.partial(
+        Broker,
+        account_id=args.account_id,
+        region=args.region,
+        purge_interval_ms=args.purge_interval_seconds * 1000,
+        recreate_delay_ms=args.recreate_delay_seconds * 1000,
+        body_memory_bytes_max=args.body_memory_mib * _MIB,
+    )
+    cfg = NodeConfig(
+        node_id=args.node_id, host=args.host, port=args.port, data_dir=args.data_dir,
+        etcd_endpoints=args.etcd, cluster=args.cluster, advertise_url=args.advertise_url,
+        replicas=args.replicas, min_isr=min(args.min_insync_replicas, args.replicas),
+        sync=args.durability == "sync", lease_ttl_s=args.lease_ttl_seconds,
+        free_bytes_min=args.disk_free_min_mib * _MIB, account_id=args.account_id,
+        region=args.region,
+        http_limits=HttpLimits(connections_max=args.connections_max,
+                               idle_timeout_s=args.idle_timeout_seconds,
+                               head_timeout_s=args.head_timeout_seconds,
+                               body_timeout_s=args.body_timeout_seconds))
+    from ferrymq._storage import StorageError
+
+    try:
+        return asyncio.run(run_node(cfg, make_broker))
+    except StorageError as exc:
+        return _fail(f"cannot open the store in {args.data_dir}: {exc}")
 
 
 def _repair_hint(data_dir: Path) -> str:

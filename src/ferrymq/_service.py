@@ -44,7 +44,7 @@ from ferrymq._core._effects import (
     effect_queue,
 )
 from ferrymq._core._errors import InternalError, SqsError
-from ferrymq._storage import StorageFullError, Store, StoreInconsistentError
+from ferrymq._storage import StorageFullError, Store, StoreInconsistentError, WriteRefused
 
 __all__ = ["QueueService", "SystemEntropy", "repair_orphans", "restore_into", "wall_clock_ms"]
 
@@ -186,8 +186,12 @@ class QueueService:
 
     def __init__(self, broker: Broker, store: Store, *, clock_ms: Any = wall_clock_ms,
                  entropy: Any = None,
-                 broker_factory: Callable[[], Broker] | None = None) -> None:
+                 broker_factory: Callable[[], Broker] | None = None,
+                 write_gate: Callable[[], str | None] | None = None) -> None:
         self.broker = broker
+        # Replication: says why this node may not write now (it does not lead, too few
+        # replicas are in sync), or None. Checked before the core applies anything.
+        self._write_gate = write_gate
         self.store = store
         self._clock_ms = clock_ms
         self._entropy = entropy or SystemEntropy()
@@ -240,6 +244,12 @@ class QueueService:
                     pass
         await self.store.close()
 
+    def replace_broker(self, broker: Broker) -> None:
+        """Replication: the store was replaced by a copy of the leader's, and ``broker``
+        was restored from it. Parked polls look again at the new core."""
+        self.broker = broker
+        self._waiters.wake_all()
+
     @property
     def writable(self) -> bool:
         """False while writes are refused for lack of disk space."""
@@ -254,6 +264,12 @@ class QueueService:
             now_ms = self._clock_ms()
             if not (self._writable and self.store.has_room()):
                 return self._call_read_only(action, params, now_ms, info)
+            refusal = self._write_gate() if self._write_gate is not None else None
+            if refusal is not None:
+                if action not in READ_ONLY_ACTIONS:
+                    raise SqsError("ServiceUnavailable", refusal)
+                return self.broker.execute(action, params, now_ms, self._entropy, info,
+                                           read_only=True).response
             try:
                 outcome = self.broker.execute(action, params, now_ms, self._entropy, info)
             except SqsError as exc:
@@ -343,6 +359,8 @@ class QueueService:
             bodies = await self.store.commit(
                 effects, [(queue, message_id) for queue, message_id, _ in body_fetches]
             )
+        except WriteRefused as exc:
+            raise SqsError("ServiceUnavailable", str(exc)) from exc
         except StorageFullError as exc:
             if self._closing:
                 raise SqsError("InternalFailure", "The server is shutting down.") from exc
@@ -444,6 +462,8 @@ class QueueService:
         ``SqsError`` when its effects could not be stored."""
         if not (self._writable and self.store.has_room()):
             return  # its effects could not be stored: wait for room
+        if self._write_gate is not None and self._write_gate() is not None:
+            return  # not the leader: the leader's housekeeping reaches us as effects
         await self._commit(self.broker.tick(self._clock_ms(), self._entropy))
 
     async def _housekeep(self) -> None:

@@ -39,7 +39,13 @@ _READ_BYTES = 256 * 1024
 
 
 class ProxyError(Exception):
-    """The target could not be reached or did not answer in time."""
+    """The target could not be reached or did not answer in time. ``sent`` is False
+    when no byte of the request left (the connection could not be made): only then may
+    the caller send it elsewhere without risking doing it twice."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class _Conn:
@@ -96,7 +102,11 @@ class Proxy:
             if not conn.writer.is_closing() and not conn.reader.at_eof():
                 return conn
             conn.close()
-        reader, writer = await asyncio.open_connection(*target)
+        try:
+            reader, writer = await asyncio.open_connection(*target)
+        except OSError as exc:
+            raise ProxyError(f"connecting to {target[0]}:{target[1]} failed: {exc!r}",
+                             sent=False) from exc
         return _Conn(reader, writer)
 
     async def _exchange(self, target: tuple[str, int], request: Request) -> Response:

@@ -33,6 +33,9 @@ __all__ = [
     "EtcdProcessError",
     "etcd_binary",
     "etcd_version",
+    "member_argv",
+    "member_environment",
+    "member_healthy",
 ]
 
 ETCD_INSTALL_HINT = (
@@ -392,3 +395,62 @@ def _http(url: str, body: dict[str, object] | None) -> dict[str, object]:
         raise OSError(f"{url}: not a JSON object")
     return parsed
 
+
+# -- members that outlive their parent (``ferrymq cluster up``) ------------------------
+#
+# ``EtcdCluster`` keeps its members as child processes of the object that started them.
+# ``ferrymq cluster up`` instead starts members that must outlive the command, records
+# them in a state file and finds them again by PID; these functions are what it needs
+# from this module: the command line a member runs with, the environment, and probes.
+
+
+def member_argv(
+    binary: str,
+    member: EtcdMember,
+    initial_cluster: Sequence[EtcdMember],
+    *,
+    token: str,
+    heartbeat_ms: int = 100,
+    election_timeout_ms: int = 1000,
+) -> list[str]:
+    """The command line of one member of a new cluster of ``initial_cluster``.
+
+    The same argv also restarts the member later: etcd reads the ``--initial-*`` flags
+    only when its data directory is empty, so a restart on the same data directory
+    rejoins with the membership it stored (and a caller comparing ``/proc/<pid>/cmdline``
+    with the recorded argv needs no second form)."""
+    peers = ",".join(f"{x.name}={x.peer_url}" for x in initial_cluster)
+    return [
+        binary,
+        "--name", member.name,
+        "--data-dir", str(member.data_dir),
+        "--listen-client-urls", member.client_url,
+        "--advertise-client-urls", member.client_url,
+        "--listen-peer-urls", member.peer_url,
+        "--initial-advertise-peer-urls", member.peer_url,
+        "--initial-cluster", peers,
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", token,
+        "--heartbeat-interval", str(heartbeat_ms),
+        "--election-timeout", str(election_timeout_ms),
+        "--logger", "zap",
+        "--log-outputs", "stderr",
+        "--log-level", "warn",
+    ]
+
+
+def member_environment() -> dict[str, str]:
+    """The environment an etcd member must be started with (no stray ``ETCD_*``
+    settings; the architecture override where etcd needs one)."""
+    return _etcd_env()
+
+
+def member_healthy(client_url: str) -> bool:
+    """True when the member reports itself healthy (``/health``: it has a leader and a
+    quorum-read works). A member serves no client request at all, ``/health``
+    included, until it has published itself to the cluster, which needs a quorum."""
+    try:
+        body = _http(client_url + "/health", None)
+    except OSError:
+        return False
+    return bool(body.get("health") in ("true", True))

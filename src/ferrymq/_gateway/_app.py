@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -53,6 +54,9 @@ _CREDENTIAL = "Credential="
 _TRACE_HEADER = "x-amzn-trace-id"
 _TRACE_ATTRIBUTE = "AWSTraceHeader"
 _TRACED_ACTIONS = frozenset({"SendMessage", "SendMessageBatch"})
+
+
+Route = Callable[[Request], Awaitable[Response | None]]
 
 
 def queue_path_of(path: str) -> str | None:
@@ -134,8 +138,11 @@ class Gateway:
 
     def __init__(self, service: Service, *, public_url: str | None,
                  account_id: str = "000000000000", region: str = "us-east-1",
-                 listen_address: str | None = None) -> None:
+                 listen_address: str | None = None, route: Route | None = None) -> None:
         self._service = service
+        # Cluster mode: answers a request itself (forwarding it to the leader, or a
+        # status page) or returns None to let this node's service answer it.
+        self._route = route
         self._public_url = public_url.rstrip("/") if public_url else None
         self._account_id = account_id
         self._region = region
@@ -150,8 +157,21 @@ class Gateway:
             return "http://" + host
         return "http://" + (self.listen_address or "localhost")
 
+    def refuse(self, request: Request, err: SqsError) -> Response:
+        """``err`` as the answer to ``request``, in the request's wire protocol."""
+        return encode_error(protocol_of(request), err, _next_request_id())
+
     async def handle(self, request: Request) -> Response:
         """Never raises (except cancellation): every failure becomes an SQS error."""
+        if self._route is not None:
+            try:
+                routed = await self._route(request)
+            except Exception:
+                _log.exception("bug: routing a request failed")
+                routed = self.refuse(request, SqsError("InternalFailure",
+                                                       INTERNAL_FAILURE_MESSAGE))
+            if routed is not None:
+                return routed
         request_id = _next_request_id()
         protocol = protocol_of(request)
         try:
@@ -190,10 +210,14 @@ async def start_gateway(service: Service, host: str | None, port: int | None,
                         public_url: str | None = None, reuse_port: bool = False, *,
                         account_id: str = "000000000000", region: str = "us-east-1",
                         http_limits: HttpLimits | None = None,
-                        sock: socket.socket | None = None) -> asyncio.Server:
+                        sock: socket.socket | None = None,
+                        gateway: Gateway | None = None) -> asyncio.Server:
     """Serve ``service`` over HTTP on host:port (port 0 picks a free one), or on the
-    listening socket ``sock``, within ``http_limits`` (the HTTP layer's defaults if None)."""
-    gateway = Gateway(service, public_url=public_url, account_id=account_id, region=region)
+    listening socket ``sock``, within ``http_limits`` (the HTTP layer's defaults if None).
+    ``gateway``: one built by the caller (cluster mode routes through it)."""
+    if gateway is None:
+        gateway = Gateway(service, public_url=public_url, account_id=account_id,
+                          region=region)
     server = await serve_http(gateway.handle, host, port, reuse_port=reuse_port,
                               fault=http_fault, limits=http_limits, sock=sock)
     sockname = server.sockets[0].getsockname()

@@ -13,6 +13,7 @@ from ferrymq._storage._base import (
     StoreInconsistentError,
     StoreLockedError,
     StoreStats,
+    WriteRefused,
 )
 from ferrymq._storage._memory import MemoryStore
 from ferrymq._storage._sqlite import FREE_BYTES_MIN_DEFAULT, SqliteStore
@@ -29,6 +30,7 @@ __all__ = [
     "StoreInconsistentError",
     "StoreLockedError",
     "StoreStats",
+    "WriteRefused",
     "open_store",
 ]
 

@@ -22,6 +22,7 @@ __all__ = [
     "StoreInconsistentError",
     "StoreLockedError",
     "StoreStats",
+    "WriteRefused",
 ]
 
 
@@ -44,6 +45,12 @@ class StoreFormatError(StorageError):
 class StoreInconsistentError(StoreFormatError):
     """The store's rows contradict each other (e.g. messages of a queue the store does
     not hold). The message says which rows; docs/operations.md says how to recover."""
+
+
+class WriteRefused(Exception):
+    """Not a storage failure: a replicated store does not take this write now (this node
+    no longer leads, or too few replicas are in sync). The write is not acknowledged; it
+    may still survive (the client retries, as after any 503). The shell keeps serving."""
 
 
 class StoreLockedError(StorageError):

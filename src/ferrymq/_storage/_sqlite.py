@@ -54,7 +54,7 @@ import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, assert_never
@@ -93,6 +93,7 @@ __all__ = [
     "SqliteStore",
     "decode_attributes",
     "encode_attributes",
+    "install_image",
 ]
 
 SCHEMA_VERSION = 2
@@ -239,6 +240,10 @@ _SQL_MESSAGE_MOVE = (
     f"ON CONFLICT (queue, message_id) DO UPDATE SET {_MESSAGE_UPDATES}"
 )
 _SQL_BODY = "SELECT body FROM messages WHERE queue = ? AND message_id = ?"
+_SQL_META_UPSERT = (
+    "INSERT INTO ferry_meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 _SQL_MESSAGE_RECEIVED = (
     "UPDATE messages SET receipt_token = ?, visible_at_ms = ?, receive_count = ?, "
     "first_receive_ms = ?, received_ms = ? WHERE queue = ? AND message_id = ?"
@@ -607,6 +612,11 @@ class _Pending:
     loop: asyncio.AbstractEventLoop = field(repr=False)
     fetch_bodies: Sequence[tuple[str, str]] = ()
     bodies: list[str | None] = field(default_factory=list)  # filled by the writer
+    # ``ferry_meta`` rows written in the same transaction (replication's position).
+    meta: Mapping[str, str] | None = None
+    # A copy of the whole database, taken right after this call's transaction.
+    wants_image: bool = False
+    image: bytes | None = None
 
 
 class SqliteStore:
@@ -760,9 +770,45 @@ class SqliteStore:
 
     # ---- commit (event loop side) ------------------------------------------------
 
+    def read_meta(self, prefix: str) -> dict[str, str]:
+        """The ``ferry_meta`` rows whose key starts with ``prefix`` (at start-up, before
+        any commit: what the last transaction wrote)."""
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read store {self._path}: {exc}") from exc
+        try:
+            rows = conn.execute("SELECT key, value FROM ferry_meta").fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read store {self._path}: {exc}") from exc
+        finally:
+            conn.close()
+        return {str(k): str(v) for k, v in rows if str(k).startswith(prefix)}
+
+    async def image(self) -> bytes:
+        """A copy of the whole database as it is after every commit called before this
+        one and before any called after it: a consistent snapshot, for a replica that
+        must be rebuilt. Held in memory whole (``sqlite3.Connection.serialize``)."""
+        item = await self._enqueue((), (), None, wants_image=True)
+        await asyncio.shield(item.future)
+        if item.image is None:
+            raise StorageError("the store's image was not taken")
+        return item.image
+
     async def commit(
-        self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = ()
+        self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = (),
+        *, meta: Mapping[str, str] | None = None,
     ) -> list[str | None]:
+        """``Store.commit``; ``meta`` rows are upserted into ``ferry_meta`` in the same
+        transaction (replication keeps its log position there)."""
+        item = await self._enqueue(effects, fetch_bodies, meta)
+        # Shielded: a cancelled caller's effects are still written (the core has
+        # applied them), so its future must stay resolvable by the writer.
+        return await asyncio.shield(item.future)
+
+    async def _enqueue(self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]],
+                       meta: Mapping[str, str] | None, *, wants_image: bool = False,
+                       ) -> _Pending:
         # Everything up to the handoff happens synchronously, so calls enter the
         # handoff (or the waiting line) in call order.
         if self._closed:
@@ -773,7 +819,8 @@ class SqliteStore:
             # fine once everything committed from the previous loop is settled.
             assert self._last is None or self._last.done(), "store used from two loops"
             self._loop = loop
-        item = _Pending(effects, loop.create_future(), loop, fetch_bodies)
+        item = _Pending(effects, loop.create_future(), loop, fetch_bodies, meta=meta,
+                        wants_image=wants_image)
         if self._waiting:
             # Settling the line fails it if the store broke meanwhile.
             self._waiting.append(item)
@@ -787,9 +834,7 @@ class SqliteStore:
                 else:
                     self._waiting.append(item)
         self._last = item.future
-        # Shielded: a cancelled caller's effects are still written (the core has
-        # applied them), so its future must stay resolvable by the writer.
-        return await asyncio.shield(item.future)
+        return item
 
     async def resume(self) -> None:
         if self._closed:
@@ -891,8 +936,12 @@ class SqliteStore:
                         self._wakeup.wait()
                     if not self._handoff:
                         return  # stopping, and close() made sure nothing is left
-                    batch = list(self._handoff)
-                    self._handoff.clear()
+                    batch = []
+                    while self._handoff:
+                        item = self._handoff.popleft()
+                        batch.append(item)
+                        if item.wants_image:
+                            break  # the image is of the state right after it
                 failure = self._write(batch)
                 if failure is not None:
                     with self._lock:
@@ -920,7 +969,15 @@ class SqliteStore:
                         effect_count += _write_effects(cur, _effects_in_order(batch[start:end]))
                         start = end
                         item.bodies = [_read_body(cur, key) for key in item.fetch_bodies]
+                meta: dict[str, str] = {}
+                for item in batch:
+                    if item.meta:
+                        meta.update(item.meta)  # a later call's position wins
+                if meta:
+                    cur.executemany(_SQL_META_UPSERT, meta.items())
                 cur.execute("COMMIT")
+                if batch[-1].wants_image:
+                    batch[-1].image = self._conn.serialize()
             except BaseException:
                 if self._conn.in_transaction:
                     try:
@@ -955,6 +1012,32 @@ class SqliteStore:
                 loop.call_soon_threadsafe(self._settle, items, failure)
             except RuntimeError:
                 pass  # that loop is closed; nobody is left to tell
+
+
+def install_image(path: Path, image: bytes) -> None:
+    """Replace the (closed) store at ``path`` with ``image`` (from ``SqliteStore.image``),
+    durably: written beside it, fsynced, then renamed over it. The old file's WAL and
+    shared-memory files are removed first, or SQLite would replay the old WAL into the
+    new file. A crash midway leaves the old store, or no store (then the replica starts
+    empty and is sent a snapshot again), never a mix."""
+    if image[:16] != b"SQLite format 3\x00":
+        raise StoreFormatError("a store image must be an SQLite database")
+    tmp = path.with_name(path.name + ".install")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(image)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        stale = path.with_name(path.name + suffix)
+        if stale.exists():
+            stale.unlink()
+    os.replace(tmp, path)
+    _fsync_directory(path.parent)
 
 
 def _refusal(failure: StorageError) -> StorageError:
