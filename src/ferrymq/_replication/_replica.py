@@ -599,6 +599,8 @@ class Replica:
         prog.rewind(last.seq + 1)
         prog.replied_ms = now_ms
         actions = self._maybe_expand(peer)
+        # The copy may be what the last in-sync replica lacked for an entry to commit.
+        actions.extend(self._advance_commit())
         actions.extend(self._pump(now_ms, only=peer))
         return actions
 
