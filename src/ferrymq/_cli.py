@@ -148,6 +148,13 @@ def _etcd_endpoints(text: str) -> tuple[str, ...]:
     return tuple(endpoints)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, _port(port)
+
+
 def _non_negative_int(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
@@ -213,6 +220,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="etcd lease of the node's membership: a node that stops is "
                       "replaced about this long after (default: %(default)s; etcd's "
                       "minimum is 2)")
+    node.add_argument("--replication-port", type=_port, default=0,
+                      help="port of the node-to-node replication listener, on --host "
+                      "(default: any free port; other nodes find it in etcd)")
+    node.add_argument("--replication-advertise", type=_host_port, default=None,
+                      metavar="HOST:PORT", help="the replication address other nodes are "
+                      "told to use (default: where it listens), e.g. a proxy in front of it")
+    # Tests of power loss only (tests/e2e/test_cluster_power.py): not for users.
+    node.add_argument("--power-loss-seam", action="store_true", help=argparse.SUPPRESS)
     _add_service_options(node)
     repair = commands.add_parser(
         "repair", help="mend a store that cannot be restored",
@@ -363,7 +378,10 @@ def _node(args: argparse.Namespace) -> int:
         http_limits=HttpLimits(connections_max=args.connections_max,
                                idle_timeout_s=args.idle_timeout_seconds,
                                head_timeout_s=args.head_timeout_seconds,
-                               body_timeout_s=args.body_timeout_seconds))
+                               body_timeout_s=args.body_timeout_seconds),
+        replication_port=args.replication_port,
+        replication_advertise=args.replication_advertise,
+        power_loss_seam=args.power_loss_seam)
     from ferrymq._storage import StorageError
 
     try:

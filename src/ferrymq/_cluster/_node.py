@@ -104,6 +104,14 @@ class NodeConfig:
     account_id: str
     region: str
     http_limits: HttpLimits
+    # Where the replication transport listens (0: any free port), and the address other
+    # nodes are told to reach it at (default: where it listens). Apart, they let a test
+    # put a fault-injecting proxy between nodes.
+    replication_port: int = 0
+    replication_advertise: tuple[str, int] | None = None
+    # Tests only: the store notes what is fsynced so a test can cut the power
+    # (``ferrymq._storage._sqlite.simulate_power_loss``).
+    power_loss_seam: bool = False
 
 
 def _monotonic_ms() -> int:
@@ -141,7 +149,7 @@ class Node:
             partition=PARTITION, node=cfg.node_id,
             path=cfg.data_dir / "ferrymq.sqlite3", free_bytes_min=cfg.free_bytes_min,
             send=self._send, change_isr=self._on_change_isr, clock_ms=_monotonic_ms,
-            on_fatal=on_fatal)
+            on_fatal=on_fatal, power_loss_seam=cfg.power_loss_seam)
         broker = make_broker()
         restore_into(broker, self.store.load())
         self.service = QueueService(broker, self.store, broker_factory=make_broker,
@@ -161,7 +169,8 @@ class Node:
     # ---- start and stop ---------------------------------------------------------
 
     async def start(self) -> asyncio.Server:
-        self._replication = await self.transport.listen(self.cfg.host, 0)
+        listening = await self.transport.listen(self.cfg.host, self.cfg.replication_port)
+        self._replication = self.cfg.replication_advertise or listening
         server = await start_gateway(self.service, self.cfg.host, self.cfg.port,
                                      http_limits=self.cfg.http_limits, gateway=self.gateway)
         host, port = server.sockets[0].getsockname()[:2]

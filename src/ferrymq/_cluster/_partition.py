@@ -139,8 +139,10 @@ class ReplicatedStore:
                  send: Callable[[str, object], None],
                  change_isr: Callable[[ChangeIsr], None],
                  clock_ms: Callable[[], int],
-                 on_fatal: Callable[[BaseException], None]) -> None:
+                 on_fatal: Callable[[BaseException], None],
+                 power_loss_seam: bool = False) -> None:
         self.partition = partition
+        self._power_loss_seam = power_loss_seam
         self.node = node
         self._path = path
         self._free_bytes_min = free_bytes_min
@@ -148,7 +150,8 @@ class ReplicatedStore:
         self._change_isr = change_isr
         self._clock_ms = clock_ms
         self._on_fatal = on_fatal
-        self._inner = SqliteStore(path, free_bytes_min=free_bytes_min)
+        self._inner = SqliteStore(path, free_bytes_min=free_bytes_min,
+                                  power_loss_seam=power_loss_seam)
         last, fence, history, incarnation, generation = _meta_of(
             self._inner.read_meta(META_PREFIX))
         self.replica = Replica(partition, node, last=last, fence_epoch=fence,
@@ -434,7 +437,8 @@ class ReplicatedStore:
         try:
             await self._inner.close()
             await asyncio.to_thread(install_image, self._path, image)
-            self._inner = SqliteStore(self._path, free_bytes_min=self._free_bytes_min)
+            self._inner = SqliteStore(self._path, free_bytes_min=self._free_bytes_min,
+                                      power_loss_seam=self._power_loss_seam)
             r.incarnation = uuid.uuid4().hex
             history = EpochHistory(begin.history)
             meta = {

@@ -180,6 +180,10 @@ class Transport:
                     self._on_frame(peer, frame)
         except (FrameError, TimeoutError, OSError, ConnectionError) as exc:
             log.info("replication connection from %s closed: %r", peer, exc)
+        except asyncio.CancelledError:
+            # Closing the transport: end quietly (asyncio's server logs a connection
+            # task that ends cancelled as an error).
+            return
         finally:
             writer.close()
             if task is not None:

@@ -94,6 +94,7 @@ __all__ = [
     "decode_attributes",
     "encode_attributes",
     "install_image",
+    "simulate_power_loss",
 ]
 
 SCHEMA_VERSION = 2
@@ -622,8 +623,14 @@ class _Pending:
 class SqliteStore:
     """See the module docstring. Use from one event loop; ``load`` from any thread."""
 
-    def __init__(self, path: Path, *, free_bytes_min: int = FREE_BYTES_MIN_DEFAULT) -> None:
+    def __init__(self, path: Path, *, free_bytes_min: int = FREE_BYTES_MIN_DEFAULT,
+                 power_loss_seam: bool = False) -> None:
         self._path = path
+        # Tests of power loss (``simulate_power_loss``): no checkpoints, so the database
+        # file never changes and the WAL only grows, and after every fsync the WAL's
+        # length is noted beside it: what a power cut would leave is then exactly the
+        # database file plus that much of the WAL.
+        self._seam_fd: int | None = None
         self._stats = StoreStats()
         self._free_bytes_min = free_bytes_min
         try:
@@ -633,11 +640,16 @@ class SqliteStore:
             raise
         except OSError as exc:
             raise StorageError(f"cannot open store {path}: {exc}") from exc
+        if power_loss_seam:
+            self._seam_fd = os.open(_seam_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                    0o644)
         try:
             conn = self._open_writer_connection(create=True)
         except BaseException:
             _unlock_file(self._lock_fd)
             raise
+        if self._seam_fd is not None:
+            self._note_synced()  # what is on disk at start-up is all durable
         self._conn = conn  # owned by the writer thread from here on
         # Written by the writer thread after each transaction, read on the loop (a
         # plain bool: assignment is atomic). Starts True: a server on a nearly full
@@ -670,7 +682,8 @@ class SqliteStore:
             if mode != "wal":
                 raise StorageError(f"cannot put {path} in WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+            conn.execute("PRAGMA wal_autocheckpoint = "
+                         f"{0 if self._seam_fd is not None else _WAL_AUTOCHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT_BYTES}")
             if create:
                 _check_or_create_schema(conn, path)
@@ -901,6 +914,8 @@ class SqliteStore:
             self._stopping = True
             self._wakeup.notify()
         await asyncio.to_thread(self._writer.join)
+        if self._seam_fd is not None:
+            os.close(self._seam_fd)
         _unlock_file(self._lock_fd)
 
     def _settle(self, batch: list[_Pending], failure: StorageError | None) -> None:
@@ -976,6 +991,8 @@ class SqliteStore:
                 if meta:
                     cur.executemany(_SQL_META_UPSERT, meta.items())
                 cur.execute("COMMIT")
+                if self._seam_fd is not None:
+                    self._note_synced()
                 if batch[-1].wants_image:
                     batch[-1].image = self._conn.serialize()
             except BaseException:
@@ -1003,6 +1020,13 @@ class SqliteStore:
         self._stats.effects += effect_count
         return None
 
+    def _note_synced(self) -> None:
+        """The power-loss seam: the WAL's length now, every byte of it fsynced."""
+        assert self._seam_fd is not None
+        wal = self._path.with_name(self._path.name + "-wal")
+        size = wal.stat().st_size if wal.exists() else 0
+        os.pwrite(self._seam_fd, f"{size:020d}".encode("ascii"), 0)
+
     def _resolve(self, batch: list[_Pending], failure: StorageError | None) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
         for item in batch:
@@ -1012,6 +1036,29 @@ class SqliteStore:
                 loop.call_soon_threadsafe(self._settle, items, failure)
             except RuntimeError:
                 pass  # that loop is closed; nobody is left to tell
+
+
+def _seam_path(path: Path) -> Path:
+    return path.with_name(path.name + ".synced")
+
+
+def simulate_power_loss(path: Path) -> int:
+    """After the process that held the store at ``path`` (opened with
+    ``power_loss_seam``) was killed: drop what a power cut would have, i.e. every byte
+    of the WAL written after its last fsync, and the shared-memory index (memory, not
+    disk). Returns the bytes dropped. For tests."""
+    synced = int(_seam_path(path).read_text() or 0)
+    wal = path.with_name(path.name + "-wal")
+    dropped = 0
+    if wal.exists():
+        size = wal.stat().st_size
+        if size > synced:
+            dropped = size - synced
+            os.truncate(wal, synced)
+    shm = path.with_name(path.name + "-shm")
+    if shm.exists():
+        shm.unlink()
+    return dropped
 
 
 def install_image(path: Path, image: bytes) -> None:
