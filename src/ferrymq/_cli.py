@@ -358,10 +358,13 @@ def _node(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(problem, 2)
     from ferrymq._cluster._node import NodeConfig, run_node
-    from ferrymq._core._broker import Broker
+    from ferrymq._core._broker import Broker, Replication
 
     make_broker = functools.partial(
         Broker,
+        replication=Replication(replicas=args.replicas,
+                                min_isr=min(args.min_insync_replicas, args.replicas),
+                                sync=args.durability == "sync"),
         account_id=args.account_id,
         region=args.region,
         purge_interval_ms=args.purge_interval_seconds * 1000,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from _doubles import CountingEntropy
 
-from ferrymq._core._broker import Broker, RequestInfo
+from ferrymq._core._broker import Broker, Replication, RequestInfo
 from ferrymq._core._effects import Effect, MessageRemoved, MessageStored
 from ferrymq._core._errors import InternalError, SqsError
 from ferrymq._core._messages import NAMES_PER_LIST_MAX
@@ -264,6 +264,72 @@ def test_tags(sqs: Harness) -> None:
     assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {"Tags": {"b": "2"}}
     sqs("UntagQueue", QueueUrl=sqs.url("q"), TagKeys=["b"])
     assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {}
+
+
+CLUSTER = Replication(replicas=3, min_isr=2, sync=True)
+
+
+@pytest.mark.parametrize("tags", [
+    {"ferry:replicas": "3"}, {"ferry:min-insync-replicas": "2"},
+    {"ferry:durability": "sync", "ferry:replicas": "3", "other": "x"},
+])
+def test_replication_tags_that_match_the_replica_set_are_kept(
+        tags: dict[str, str]) -> None:
+    sqs = Harness(replication=CLUSTER)
+    sqs("CreateQueue", QueueName="q", tags=tags)
+    assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {"Tags": tags}
+
+
+@pytest.mark.parametrize(("tags", "message"), [
+    ({"ferry:replicas": "two"}, "Value two for tag ferry:replicas is invalid. Allowed: an "
+                                "integer from 1 to 7."),
+    ({"ferry:replicas": "0"}, "Value 0 for tag ferry:replicas is invalid. Allowed: an "
+                              "integer from 1 to 7."),
+    ({"ferry:replicas": "٣"}, "Value ٣ for tag ferry:replicas is invalid. Allowed: an "
+                              "integer from 1 to 7."),
+    ({"ferry:replicas": "5"}, "Value 5 for tag ferry:replicas is not available: every "
+                              "queue of this cluster lives in one replica set of 3 "
+                              "replicas, 2 of them in sync, sync durability."),
+    ({"ferry:min-insync-replicas": "4"}, "Value 4 for tag ferry:min-insync-replicas is "
+                                         "invalid. Allowed: an integer from 1 to 3."),
+    ({"ferry:min-insync-replicas": "1"}, "Value 1 for tag ferry:min-insync-replicas is not "
+                                         "available: every queue of this cluster lives in "
+                                         "one replica set of 3 replicas, 2 of them in "
+                                         "sync, sync durability."),
+    ({"ferry:durability": "eventual"}, "Value eventual for tag ferry:durability is invalid. "
+                                       "Allowed: sync, async."),
+    ({"ferry:durability": "async"}, "Value async for tag ferry:durability is not available: "
+                                    "every queue of this cluster lives in one replica set "
+                                    "of 3 replicas, 2 of them in sync, sync durability."),
+    ({"ferry:speed": "fast"}, "Unknown reserved tag ferry:speed: the ferry: tags are "
+                              "ferry:replicas, ferry:min-insync-replicas, ferry:durability."),
+])
+def test_replication_tags_are_checked(tags: dict[str, str], message: str) -> None:
+    sqs = Harness(replication=CLUSTER)
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q", tags=tags)
+    assert (exc.value.code, exc.value.message) == ("InvalidParameterValue", message)
+    assert sqs("ListQueues") == {}
+    assert sqs.effects == []
+
+
+def test_serve_keeps_one_copy_and_says_so(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q", tags={"ferry:replicas": "1"})
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="r", tags={"ferry:replicas": "3"})
+    assert exc.value.message == ("Value 3 for tag ferry:replicas is not available: "
+                                 "ferrymq serve keeps one copy of every queue.")
+
+
+def test_replication_tags_cannot_be_changed_later(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q", tags={"ferry:replicas": "1"})
+    for action, params in (("TagQueue", {"Tags": {"ferry:replicas": "1"}}),
+                           ("UntagQueue", {"TagKeys": ["ferry:replicas"]})):
+        with pytest.raises(SqsError) as exc:
+            sqs(action, QueueUrl=sqs.url("q"), **params)
+        assert exc.value.message == ("Tag ferry:replicas is reserved: ferry: tags are set "
+                                     "by CreateQueue only.")
+    assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {"Tags": {"ferry:replicas": "1"}}
 
 
 def test_permissions_live_in_policy(sqs: Harness) -> None:

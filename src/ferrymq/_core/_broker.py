@@ -46,7 +46,7 @@ from ferrymq._core._messages import string_list
 from ferrymq._core._queue import BodyBudget, MessageQueue
 from ferrymq._core._records import Entropy, MoveTaskRecord, QueueRecord
 
-__all__ = ["READ_ONLY_ACTIONS", "Broker", "Outcome", "RequestInfo"]
+__all__ = ["READ_ONLY_ACTIONS", "Broker", "Outcome", "Replication", "RequestInfo"]
 
 # The actions ``execute(..., read_only=True)`` answers: they change nothing but lazily
 # applied retention, which a read-only call skips.
@@ -122,6 +122,27 @@ class Outcome:
     body_fetches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """How the node keeps its queues: ``replicas`` copies, writes acknowledged once
+    ``min_isr`` in-sync copies (``sync``) or the leader (not ``sync``) has them. What the
+    reserved ``ferry:`` tags of CreateQueue are checked against."""
+
+    replicas: int = 1
+    min_isr: int = 1
+    sync: bool = True
+
+
+# Reserved tags: CreateQueue may say how a queue is to be replicated.
+_TAG_REPLICAS = "ferry:replicas"
+_TAG_MIN_ISR = "ferry:min-insync-replicas"
+_TAG_DURABILITY = "ferry:durability"
+_FERRY_TAGS = (_TAG_REPLICAS, _TAG_MIN_ISR, _TAG_DURABILITY)
+# Replicas a queue may ask for at most: more copies than this buy no safety a
+# self-hosted cluster needs, and every one costs a follower's disk.
+_REPLICAS_MAX = 7
+
+
 @dataclass(slots=True)
 class _Queue:
     record: QueueRecord
@@ -138,8 +159,10 @@ class Broker:
         purge_interval_ms: int = 60_000,
         recreate_delay_ms: int = 60_000,
         body_memory_bytes_max: int | None = None,
+        replication: Replication | None = None,
     ) -> None:
         self.account_id = account_id
+        self.replication = replication or Replication()
         self.region = region
         self.purge_interval_ms = purge_interval_ms
         self.recreate_delay_ms = recreate_delay_ms
@@ -356,6 +379,7 @@ class Broker:
                 "1 to 80 in length"
             )
         tags = self._validate_tags(params.get("tags") or {}, name)
+        self._check_ferry_tags(tags)
         requested = attrs.normalize(given, fifo=wants_fifo, creating=True)
         self._check_redrive(name, wants_fifo, requested, given)
         existing = self._queues.get(name)
@@ -647,6 +671,41 @@ class Broker:
                 raise invalid_parameter("Tag keys must not start with the reserved prefix aws:.")
         return dict(tags)
 
+    def _check_ferry_tags(self, tags: Mapping[str, str]) -> None:
+        """The reserved ``ferry:`` tags of CreateQueue: well formed, and what this node
+        keeps its queues as (every queue shares one replica set in this version, so a
+        queue cannot ask for other settings yet; the message says what is allowed)."""
+        rep = self.replication
+        where = ("ferrymq serve keeps one copy of every queue" if rep.replicas == 1 else
+                 f"every queue of this cluster lives in one replica set of {rep.replicas} "
+                 f"replicas, {rep.min_isr} of them in sync, "
+                 f"{'sync' if rep.sync else 'async'} durability")
+        for key, value in tags.items():
+            if not key.startswith("ferry:"):
+                continue
+            if key not in _FERRY_TAGS:
+                raise invalid_parameter(
+                    f"Unknown reserved tag {key}: the ferry: tags are "
+                    f"{', '.join(_FERRY_TAGS)}.")
+            if key == _TAG_DURABILITY:
+                if value not in ("sync", "async"):
+                    raise invalid_parameter(
+                        f"Value {value} for tag {key} is invalid. Allowed: sync, async.")
+                wanted = "sync" if rep.sync else "async"
+                if value != wanted:
+                    raise invalid_parameter(
+                        f"Value {value} for tag {key} is not available: {where}.")
+                continue
+            limit = _REPLICAS_MAX if key == _TAG_REPLICAS else rep.replicas
+            if not (value.isascii() and value.isdigit() and 1 <= int(value) <= limit):
+                raise invalid_parameter(
+                    f"Value {value} for tag {key} is invalid. Allowed: an integer from 1 "
+                    f"to {limit}.")
+            configured = rep.replicas if key == _TAG_REPLICAS else rep.min_isr
+            if int(value) != configured:
+                raise invalid_parameter(
+                    f"Value {value} for tag {key} is not available: {where}.")
+
     def _tag_queue(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> Outcome:
@@ -654,6 +713,10 @@ class Broker:
         if "Tags" not in params:
             raise missing_parameter("Tags")
         new = self._validate_tags(params["Tags"], entry.record.name)
+        for key in new:
+            if key.startswith("ferry:"):
+                raise invalid_parameter(
+                    f"Tag {key} is reserved: ferry: tags are set by CreateQueue only.")
         if not new:
             raise invalid_parameter("The request must contain a non-empty list of tags.")
         tags = dict(entry.record.tags)
@@ -672,6 +735,10 @@ class Broker:
         keys = self._attribute_names(params, "TagKeys")
         if not keys:
             raise invalid_parameter("The request must contain a non-empty list of tag keys.")
+        for key in keys:
+            if key.startswith("ferry:"):
+                raise invalid_parameter(
+                    f"Tag {key} is reserved: ferry: tags are set by CreateQueue only.")
         gone = frozenset(keys)
         tags = {k: v for k, v in entry.record.tags if k not in gone}
         record = replace(entry.record, tags=tuple(sorted(tags.items())))
