@@ -139,6 +139,9 @@ class Node:
         self._state: PartitionState | None = None
         self._state_revision = 0
         self._state_changed = asyncio.Event()
+        # Resolved (and replaced) whenever etcd's state names a different leader:
+        # forwarded requests wait on it beside their answer.
+        self._leader_changed: asyncio.Future[None] = self._loop.create_future()
         self._tasks: list[asyncio.Task[None]] = []
         self._lease: Lease | None = None
         self._url = ""
@@ -153,7 +156,7 @@ class Node:
         broker = make_broker()
         restore_into(broker, self.store.load())
         self.service = QueueService(broker, self.store, broker_factory=make_broker,
-                                    write_gate=self.store.refusal)
+                                    write_gate=self._write_refusal)
         self.store.attach(self.service, make_broker)
         self.controller = Controller(
             coordinator, self._layout, cfg.node_id,
@@ -215,6 +218,9 @@ class Node:
                 lost = await lease.wait_lost()
                 log.warning("%s lost its etcd lease (%s); registering again",
                             self.cfg.node_id, lost)
+                # Its writes in flight may never commit (a successor may lead): answer
+                # them now, as uncertain, rather than when the partition heals.
+                self.store.abandon_pending("this node lost its membership in the cluster")
             try:
                 await self._register()
             except CoordinationError as exc:
@@ -297,9 +303,13 @@ class Node:
     def _on_state(self, state: PartitionState, revision: int) -> None:
         if revision < self._state_revision:
             return  # an older state than one already acted on
+        previous = self._state.leader if self._state is not None else None
         self._state = state
         self._state_revision = revision
         self._state_changed.set()
+        if state.leader != previous:
+            self._leader_changed.set_result(None)
+            self._leader_changed = self._loop.create_future()
         r = self.store.replica
         now = _monotonic_ms()
         me = self.cfg.node_id
@@ -406,13 +416,27 @@ class Node:
             "sync": state.sync if state else None,
             "commit_seq": r.commit_seq, "position": [r.position().epoch, r.position().seq],
             "followers": acked,
-            "lag": {n: max(0, r.commit_seq - seq) for n, seq in acked.items()},
+            # Records behind the leader's durable log (not its commit point, which
+            # stands still when nobody acknowledges).
+            "lag": {n: max(0, r.position().seq - seq) for n, seq in acked.items()},
+            "lease": self._lease is not None and not self._lease.lost,
             "controller": self.controller.leading,
             "writable": r.writable,
         }
 
+    def _write_refusal(self) -> str | None:
+        lease = self._lease
+        if lease is None or lease.lost:
+            # Cut off from etcd for its lease's TTL: another node may lead by now, and an
+            # async replica set would acknowledge writes its successor never sees.
+            return "This node lost its membership in the cluster; retry."
+        return self.store.refusal()
+
     def _leads(self) -> bool:
         return self.store.replica.role is Role.LEADER
+
+    def _unavailable(self, request: Request, why: str) -> Response:
+        return self.gateway.refuse(request, SqsError("ServiceUnavailable", why))
 
     async def _route(self, request: Request) -> Response | None:
         if request.path == STATUS_PATH:
@@ -421,39 +445,55 @@ class Node:
         if self._leads():
             return None
         if FORWARDED_HEADER in request.headers:
-            return self.gateway.refuse(request, SqsError(
-                "ServiceUnavailable", "This node does not lead the replica set; retry."))
-        target = await self._leader_target()
-        if target is None:
-            if self._leads():
-                return None
-            return self.gateway.refuse(request, SqsError(
-                "ServiceUnavailable", "No node leads the replica set yet; retry."))
+            return self._unavailable(request, "This node does not lead the replica set; "
+                                              "retry.")
         deadline = self._loop.time() + _LEADER_WAIT_S
         while True:
+            found = await self._leader_target()
+            if found is None:
+                if self._leads():
+                    return None
+                return self._unavailable(request, "No node leads the replica set yet; "
+                                                  "retry.")
+            leader, target = found
+            forwarding = self._loop.create_task(self.proxy.forward(target, request))
+            replaced = asyncio.ensure_future(asyncio.shield(self._leader_changed))
             try:
-                return await self.proxy.forward(target, request)
+                await asyncio.wait((forwarding, replaced),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                replaced.cancel()
+            if not forwarding.done():
+                # etcd names another leader while the old one has not answered (it was
+                # cut off or paused: fencing keeps it from committing). Answer now, as
+                # uncertain as a timeout, so the client retries at the new leader
+                # instead of waiting out its own timeout.
+                forwarding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ProxyError):
+                    await forwarding
+                state = self._state
+                if state is None or state.leader != leader:
+                    return self._unavailable(request, "The replica set's leader changed "
+                                                      "while the request was in flight; "
+                                                      "retry.")
+                continue  # a change that kept the leader (the in-sync set): wait again
+            try:
+                return forwarding.result()
             except ProxyError as exc:
                 if exc.sent or self._loop.time() >= deadline:
                     log.info("forwarding failed: %s", exc)
-                    return self.gateway.refuse(request, SqsError(
-                        "ServiceUnavailable",
-                        "The leader of the replica set did not answer; retry."))
+                    return self._unavailable(request, "The leader of the replica set did "
+                                                      "not answer; retry.")
             # Not even connected (the leader died and its lease has not lapsed yet):
             # nothing was sent, so waiting for the next leader and sending it there is
             # safe.
             await asyncio.sleep(_CONNECT_RETRY_S)
             if self._leads():
                 return None
-            next_target = await self._leader_target()
-            if next_target is None:
-                if self._leads():
-                    return None
-                return self.gateway.refuse(request, SqsError(
-                    "ServiceUnavailable", "No node leads the replica set yet; retry."))
-            target = next_target
 
-    async def _leader_target(self) -> tuple[str, int] | None:
+    async def _leader_target(self) -> tuple[str, tuple[str, int]] | None:
+        """The leader (another node) and its SQS address; None when this node leads
+        or none is known within ``_LEADER_WAIT_S``."""
         deadline = self._loop.time() + _LEADER_WAIT_S
         while True:
             if self._leads():
@@ -461,7 +501,7 @@ class Node:
             state = self._state
             leader = state.leader if state is not None else None
             if leader is not None and leader != self.cfg.node_id and leader in self._nodes:
-                return _target_of(self._nodes[leader].url)
+                return leader, _target_of(self._nodes[leader].url)
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return None

@@ -231,6 +231,11 @@ class ReplicatedStore:
         """Carry out actions the node got from the replica (lead, follow, ...)."""
         self._run(actions)
 
+    def abandon_pending(self, reason: str) -> None:
+        """Answer every write still waiting to commit with ``WriteRefused`` (uncertain:
+        it may still commit). The node does this when it loses its etcd lease."""
+        self._fail_own(reason)
+
     def tick(self) -> None:
         if not self._installing:
             self._run(self.replica.tick(self._clock_ms()))
