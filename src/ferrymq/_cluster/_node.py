@@ -218,9 +218,11 @@ class Node:
                 lost = await lease.wait_lost()
                 log.warning("%s lost its etcd lease (%s); registering again",
                             self.cfg.node_id, lost)
-                # Its writes in flight may never commit (a successor may lead): answer
-                # them now, as uncertain, rather than when the partition heals.
-                self.store.abandon_pending("this node lost its membership in the cluster")
+                if self._async():
+                    # Acknowledged on the leader's own fsync, they would be lost if a
+                    # successor leads: answer them now, as uncertain.
+                    self.store.abandon_pending("this node lost its membership in the "
+                                               "cluster")
             try:
                 await self._register()
             except CoordinationError as exc:
@@ -303,7 +305,8 @@ class Node:
     def _on_state(self, state: PartitionState, revision: int) -> None:
         if revision < self._state_revision:
             return  # an older state than one already acted on
-        previous = self._state.leader if self._state is not None else None
+        previous_state = self._state
+        previous = previous_state.leader if previous_state is not None else None
         self._state = state
         self._state_revision = revision
         self._state_changed.set()
@@ -313,6 +316,13 @@ class Node:
         r = self.store.replica
         now = _monotonic_ms()
         me = self.cfg.node_id
+        if previous_state is None and state.epoch > 0 and r.position().seq == 0:
+            # The first word from etcd, and this store is empty while the replica set
+            # has led an epoch: this node lost its disk. Not electable until copied.
+            log.warning("%s starts with an empty store in a replica set at epoch %d: it "
+                        "waits for a copy from the leader before it may lead", me,
+                        state.epoch)
+            r.needs_copy = True
         if state.leader == me:
             if r.role is Role.LEADER and r.epoch == state.epoch:
                 if frozenset(state.isr) != r.isr:
@@ -424,11 +434,18 @@ class Node:
             "writable": r.writable,
         }
 
+    def _async(self) -> bool:
+        state = self._state
+        return not (state.sync if state is not None else self.cfg.sync)
+
     def _write_refusal(self) -> str | None:
         lease = self._lease
-        if lease is None or lease.lost:
+        if self._async() and (lease is None or lease.lost):
             # Cut off from etcd for its lease's TTL: another node may lead by now, and an
-            # async replica set would acknowledge writes its successor never sees.
+            # async replica set would acknowledge writes its successor never sees. (A
+            # sync one cannot: its in-sync followers promised the successor's epoch. So
+            # it goes on serving while etcd itself is electing a leader, which can take
+            # longer than a lease's TTL.)
             return "This node lost its membership in the cluster; retry."
         return self.store.refusal()
 

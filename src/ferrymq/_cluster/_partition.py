@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from ferrymq._core._broker import Broker
     from ferrymq._service import QueueService
 
-__all__ = ["META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "ReplicatedStore"]
+__all__ = ["COMMIT_WAIT_S", "META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "ReplicatedStore"]
 
 log = logging.getLogger("ferrymq.cluster.partition")
 
@@ -81,8 +81,17 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 # (64 MiB), so a store larger than this cannot be rebuilt this way yet
 # (docs/architecture.md says so).
 SNAPSHOT_BYTES_MAX = 60 * 1024 * 1024
-# A snapshot the follower has not confirmed by then is given up and offered again.
-_SNAPSHOT_ANSWER_S = 30.0
+# A snapshot the follower has not confirmed within the larger of these is given up and
+# offered again when the follower next answers: its frames may have been dropped (the
+# follower was down, or restarted midway). 10 MB/s is far below loopback or a LAN's
+# throughput for the copy, its install and the restore of the core.
+_SNAPSHOT_ANSWER_MIN_S = 5.0
+_SNAPSHOT_BYTES_PER_S = 10 * 1024 * 1024
+# A write that has not committed within this long is answered 503 (uncertain). Far above
+# any healthy commit (milliseconds), below SDKs' read timeouts (60 s by default), and
+# long enough to ride out a failover of a follower (about the lease TTL plus the lag
+# limit) without refusing writes that would have committed.
+COMMIT_WAIT_S = 10.0
 
 
 @dataclass(slots=True)
@@ -211,7 +220,17 @@ class ReplicatedStore:
         own = _Own(effects, fetch_bodies, asyncio.get_running_loop().create_future())
         self._own[seq] = own
         self._run(actions)
-        return await asyncio.shield(own.done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(own.done), COMMIT_WAIT_S)
+        except TimeoutError:
+            # Its replicas are unreachable (a partition) or stalled: the client is told
+            # now, as uncertainly as a timeout would tell it, instead of waiting for the
+            # partition to heal. The entry may still commit.
+            if self._own.get(seq) is own:
+                del self._own[seq]
+            raise WriteRefused(
+                f"The write was not confirmed by the in-sync replicas within "
+                f"{COMMIT_WAIT_S:g} s; it may still be stored; retry.") from None
 
     async def close(self) -> None:
         self._closed = True
@@ -386,7 +405,8 @@ class ReplicatedStore:
                                                image[start:start + SNAPSHOT_CHUNK_BYTES]))
                 await asyncio.sleep(0)  # let the transport write between chunks
             self._send(peer, SnapshotEnd(self.partition, crc32(image)))
-            await asyncio.sleep(_SNAPSHOT_ANSWER_S)
+            await asyncio.sleep(max(_SNAPSHOT_ANSWER_MIN_S,
+                                    len(image) / _SNAPSHOT_BYTES_PER_S))
             # No answer: offer it again when the follower next replies.
             if self._snapshots_out.pop(peer, None) is not None:
                 self.replica.snapshot_failed(peer)

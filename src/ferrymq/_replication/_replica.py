@@ -282,6 +282,10 @@ class Replica:
         # Bumped when a snapshot starts replacing the store (see Persist); the shell
         # persists it with the store and passes it back after a restart.
         self.generation = generation
+        # Set by the shell when this replica starts with an empty store in a replica
+        # set that already has data (its node lost its disk): until a leader has given
+        # it a copy it must not be elected, or it would lead with nothing.
+        self.needs_copy = False
 
     # ---- queries -------------------------------------------------------------------
 
@@ -396,6 +400,7 @@ class Replica:
         self.appended = last
         self.durable_seq = last.seq
         self._retained.clear()
+        self.needs_copy = False
         if self.leader is None:
             return []
         # Tell the leader where to resume.
@@ -629,7 +634,13 @@ class Replica:
                 lagging.add(peer)
                 continue
             if prog.in_flight and now_ms - prog.sent_at_ms >= RESEND_AFTER_MS:
-                prog.rewind(prog.acked_seq + 1)  # resend what was not acknowledged
+                # Resend what was not acknowledged. A follower not heard from in this
+                # epoch is resent from the epoch's marker, where it started: from its
+                # acknowledged 0 the leader may hold nothing (it restarted), and a
+                # follower that is merely down must not be offered a snapshot it cannot
+                # take; its first answer says where its log ends.
+                prog.rewind(prog.acked_seq + 1 if prog.incarnation
+                            else max(prog.acked_seq + 1, st.first_seq))
             if now_ms - prog.replied_ms > LAG_MAX_MS or prog.acked_seq < due_seq:
                 lagging.add(peer)
         heartbeat = now_ms - st.heartbeat_ms >= HEARTBEAT_MS
@@ -743,7 +754,8 @@ class Replica:
 
     def _fence_reply(self, msg: Fence, *, accepted: bool) -> FenceReply:
         return FenceReply(self.partition, msg.epoch, self.node, accepted, self.position(),
-                          self.fence_epoch, eligible=self.role is not Role.REBUILDING)
+                          self.fence_epoch,
+                          eligible=self.role is not Role.REBUILDING and not self.needs_copy)
 
     def _answer_fences(self) -> list[Action]:
         """Answer the controller's fences whose promise (and every write before it) is
@@ -770,6 +782,8 @@ class Replica:
         # have passed: it makes nothing less durable.
         self.durable_seq = max(self.durable_seq, through_seq)
         self._fence_durable = max(self._fence_durable, fence_epoch)
+        if self.durable_seq > 0 and self.role is not Role.REBUILDING:
+            self.needs_copy = False  # it holds a leader's log now
         actions: list[Action] = []
         if self.role is Role.LEADER:
             actions.extend(self._advance_commit())

@@ -102,7 +102,8 @@ recorded drain must end ``ok`` (caught up).
 
 P7, availability, per fault: from its start (and from its end) to the completion of
 the first ``ok`` send, and of the first ``ok`` receive, invoked after it. Reported,
-never a violation.
+never a violation. ``longest_ok_gap`` measures a whole stretch the same way: the
+longest time in it without the completion of an ``ok`` operation invoked in it.
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ __all__ = [
     "Report",
     "check",
     "check_ops",
+    "longest_ok_gap",
 ]
 
 _NS_PER_MS = 1_000_000
@@ -818,3 +820,25 @@ def check_ops(ops: list[Op], config: CheckConfig | None = None) -> Report:
             receive_after_end_ms=first_ok(receives, op.t_end)))
     latency_ms = {f: _stats(sorted(values)) for f, values in latency.items()}
     return Report(queues, faults, {f: dict(c) for f, c in counts.items()}, latency_ms, config)
+
+
+def longest_ok_gap(ops: Iterable[Op], f: str, start_ns: int, end_ns: int) -> tuple[int, int]:
+    """P7 over a stretch: the longest part ``(from_ns, to_ns)`` of ``[start_ns, end_ns]``
+    in which no ``ok`` ``f`` operation invoked at or after ``start_ns`` completed.
+
+    Completions, as in P7, are the clients' view of "it worked by then"; only
+    operations invoked within the stretch count, so an answer to a request sent before
+    a fault does not hide an outage that began with it. With no such completion the
+    whole stretch is the gap. Reported by fault tests, never a violation."""
+    if end_ns < start_ns:
+        raise ValueError(f"the stretch ends ({end_ns}) before it starts ({start_ns})")
+    points = sorted(op.t_end for op in ops
+                    if op.f == f and op.type == "ok" and op.t_end is not None
+                    and op.t_inv >= start_ns and op.t_end <= end_ns)
+    best = (start_ns, start_ns)
+    previous = start_ns
+    for point in [*points, end_ns]:
+        if point - previous > best[1] - best[0]:
+            best = (previous, point)
+        previous = point
+    return best

@@ -43,6 +43,7 @@ __all__ = [
     "classify",
     "create_queue",
     "drain_all",
+    "probe_send",
 ]
 
 # Bounds on every worker loop, so a server that never fails cannot make one spin for
@@ -311,6 +312,32 @@ class _Actor:
 def _send_result(response: dict[str, Any]) -> dict[str, Any]:
     return {"message_id": response.get("MessageId"), "md5": response.get("MD5OfMessageBody"),
             "sequence_number": response.get("SequenceNumber")}
+
+
+def probe_send(recorder: Recorder, endpoints: Endpoints, queue: QueueRef,
+               url: str) -> str:
+    """One recorded send of a new message to the standard queue ``queue`` through
+    ``url``, from a process of its own; its history type. A probe of one node at one
+    moment, for a test whose workload threads may all be waiting on some other node.
+    The message is the checker's like any W1 message (acked: it must be received and
+    deleted, by a consumer or the drain)."""
+    if queue.fifo:
+        raise ValueError("a probe sends to a standard queue (a FIFO send needs its group's "
+                         "sequence)")
+    process = recorder.new_process()
+    key = f"{process}-0"
+    body = make_body(key)
+    pending = recorder.invoke(process, "send", {"queue": queue.name, "fifo": False,
+                                                "id": key, "body": body, "attempt": 0}, url)
+    try:
+        response = endpoints.client(url).send_message(QueueUrl=queue.url(url),
+                                                      MessageBody=body)
+    except Exception as exc:  # noqa: BLE001 - every outcome is recorded, none raised
+        type_, detail = classify(exc)
+        recorder.complete(pending, type_, detail)
+        return type_
+    recorder.complete(pending, "ok", _send_result(response))
+    return "ok"
 
 
 def _key_of(message: dict[str, Any]) -> str:

@@ -1,0 +1,440 @@
+"""Harness for cluster fault tests: a real local cluster (etcd and ``ferrymq node``
+processes) run through the real ``ferrymq cluster`` command line, and the faults a test
+injects into it.
+
+What belongs here: running ``ferrymq cluster up|status|start|stop|down`` as a
+subprocess, signalling one recorded process by its PID (SIGKILL, SIGSTOP, SIGCONT),
+reading who leads (etcd's record, each node's ``/_ferry/status``, etcd's own Raft
+leader), bounded waits, and the finaliser that stops every process a test started.
+No assertion about the cluster's behaviour lives here; those are the tests'.
+
+Every PID signalled comes from the cluster's state file and is checked against the
+command line recorded for it (``_local.is_ours``), so a PID the kernel recycled is never
+signalled. Every PID the harness ever saw is remembered, so the finaliser also stops a
+process the state file no longer names (the state file records only the latest PID).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ferrymq._cluster._layout import Layout, decode_state
+from ferrymq._cluster._local import (
+    ClusterState,
+    EtcdRecord,
+    LocalClusterError,
+    NodeRecord,
+    is_ours,
+    load_state,
+)
+from ferrymq._replication._election import PartitionState
+
+__all__ = [
+    "PARTITION",
+    "ClusterError",
+    "LocalCluster",
+    "free_base_port",
+    "local_cluster",
+]
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARTITION = "p0"
+_CLUSTER = "ferry"
+# Node ports are picked in this range: below Linux's ephemeral range (32768-60999), so
+# the ports etcd is given by the kernel (bind to 0) never fall among them, and far from
+# 9324, a developer's default.
+_PORT_RANGE = (20_000, 30_000)
+_PORT_PICK_ATTEMPTS_MAX = 200
+# A `cluster` command: `up` waits up to 60 s for health and `start` up to 60 s for a
+# status answer; past this the command itself hangs, which is a bug to see, not wait for.
+_CLI_TIMEOUT_S = 90.0
+# One probe (a node's status, etcd's range or Raft status) must not hang a poll on a
+# process that is paused (SIGSTOP): its kernel still accepts the connection and then
+# nothing answers.
+_PROBE_TIMEOUT_S = 0.5
+# Waits poll this often: one loopback request per process per poll.
+_POLL_S = 0.05
+# After SIGKILL a process is gone within milliseconds unless stuck in the kernel; this
+# bounds the finaliser's wait for that.
+_KILL_WAIT_S = 5.0
+# How much of each log a failure message quotes.
+_LOG_TAIL_BYTES = 3000
+
+
+class ClusterError(RuntimeError):
+    """A cluster command failed or a wait ran out; the message says what was seen."""
+
+
+def free_base_port(count: int) -> int:
+    """A base with ``count`` consecutive loopback ports free a moment ago (probed by
+    binding each; the usual race with other programs is accepted)."""
+    for _ in range(_PORT_PICK_ATTEMPTS_MAX):
+        base = random.randrange(*_PORT_RANGE)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise ClusterError(f"no {count} consecutive free ports in {_PORT_RANGE}")
+
+
+def _request_json(url: str, body: dict[str, Any] | None = None,
+               timeout_s: float = _PROBE_TIMEOUT_S) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            parsed = json.loads(resp.read())
+    # URLError, HTTPError and timeouts are OSErrors; a garbled answer is an
+    # HTTPException, bad JSON a ValueError.
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise OSError(f"{url}: {exc!r}") from exc
+    if not isinstance(parsed, dict):
+        raise OSError(f"{url}: not a JSON object")
+    return parsed
+
+
+class LocalCluster:
+    """One local cluster in ``data_dir``; see the module docstring."""
+
+    def __init__(self, data_dir: Path, *, nodes: int = 3, etcd_members: int = 1,
+                 lease_ttl_s: int = 2) -> None:
+        self.data_dir = data_dir
+        self.nodes = nodes
+        self.etcd_members = etcd_members
+        self.lease_ttl_s = lease_ttl_s
+        self.base_port = free_base_port(nodes)
+        self._layout = Layout(_CLUSTER)
+        # Every (pid, argv) seen in the state file, for the finaliser.
+        self._seen: dict[int, list[str]] = {}
+        self._state: ClusterState | None = None
+
+    # ---- the command line -----------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``ferrymq cluster ARGS --data-dir D``; a failure raises with its stderr."""
+        # This checkout's Ferry first; an inherited PYTHONPATH is kept after it, and the
+        # nodes inherit the result from `cluster up`/`start`.
+        path = [str(REPO_ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "ferrymq", "cluster", *args,
+                 "--data-dir", str(self.data_dir)],
+                env=env, capture_output=True, text=True, timeout=_CLI_TIMEOUT_S, check=False)
+        finally:
+            self._remember()
+        if check and done.returncode != 0:
+            raise ClusterError(f"`ferrymq cluster {' '.join(args)}` exited "
+                               f"{done.returncode}:\n{done.stderr}\n{self.logs()}")
+        return done
+
+    def up(self) -> None:
+        self.cli("up", "--nodes", str(self.nodes), "--port", str(self.base_port),
+                 "--etcd-members", str(self.etcd_members),
+                 "--lease-ttl-seconds", str(self.lease_ttl_s))
+
+    def down(self) -> None:
+        # A paused process would sit out `down`'s whole SIGTERM grace (10 s).
+        self.resume_all()
+        self.cli("down")
+
+    def start(self, name: str) -> None:
+        """``cluster start --node NAME``: returns once it answers (a node) or is healthy
+        (an etcd member with a quorum)."""
+        self.cli("start", "--node", name)
+
+    def stop(self, name: str) -> None:
+        """``cluster stop --node NAME``: SIGTERM, SIGKILL after 10 s."""
+        self.cli("stop", "--node", name)
+
+    def status(self) -> dict[str, Any]:
+        """``cluster status --json``. It asks every node with a 1 s timeout, so a call
+        with a paused node takes a second; timing-sensitive polls use ``partition``."""
+        doc = json.loads(self.cli("status", "--json").stdout)
+        if not isinstance(doc, dict):
+            raise ClusterError(f"status is not an object: {doc!r}")
+        return doc
+
+    # ---- the state file -------------------------------------------------------------
+
+    def _remember(self) -> None:
+        try:
+            state = load_state(self.data_dir)
+        except LocalClusterError:
+            return  # unreadable: the CLI command that wrote it reports why
+        if state is None:
+            return
+        self._state = state
+        for rec in state.records():
+            if rec.pid is not None:
+                self._seen[rec.pid] = list(rec.argv)
+
+    def state(self) -> ClusterState:
+        self._remember()
+        if self._state is None:
+            raise ClusterError(f"no cluster state in {self.data_dir}")
+        return self._state
+
+    def record(self, name: str) -> EtcdRecord | NodeRecord:
+        return self.state().find(name)
+
+    def node_ids(self) -> list[str]:
+        return [n.id for n in self.state().nodes]
+
+    def urls(self) -> list[str]:
+        return [n.url for n in self.state().nodes]
+
+    def url(self, node: str) -> str:
+        rec = self.record(node)
+        if not isinstance(rec, NodeRecord):
+            raise ClusterError(f"{node} is not a node")
+        return rec.url
+
+    def pid(self, name: str) -> int:
+        """The running PID of ``name``, checked against its recorded command line."""
+        rec = self.record(name)
+        if rec.pid is None or not is_ours(rec.pid, rec.argv):
+            raise ClusterError(f"{name} is not running (recorded pid {rec.pid})")
+        return rec.pid
+
+    # ---- faults ---------------------------------------------------------------------
+
+    def signal(self, name: str, sig: signal.Signals) -> int:
+        pid = self.pid(name)
+        os.kill(pid, sig)
+        return pid
+
+    def kill9(self, *names: str) -> None:
+        """SIGKILL every one of ``names`` at once (a crash, not a stop; several crash
+        together, as in a power loss) and return once all are gone."""
+        victims = [(name, self.record(name).argv, self.signal(name, signal.SIGKILL))
+                   for name in names]
+        self.wait_for(f"{', '.join(names)} gone",
+                      lambda: not any(is_ours(pid, argv) for _, argv, pid in victims),
+                      _KILL_WAIT_S)
+
+    def pause(self, node: str) -> None:
+        self.signal(node, signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        self.signal(node, signal.SIGCONT)
+
+    def resume_all(self) -> None:
+        for pid, argv in self._seen.items():
+            if is_ours(pid, argv):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    # ---- observation -----------------------------------------------------------------
+
+    def node_status(self, node: str) -> dict[str, Any] | None:
+        """The node's ``GET /_ferry/status``, or None if it does not answer promptly."""
+        try:
+            return _request_json(self.url(node) + "/_ferry/status")
+        except OSError:
+            return None
+
+    def partition(self) -> PartitionState | None:
+        """The replica set as etcd holds it (what the controller decided), read from the
+        first etcd member that answers; None if none does or there is none yet."""
+        key = self._layout.partition(PARTITION)
+        for member in self.state().etcd:
+            if member.pid is None or not is_ours(member.pid, member.argv):
+                continue
+            try:
+                doc = _request_json(member.client_url + "/v3/kv/range",
+                                 {"key": base64.b64encode(key).decode()})
+            except OSError:
+                continue
+            kvs = doc.get("kvs") or []
+            return decode_state(base64.b64decode(kvs[0]["value"])) if kvs else None
+        return None
+
+    def client_url(self, member: str) -> str:
+        rec = self.record(member)
+        if not isinstance(rec, EtcdRecord):
+            raise ClusterError(f"{member} is not an etcd member")
+        return rec.client_url
+
+    def running(self, name: str) -> bool:
+        rec = self.record(name)
+        return is_ours(rec.pid, rec.argv)
+
+    def etcd_leader(self) -> str:
+        """The etcd member that is Raft leader now (from each member's
+        ``/v3/maintenance/status``: its own id and the leader's id)."""
+        ids: dict[str, str] = {}
+        leaders: set[str] = set()
+        for member in self.state().etcd:
+            if member.pid is None or not is_ours(member.pid, member.argv):
+                continue
+            try:
+                doc = _request_json(member.client_url + "/v3/maintenance/status", {})
+            except OSError:
+                continue
+            header = doc.get("header") or {}
+            ids[str(header.get("member_id"))] = member.name
+            if str(doc.get("leader", "0")) != "0":
+                leaders.add(str(doc["leader"]))
+        named = [ids[leader] for leader in leaders if leader in ids]
+        if len(named) != 1:
+            raise ClusterError(f"no single etcd leader: members {ids}, leaders {leaders}")
+        return named[0]
+
+    def etcd_leader_other_than(self, member: str) -> str | None:
+        """The etcd leader if there is one and it is not ``member``, else None."""
+        try:
+            leader = self.etcd_leader()
+        except ClusterError:
+            return None
+        return None if leader == member else leader
+
+    def wait_for(self, what: str, ready: Callable[[], T | None], timeout_s: float) -> T:
+        """Poll ``ready`` until it returns something other than None or False; raise
+        with ``what`` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = ready()
+            if value is not None and value is not False:
+                return value
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"{what}: not within {timeout_s:g} s\n{self.logs()}")
+            time.sleep(_POLL_S)
+
+    def leader(self, timeout_s: float = 15.0, *, other_than: str | None = None,
+               epoch_above: int = -1) -> PartitionState:
+        """Once etcd names a leader (other than ``other_than``, of an epoch above
+        ``epoch_above``) whose node reports itself leader of that epoch: that state."""
+        def ready() -> PartitionState | None:
+            ps = self.partition()
+            if ps is None or ps.leader is None or ps.leader == other_than \
+                    or ps.epoch <= epoch_above:
+                return None
+            status = self.node_status(ps.leader)
+            if status is None or status.get("role") != "leader" \
+                    or status.get("epoch") != ps.epoch:
+                return None
+            return ps
+        return self.wait_for(f"a leader other than {other_than} above epoch {epoch_above}",
+                             ready, timeout_s)
+
+    def in_sync(self, timeout_s: float = 30.0) -> PartitionState:
+        """Once every node is in the in-sync set etcd holds, its leader leads that epoch,
+        and every follower says it follows that epoch with a log reaching the commit
+        the leader reported just before: that state.
+
+        The followers are asked themselves because the leader's own lag figures are
+        what the follower's previous process acknowledged until the new one answers
+        (a follower restarted with an empty disk shows lag 0 for a moment)."""
+        everyone = set(self.node_ids())
+
+        def ready() -> PartitionState | None:
+            ps = self.partition()
+            if ps is None or ps.leader is None or set(ps.isr) != everyone:
+                return None
+            status = self.node_status(ps.leader)
+            if status is None or status.get("role") != "leader" \
+                    or status.get("epoch") != ps.epoch:
+                return None
+            commit = status.get("commit_seq")
+            if not isinstance(commit, int):
+                return None
+            for node in everyone - {ps.leader}:
+                mine = self.node_status(node)
+                if mine is None or mine.get("role") != "follower" \
+                        or mine.get("epoch") != ps.epoch:
+                    return None
+                position = mine.get("position") or [0, 0]
+                if not isinstance(position[1], int) or position[1] < commit:
+                    return None
+            return ps
+        return self.wait_for("every node in sync", ready, timeout_s)
+
+    def logs(self) -> str:
+        """The end of every process's log, for a failure message."""
+        parts: list[str] = []
+        state = self._state
+        if state is None:
+            return ""
+        for rec in state.records():
+            try:
+                with open(rec.log, "rb") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    fh.seek(max(0, fh.tell() - _LOG_TAIL_BYTES))
+                    tail = fh.read().decode("utf-8", "replace")
+            except OSError:
+                tail = "(no log)"
+            parts.append(f"--- {rec.log} ---\n{tail}")
+        return "\n".join(parts)
+
+    def log_size(self, name: str) -> int:
+        """Bytes in ``name``'s log now: where ``log_text`` of what follows starts."""
+        try:
+            return Path(self.record(name).log).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_text(self, name: str, since: int = 0) -> str:
+        """``name``'s log (every run of the process appends to it), from byte ``since``."""
+        with open(self.record(name).log, "rb") as fh:
+            fh.seek(since)
+            return fh.read().decode("utf-8", "replace")
+
+    # ---- the finaliser -----------------------------------------------------------------
+
+    def kill_everything(self) -> list[int]:
+        """SIGKILL every process of this cluster the harness ever saw that still runs
+        its recorded command line (SIGCONT first: a paused one must be able to die
+        promptly); returns their PIDs."""
+        self._remember()
+        alive = [(pid, argv) for pid, argv in self._seen.items() if is_ours(pid, argv)]
+        for pid, _ in alive:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + _KILL_WAIT_S
+        while time.monotonic() < deadline and any(is_ours(p, a) for p, a in alive):
+            time.sleep(_POLL_S)
+        return [pid for pid, _ in alive]
+
+
+@contextmanager
+def local_cluster(data_dir: Path, **options: Any) -> Iterator[LocalCluster]:
+    """A cluster that is up for the block and stopped after it, whatever happened:
+    ``cluster down``, then SIGKILL of anything of it still running."""
+    cluster = LocalCluster(data_dir, **options)
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        try:
+            cluster.down()
+        except (ClusterError, subprocess.TimeoutExpired) as exc:
+            print(f"cluster down failed: {exc}", file=sys.stderr)
+        left = cluster.kill_everything()
+        if left:
+            print(f"killed processes `down` left running: {left}", file=sys.stderr)
