@@ -288,3 +288,37 @@ def test_a_gap_is_answered_with_where_the_log_ends() -> None:
     (send,) = r.receive(Append(P, 1, "a", Position(1, 5), (Entry(6, 1, b"x"),), 0), 0)
     assert isinstance(send, Send) and isinstance(send.message, AppendReply)
     assert not send.message.ok and send.message.last == NO_POSITION
+
+
+def test_a_replica_that_needs_a_copy_is_not_electable_until_it_holds_one() -> None:
+    w = Wire("a", "b")
+    w.replicas["b"].needs_copy = True  # the shell: an empty store in a set that had data
+    w.run("b", w.replicas["b"].receive(Fence(P, 1, "ctl"), w.now_ms))
+    w.sync("b")
+    (reply,) = [s.message for src, s in w.outbox if src == "b" and s.to == "ctl"]
+    assert isinstance(reply, FenceReply) and reply.accepted and not reply.eligible
+    w.outbox.clear()
+    elect(w, "a", epoch=2, min_isr=1)
+    w.settle()  # b now holds a's log
+    w.run("b", w.replicas["b"].receive(Fence(P, 3, "ctl"), w.now_ms))
+    w.sync("b")
+    (reply,) = [s.message for src, s in w.outbox if src == "b" and s.to == "ctl"]
+    assert isinstance(reply, FenceReply) and reply.eligible
+
+
+def test_a_follower_not_heard_from_is_resent_from_the_marker_not_offered_a_snapshot(
+) -> None:
+    # A leader that restarted holds nothing before its own marker in memory; a follower
+    # that is down answers nothing. Resending must not turn into a snapshot offer.
+    history = EpochHistory([(1, 1)])
+    w = Wire("a", "b")
+    w.replicas["a"] = Replica(P, "a", last=Position(1, 40), fence_epoch=1, history=history,
+                              incarnation="a.2")
+    elect(w, "a", epoch=2, min_isr=1)
+    w.sync("a")
+    w.deliver(to="b", drop=True)  # b is down
+    for _ in range(5):
+        w.now_ms += RESEND_AFTER_MS
+        w.run("a", w.replicas["a"].tick(w.now_ms))
+        w.deliver(to="b", drop=True)
+    assert w.of(SendSnapshot) == []
