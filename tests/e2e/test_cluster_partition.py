@@ -31,7 +31,7 @@ The partition cuts the leader's link to the bridge. Then:
    After it, none is sent, because both nodes promised the successor's epoch (the
    controller's fence) before it was elected, and a replica refuses appends of an
    older epoch: that is fencing. The old leader does not keep its clients waiting for
-   the heal: a write not committed within ``COMMIT_WAIT_S`` is answered 503 (uncertain,
+   the heal: a write not committed within ``COMMIT_WAIT_MS`` is answered 503 (uncertain,
    as a timeout would be); some writes must have been refused.
    This is stronger than "no ``ok`` after the successor's first ``ok``": it starts at
    the cut, not at the election.

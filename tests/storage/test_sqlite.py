@@ -382,3 +382,34 @@ def test_a_failed_migration_leaves_the_file_at_version_1(
     monkeypatch.undo()
     store = SqliteStore(old)  # and a working migration still goes through
     asyncio.run(store.close())
+
+
+def test_commit_parts_reads_each_part_between_the_others_in_one_transaction(
+        tmp_path: Path) -> None:
+    from ferrymq._core._effects import MessageRemoved, MessageStored, QueueUpserted
+    from ferrymq._core._records import MessageRecord, QueueRecord
+
+    def message(body: str) -> MessageStored:
+        return MessageStored(MessageRecord(
+            queue="q", message_id="m1", body=body, attributes=(), md5_of_body="x",
+            md5_of_attributes=None, sent_ms=1, visible_at_ms=1, receive_count=0,
+            first_receive_ms=None, receipt_token=None, sender_id="s", group_id=None,
+            dedup_id=None, sequence_number=None, trace_header=None,
+            dead_letter_source_arn=None, received_ms=None))
+
+    async def run() -> list[list[str | None]]:
+        store = SqliteStore(tmp_path / "s.sqlite3")
+        try:
+            before = store.stats.transactions
+            bodies = await store.commit_parts([
+                ([QueueUpserted(QueueRecord("q", (), (), 1, 1, None)), message("one")], ()),
+                ([], [("q", "m1")]),  # sees the first part only
+                ([MessageRemoved("q", "m1")], [("q", "m1")]),  # sees the removal
+            ], meta={"repl.test": "1"})
+            assert store.stats.transactions == before + 1
+            assert store.read_meta("repl.") == {"repl.test": "1"}
+            return bodies
+        finally:
+            await store.close()
+
+    assert asyncio.run(run()) == [[], ["one"], [None]]

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from ferrymq._core._broker import Broker
     from ferrymq._service import QueueService
 
-__all__ = ["COMMIT_WAIT_S", "META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "ReplicatedStore"]
+__all__ = ["COMMIT_WAIT_MS", "META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "ReplicatedStore"]
 
 log = logging.getLogger("ferrymq.cluster.partition")
 
@@ -91,7 +91,7 @@ _SNAPSHOT_BYTES_PER_S = 10 * 1024 * 1024
 # any healthy commit (milliseconds), below SDKs' read timeouts (60 s by default), and
 # long enough to ride out a failover of a follower (about the lease TTL plus the lag
 # limit) without refusing writes that would have committed.
-COMMIT_WAIT_S = 10.0
+COMMIT_WAIT_MS = 10_000
 
 
 @dataclass(slots=True)
@@ -101,6 +101,7 @@ class _Own:
     effects: Sequence[Effect]
     fetch_bodies: Sequence[tuple[str, str]]
     done: asyncio.Future[list[str | None]]
+    proposed_ms: int
     bodies: list[str | None] | None = None  # set once the local write is durable
 
 
@@ -172,6 +173,10 @@ class ReplicatedStore:
         self._incoming: _Incoming | None = None
         self._installing = False
         self._deferred: list[Persist] = []
+        # Writes collected in this turn of the loop, in order (see _persist).
+        self._collected: list[tuple[Persist, list[Effect], Sequence[tuple[str, str]],
+                                    _Own | None]] = []
+        self._flush_scheduled = False
         self._snapshots_out: dict[str, Position] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -211,26 +216,17 @@ class ReplicatedStore:
             raise StorageError("the store is closed")
         payload = encode_effects(effects)
         try:
-            seq, actions = self.replica.propose(payload, self._clock_ms())
+            seq, actions = self.replica.propose(payload, self._clock_ms(), send=False)
         except NotWritable as exc:
             # The service's gate let a write through that the replica refuses: the core
             # applied effects no log holds. A bug; stopping is the only safe answer.
             raise StorageError(f"bug: a write reached a replica that refuses it: {exc}") \
                 from exc
-        own = _Own(effects, fetch_bodies, asyncio.get_running_loop().create_future())
+        own = _Own(effects, fetch_bodies, asyncio.get_running_loop().create_future(),
+                   proposed_ms=self._clock_ms())
         self._own[seq] = own
         self._run(actions)
-        try:
-            return await asyncio.wait_for(asyncio.shield(own.done), COMMIT_WAIT_S)
-        except TimeoutError:
-            # Its replicas are unreachable (a partition) or stalled: the client is told
-            # now, as uncertainly as a timeout would tell it, instead of waiting for the
-            # partition to heal. The entry may still commit.
-            if self._own.get(seq) is own:
-                del self._own[seq]
-            raise WriteRefused(
-                f"The write was not confirmed by the in-sync replicas within "
-                f"{COMMIT_WAIT_S:g} s; it may still be stored; retry.") from None
+        return await asyncio.shield(own.done)
 
     async def close(self) -> None:
         self._closed = True
@@ -256,8 +252,22 @@ class ReplicatedStore:
         self._fail_own(reason)
 
     def tick(self) -> None:
+        now_ms = self._clock_ms()
         if not self._installing:
-            self._run(self.replica.tick(self._clock_ms()))
+            self._run(self.replica.tick(now_ms))
+        # Writes waiting longer than COMMIT_WAIT_MS (replicas cut off or stalled): the
+        # client is told now, as uncertainly as a timeout would tell it, instead of when
+        # the partition heals. The entry may still commit. Oldest first (seq order), so
+        # only the expired ones are looked at.
+        while self._own:
+            seq, own = next(iter(self._own.items()))
+            if now_ms - own.proposed_ms < COMMIT_WAIT_MS:
+                break
+            del self._own[seq]
+            if not own.done.done():
+                own.done.set_exception(WriteRefused(
+                    f"The write was not confirmed by the in-sync replicas within "
+                    f"{COMMIT_WAIT_MS // 1000} s; it may still be stored; retry."))
 
     def on_frame(self, peer: str, frame: object) -> None:
         if self._closed:
@@ -344,6 +354,9 @@ class ReplicatedStore:
         }
 
     def _persist(self, p: Persist) -> None:
+        """Collect a write; every write collected in one turn of the event loop goes to
+        disk in one transaction (``_flush``), and the leader's proposals of that turn
+        go to the followers in one ``Append``: group commit across the replica set."""
         if self._installing:
             self._deferred.append(p)
             return
@@ -368,23 +381,50 @@ class ReplicatedStore:
                 for effect in decoded:
                     broker.apply(effect)
                 effects.extend(decoded)
-        meta = self._meta(p.fence_epoch, p.through_seq)
-        self._spawn(self._write(effects, fetches, meta, p, own))
+        self._collected.append((p, effects, fetches, own))
+        self._schedule_flush()
 
-    async def _write(self, effects: list[Effect], fetches: Sequence[tuple[str, str]],
-                     meta: dict[str, str], p: Persist, own: _Own | None) -> None:
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        collected, self._collected = self._collected, []
+        while collected:
+            # One transaction per store generation (a snapshot replaces the store).
+            generation = collected[0][0].generation
+            group = []
+            while collected and collected[0][0].generation == generation:
+                group.append(collected.pop(0))
+            last = group[-1][0]
+            fence_epoch = max(p.fence_epoch for p, _, _, _ in group)
+            meta = self._meta(fence_epoch, last.through_seq)
+            self._spawn(self._write(group, meta, last.through_seq, fence_epoch, generation))
+        if self.replica.role is Role.LEADER:
+            self._run(self.replica.pump(self._clock_ms()))
+
+    async def _write(self, group: list[tuple[Persist, list[Effect],
+                                             Sequence[tuple[str, str]], _Own | None]],
+                     meta: dict[str, str], through_seq: int, fence_epoch: int,
+                     generation: int) -> None:
         try:
-            bodies = await self._inner.commit(effects, fetches, meta=meta)
+            bodies = await self._inner.commit_parts(
+                [(effects, fetches) for _, effects, fetches, _ in group], meta=meta)
         except StorageError as exc:
             if not self._closed:
                 self._on_fatal(exc)
             return
-        self.stats.commits += 1
-        self.stats.effects += len(effects)
-        if own is not None:
-            own.bodies = bodies
+        self.stats.commits += len(group)
+        self.stats.effects += sum(len(effects) for _, effects, _, _ in group)
+        for (_, _, _, own), own_bodies in zip(group, bodies, strict=True):
+            if own is not None:
+                own.bodies = own_bodies
         if not self._closed:
-            self._run(self.replica.persisted(p.through_seq, p.fence_epoch, p.generation))
+            self._run(self.replica.persisted(through_seq, fence_epoch, generation))
 
     # ---- snapshots: the leader's side ----------------------------------------------------
 

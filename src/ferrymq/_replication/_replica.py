@@ -408,8 +408,11 @@ class Replica:
 
     # ---- the leader's side -----------------------------------------------------------
 
-    def propose(self, payload: bytes, now_ms: int) -> tuple[int, list[Action]]:
-        """Append one entry; returns its seq and the actions. Raises ``NotWritable``."""
+    def propose(self, payload: bytes, now_ms: int, *,
+                send: bool = True) -> tuple[int, list[Action]]:
+        """Append one entry; returns its seq and the actions. Raises ``NotWritable``.
+        With ``send`` False the entry is not sent yet: the shell calls ``pump`` once for
+        many proposals, so followers get them in one ``Append``."""
         st = self._leading
         if st is None or self.role is not Role.LEADER:
             raise NotWritable(f"{self.node} does not lead {self.partition}")
@@ -418,8 +421,14 @@ class Replica:
                               f"than the {st.min_isr} it needs")
         entry = Entry(self.appended.seq + 1, self.epoch, payload)
         actions: list[Action] = [self._append_local(entry)]
-        actions.extend(self._pump(now_ms))
+        if send:
+            actions.extend(self._pump(now_ms))
         return entry.seq, actions
+
+    def pump(self, now_ms: int) -> list[Action]:
+        """Send every follower what it has not been sent yet (after proposals made with
+        ``send=False``)."""
+        return self._pump(now_ms)
 
     def _append_local(self, entry: Entry) -> Persist:
         self.history.note(entry.epoch, entry.seq)

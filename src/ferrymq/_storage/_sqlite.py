@@ -615,6 +615,9 @@ class _Pending:
     bodies: list[str | None] = field(default_factory=list)  # filled by the writer
     # ``ferry_meta`` rows written in the same transaction (replication's position).
     meta: Mapping[str, str] | None = None
+    # A call made of several (effects, fetches) parts, written in one transaction in
+    # order, each part's reads seeing exactly the parts up to it (``commit_parts``).
+    parts: list[_Pending] | None = None
     # A copy of the whole database, taken right after this call's transaction.
     wants_image: bool = False
     image: bytes | None = None
@@ -819,9 +822,23 @@ class SqliteStore:
         # applied them), so its future must stay resolvable by the writer.
         return await asyncio.shield(item.future)
 
+    async def commit_parts(
+        self, parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]],
+        *, meta: Mapping[str, str] | None = None,
+    ) -> list[list[str | None]]:
+        """Like ``commit`` called once per part, in order, except that all parts (and
+        ``meta``) are durable together or not at all: one replicated log entry made of
+        several requests. Returns each part's bodies."""
+        loop = asyncio.get_running_loop()
+        subs = [_Pending(effects, loop.create_future(), loop, fetches)
+                for effects, fetches in parts]
+        item = await self._enqueue((), (), meta, parts=subs)
+        await asyncio.shield(item.future)
+        return [sub.bodies for sub in subs]
+
     async def _enqueue(self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]],
                        meta: Mapping[str, str] | None, *, wants_image: bool = False,
-                       ) -> _Pending:
+                       parts: list[_Pending] | None = None) -> _Pending:
         # Everything up to the handoff happens synchronously, so calls enter the
         # handoff (or the waiting line) in call order.
         if self._closed:
@@ -833,7 +850,7 @@ class SqliteStore:
             assert self._last is None or self._last.done(), "store used from two loops"
             self._loop = loop
         item = _Pending(effects, loop.create_future(), loop, fetch_bodies, meta=meta,
-                        wants_image=wants_image)
+                        wants_image=wants_image, parts=parts)
         if self._waiting:
             # Settling the line fails it if the store broke meanwhile.
             self._waiting.append(item)
@@ -978,10 +995,11 @@ class SqliteStore:
                 # Runs of one effect kind span calls (executemany), but a call that
                 # reads bodies is a boundary: its reads see exactly the effects of the
                 # calls up to and including it.
+                flat = [sub for item in batch for sub in (item.parts or (item,))]
                 start = 0
-                for end, item in enumerate(batch, 1):
-                    if item.fetch_bodies or end == len(batch):
-                        effect_count += _write_effects(cur, _effects_in_order(batch[start:end]))
+                for end, item in enumerate(flat, 1):
+                    if item.fetch_bodies or end == len(flat):
+                        effect_count += _write_effects(cur, _effects_in_order(flat[start:end]))
                         start = end
                         item.bodies = [_read_body(cur, key) for key in item.fetch_bodies]
                 meta: dict[str, str] = {}
