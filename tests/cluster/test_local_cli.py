@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ports import free_base_port
 
 from ferrymq._cluster import _local
 from ferrymq._cluster._layout import Layout, encode_state
@@ -104,26 +104,6 @@ FAKE_NODE = textwrap.dedent('''
 def require_etcd() -> None:
     if etcd_binary() is None:
         pytest.skip(ETCD_INSTALL_HINT)
-
-
-def free_base_port(count: int) -> int:
-    """A base with ``count`` consecutive free ports, below the ephemeral range so the
-    free ports etcd gets cannot fall among them (and never 9324, a user's default)."""
-    for _ in range(200):
-        base = random.randrange(20_000, 30_000)
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 def kill_everything_recorded(data_dir: Path) -> None:

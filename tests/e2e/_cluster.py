@@ -20,9 +20,7 @@ import base64
 import http.client
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
+
+from _ports import free_base_port
 
 from ferrymq._cluster._layout import Layout, decode_state
 from ferrymq._cluster._local import (
@@ -47,7 +47,6 @@ __all__ = [
     "PARTITION",
     "ClusterError",
     "LocalCluster",
-    "free_base_port",
     "local_cluster",
 ]
 
@@ -56,11 +55,6 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PARTITION = "p0"
 _CLUSTER = "ferry"
-# Node ports are picked in this range: below Linux's ephemeral range (32768-60999), so
-# the ports etcd is given by the kernel (bind to 0) never fall among them, and far from
-# 9324, a developer's default.
-_PORT_RANGE = (20_000, 30_000)
-_PORT_PICK_ATTEMPTS_MAX = 200
 # A `cluster` command: `up` waits up to 60 s for health and `start` up to 60 s for a
 # status answer; past this the command itself hangs, which is a bug to see, not wait for.
 _CLI_TIMEOUT_S = 90.0
@@ -79,26 +73,6 @@ _LOG_TAIL_BYTES = 3000
 
 class ClusterError(RuntimeError):
     """A cluster command failed or a wait ran out; the message says what was seen."""
-
-
-def free_base_port(count: int) -> int:
-    """A base with ``count`` consecutive loopback ports free a moment ago (probed by
-    binding each; the usual race with other programs is accepted)."""
-    for _ in range(_PORT_PICK_ATTEMPTS_MAX):
-        base = random.randrange(*_PORT_RANGE)
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise ClusterError(f"no {count} consecutive free ports in {_PORT_RANGE}")
 
 
 def _request_json(url: str, body: dict[str, Any] | None = None,
