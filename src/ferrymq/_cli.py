@@ -388,7 +388,11 @@ def _node(args: argparse.Namespace) -> int:
     from ferrymq._storage import StorageError
 
     try:
-        return asyncio.run(run_node(cfg, make_broker))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - optional on non-Linux platforms
+            return asyncio.run(run_node(cfg, make_broker))
+        return uvloop.run(run_node(cfg, make_broker))
     except StorageError as exc:
         return _fail(f"cannot open the store in {args.data_dir}: {exc}")
 

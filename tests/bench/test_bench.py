@@ -5,19 +5,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ferrymq._bench._loadgen import batch_failed, build_request
-from ferrymq._bench._report import TABLE_HEADERS, add_ratios, render_workload, table_rows
-from ferrymq._bench._runner import summarise_runs
+from ferrymq._bench._loadgen import _with_host, batch_failed, build_request
+from ferrymq._bench._report import (
+    FAILOVER_HEADERS,
+    TABLE_HEADERS,
+    add_ratios,
+    failover_table_rows,
+    render_workload,
+    table_rows,
+)
+from ferrymq._bench._runner import failover_row, summarise_runs, target_notes
 from ferrymq._bench._stats import (
     CLOCK_TICKS_PER_S,
     cpu_ns_from_stat_line,
+    first_ack_delays_ns,
     format_table,
+    longest_gaps_ns,
+    machine_busy_ns,
+    main_thread_cpu_ns,
     median,
     parse_stat_line,
     percentile,
@@ -88,7 +101,41 @@ def test_parse_own_proc_stat() -> None:
         pass
     assert session_cpu_ns([own]) > before
     assert session_pids(own)[0] == own
+    assert main_thread_cpu_ns([2**22 + 12345]) == 0
+
+
+def test_main_thread_cpu_leaves_out_other_threads() -> None:
+    import threading
+
+    own = os.getpid()
+
+    def burn() -> None:
+        deadline = time.thread_time() + 0.3
+        while time.thread_time() < deadline:
+            pass
+
+    main_before, all_before = main_thread_cpu_ns([own]), session_cpu_ns([own])
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    main_spent = main_thread_cpu_ns([own]) - main_before
+    all_spent = session_cpu_ns([own]) - all_before
+    # The side thread's 0.3 s of CPU shows in the process's total, not in its main
+    # thread's (ticks are 10 ms; the main thread only waited).
+    assert all_spent >= 250_000_000
+    assert main_spent <= 100_000_000
     assert session_pids(2**22 + 12345) == []  # beyond pid_max: no such process
+
+
+def test_machine_busy_from_proc_stat() -> None:
+    text = ("cpu  100 5 50 9000 40 3 2 7 0 0\n"
+            "cpu0 50 2 25 4500 20 1 1 3 0 0\n")
+    # user + nice + system + irq + softirq + steal; idle and iowait are not busy.
+    assert machine_busy_ns(text) == (100 + 5 + 50 + 3 + 2 + 7) * 1_000_000_000 \
+        // CLOCK_TICKS_PER_S
+    assert machine_busy_ns(Path("/proc/stat").read_text()) > 0
+    with pytest.raises(ValueError):
+        machine_busy_ns("intr 1 2 3\n")
 
 
 def test_rss_from_status() -> None:
@@ -172,6 +219,105 @@ def test_batch_failed_tells_empty_from_real_failures() -> None:
                         b'"Code":"X"}]}')
 
 
+def test_with_host_renames_only_the_host_header() -> None:
+    data = build_request("127.0.0.1", 9324, "SendMessage", b'{"Host: x":1}')
+    moved = _with_host(data, "127.0.0.1", 9325)
+    assert b"Host: 127.0.0.1:9325\r\n" in moved and b":9324" not in moved
+    assert moved.endswith(b'\r\n\r\n{"Host: x":1}')  # the body is untouched
+    assert len(moved) == len(data)
+
+
+def test_collapsed_summary_self_and_total() -> None:
+    from ferrymq._bench._profile import collapsed_summary
+
+    raw = [
+        "run (a/loop.py:10);handle (gw/http.py:5);decode (gw/json.py:7) 6\n",
+        "run (a/loop.py:10);handle (gw/http.py:6) 3\n",
+        # The same function at another line, recursing: one row, counted once per sample.
+        "run (a/loop.py:10);run (a/loop.py:12);commit (st/sqlite.py:9) 1\n",
+        "garbage line\n",
+    ]
+    text = collapsed_summary(raw)
+    lines = text.splitlines()
+    assert lines[0] == "10 samples"
+    rows = {}
+    for line in lines[2:]:
+        match = re.fullmatch(r"\s*([\d.]+)\s+([\d.]+)  (.+)", line)
+        if match:
+            rows[match[3]] = [match[1], match[2]]
+    assert rows["decode (json.py)"] == ["60.0", "60.0"]
+    assert rows["handle (http.py)"] == ["30.0", "90.0"]
+    assert rows["run (loop.py)"] == ["0.0", "100.0"]
+    assert collapsed_summary([]) == "no samples\n"
+
+
+# --- the cluster peers: failover and targets ---------------------------------------------
+
+def test_first_ack_delays_count_only_requests_sent_after_the_mark() -> None:
+    # (start, finish) pairs, deliberately unsorted.
+    starts = [50, 10, 120, 95, 300]
+    finishes = [400, 105, 130, 250, 310]
+    # Mark 100: the request started at 10 finished at 105, after the mark, but was sent
+    # before it (an answer the old leader wrote just before dying): not a recovery.
+    # Of those sent at or after 100 (120->130, 300->310), the earliest finish is 130.
+    assert first_ack_delays_ns(starts, finishes, [100]) == [30]
+    # A request sent exactly at the mark counts; the earliest finish, not the earliest
+    # start, decides (95 started first but finished at 250).
+    assert first_ack_delays_ns(starts, finishes, [95]) == [35]
+    assert first_ack_delays_ns(starts, finishes, [301]) == [None]  # nothing sent after
+    assert first_ack_delays_ns([], [], [0]) == [None]
+    with pytest.raises(ValueError):
+        first_ack_delays_ns([1], [], [0])
+
+
+def test_longest_gaps_inside_each_span() -> None:
+    finishes = [40, 10, 20, 100, 110, 300]  # unsorted on purpose
+    assert longest_gaps_ns(finishes, [(10, 110)]) == [60]  # 40 -> 100
+    assert longest_gaps_ns(finishes, [(20, 45), (100, 1000)]) == [20, 190]
+    assert longest_gaps_ns(finishes, [(101, 299), (300, 300)]) == [None, None]
+    assert longest_gaps_ns(finishes, [(40, 300)]) == [190]  # both ends are inside
+
+
+def test_failover_row_median_max_and_failed_rounds() -> None:
+    rounds = [{"kill_ns": i, "first_ack_ms": d, "elected_ms": 2000.0 + i,
+               "in_sync_ms": 4000.0 + i}
+              for i, d in enumerate([2100.0, 2500.0, None, 2300.0])]
+    load = {"sent": 1000, "msgs_per_s": 50.0, "errors": 7, "error_samples": ["503"]}
+    row = failover_row("ferry-cluster", rounds, load, None)
+    assert row["rounds"] == 4
+    assert row["rounds_failed"] == 1  # the round with no acknowledged send after its kill
+    assert row["first_ack_median_ms"] == 2300.0  # median of the three measured
+    assert row["first_ack_max_ms"] == 2500.0
+    assert row["elected_median_ms"] == 2001.0
+    # A round that recovered but never got its old leader back in sync failed too, and
+    # so did one broken off before its kill; neither counts as a kill nor hides the
+    # recovery that was measured.
+    stuck = {"kill_ns": 9, "first_ack_ms": 2200.0, "elected_ms": 2100.0}
+    broken = failover_row("c", [rounds[0], stuck, {}], load, "round 3: no leader")
+    assert (broken["rounds"], broken["rounds_failed"]) == (2, 2)
+    assert broken["first_ack_max_ms"] == 2200.0 and broken["failure"] == "round 3: no leader"
+    cells = failover_table_rows([row])
+    assert len(cells[0]) == len(FAILOVER_HEADERS)
+    assert cells[0][1:5] == ["4", "1", "2,300", "2,500"]
+    text = render_workload("failover", {"description": "d", "rows": [], "failover": [row]})
+    assert "kill → 1st ack median ms" in text and "2,300" in text
+
+
+def test_target_notes_hold_each_cluster_row_against_ferry() -> None:
+    rows = [_row("ferry", 20_000.0, 10.0), _row("ferry-cluster", 10_000.0, 20.0),
+            _row("ferry-cluster-spread", 9_999.0, 20.5), _row("moto", 1.0, 900.0)]
+    for row in rows:
+        row["label"] = row["server"]
+    notes = target_notes({"rows": rows})
+    assert notes == [
+        "ferry-cluster vs ferry: 50% of its msgs/s (target >= 50 %: met); "
+        "p99 2.00x its p99 (target <= 2x: met)",
+        "ferry-cluster-spread vs ferry: 50% of its msgs/s (target >= 50 %: NOT met); "
+        "p99 2.05x its p99 (target <= 2x: NOT met)",
+    ]
+    assert target_notes({"rows": rows[1:]}) == []  # no single node to compare with
+
+
 # --- the real thing, quickly ---------------------------------------------------------
 
 @pytest.mark.timeout(60)
@@ -212,3 +358,67 @@ def test_quick_bench_against_ferry_and_its_baseline(tmp_path: Path) -> None:
     except ImportError:
         pytest.skip("matplotlib not installed: the chart part is not checked")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(90)
+def test_quick_bench_against_a_cluster_stops_every_process(tmp_path: Path) -> None:
+    from ferrymq._cluster._local import load_state
+    from ferrymq._coordination import ETCD_INSTALL_HINT, etcd_binary
+
+    if etcd_binary() is None:
+        pytest.skip(f"the cluster peer needs etcd: {ETCD_INSTALL_HINT}")
+    bench_dir = tmp_path / "bench"
+    results_dir = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "ferrymq", "bench", "--quick", "--peers", "ferry-cluster",
+         "--workloads", "send,failover", "--duration", "0.5", "--warmup", "0.2",
+         "--repeat", "1", "--failover-rounds", "1", "--failover-connections", "4",
+         "--bench-dir", str(bench_dir), "--results-dir", str(results_dir),
+         "--out", str(tmp_path / "chart.png")],
+        capture_output=True, text=True, timeout=80, cwd=REPO_ROOT, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((results_dir / "latest.json").read_text())
+    (row,) = results["workloads"]["send"]["rows"]
+    assert row["server"] == "ferry-cluster"
+    assert row["msgs_per_s"] > 0 and row["errors"] == 0, row["error_samples"]
+    # Server CPU is the three nodes'; etcd is measured beside them.
+    assert sorted(row["cpu_pct_by_process"]) == ["etcd1", "n1", "n2", "n3"]
+    assert sorted(row["roles"].values()) == ["follower", "follower", "leader"]
+    assert row["side_cpu_us_per_msg"] is not None
+    assert sorted(row["main_thread_us_per_msg"]) == ["n1", "n2", "n3"]
+    assert all(us > 0 for us in row["main_thread_us_per_msg"].values())
+    (failover,) = results["workloads"]["failover"]["failover"]
+    assert failover["rounds"] == 1 and failover["rounds_failed"] == 0, failover
+    (only,) = failover["rounds_detail"]
+    # Recovery cannot come before the lease of the killed leader lapses (2 s by default,
+    # minus etcd's rounding), nor before etcd names the new leader.
+    assert only["first_ack_ms"] >= 1000, only
+    assert only["new_leader"] != only["killed"]
+    assert "kill → 1st ack median ms" in done.stdout
+    # Every process the cluster peer started is gone: each one's command line names its
+    # data directory, inside the cluster's (the restarted node's too).
+    # Two clusters: failover gets a fresh one (what send stored must not decide it).
+    data_dirs = sorted((bench_dir / "data").iterdir())
+    assert len(data_dirs) == 2
+    for data_dir in data_dirs:
+        state = load_state(data_dir)
+        assert state is not None and len(state.records()) == 4
+        assert _processes_naming(data_dir) == []
+        assert not (data_dir / "nodes").exists()  # the stores are removed; logs stay
+
+
+def _processes_naming(path: Path) -> list[str]:
+    """Command lines of live processes that mention ``path``."""
+    needle = os.fsencode(str(path))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile, or not ours to read
+        if needle in cmdline:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found

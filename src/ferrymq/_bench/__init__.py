@@ -22,17 +22,21 @@ def _csv(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the bench options to the ``ferrymq bench`` sub-parser."""
-    from ferrymq._bench._runner import PEERS, WORKLOADS
+    from ferrymq._bench._runner import DEFAULT_PEERS, DEFAULT_WORKLOADS, PEERS, WORKLOADS
 
-    parser.add_argument("--peers", type=_csv, default=list(PEERS),
-                        help="comma-separated servers to run, in order "
-                        f"(default: {','.join(PEERS)})")
+    parser.add_argument("--peers", type=_csv, default=list(DEFAULT_PEERS),
+                        help="comma-separated servers to run, in order, of "
+                        f"{','.join(PEERS)} (default: {','.join(DEFAULT_PEERS)}); "
+                        "ferry-cluster is 3 nodes with 3 sync replicas and etcd, clients on "
+                        "the leader; ferry-cluster-spread the same with clients spread over "
+                        "every node")
     parser.add_argument("--baseline", default=None, metavar="REF",
                         help="also run Ferry as of git REF (a commit, tag or branch of this "
                         "checkout) as the server 'ferry-baseline', side by side with the "
                         "working tree's Ferry, so a change's effect is a ratio from one run")
-    parser.add_argument("--workloads", type=_csv, default=list(WORKLOADS),
-                        help=f"comma-separated workloads (default: all: {','.join(WORKLOADS)})")
+    parser.add_argument("--workloads", type=_csv, default=list(DEFAULT_WORKLOADS),
+                        help=f"comma-separated workloads of {','.join(WORKLOADS)} (default: "
+                        "all but failover, which only the cluster peers run)")
     parser.add_argument("--quick", action="store_true",
                         help="short windows, 1 repeat, small prefill and deep queue: a smoke "
                         "run in about a minute per server, not numbers to publish")
@@ -55,6 +59,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="messages in the deep queue (default: 1000000; --quick: 20000)")
     parser.add_argument("--deep-budget", type=float, default=None,
                         help="seconds the deep fill may take (default: 600; --quick: 30)")
+    parser.add_argument("--failover-rounds", type=int, default=None,
+                        help="leader kills in the failover workload (default: 10; --quick: 3)")
+    parser.add_argument("--failover-connections", type=int, default=8,
+                        help="producers in the failover workload, and as many consumers "
+                        "(default: %(default)s)")
+    parser.add_argument("--cluster-pinning", choices=["shared", "leader-alone"],
+                        default="shared",
+                        help="cores of the cluster peers: shared = every node and etcd on "
+                        "the single server's one core (same hardware); leader-alone = the "
+                        "leader alone on that core, followers and etcd on the load "
+                        "generator's (default: %(default)s)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="run py-spy on every server process during each run of the "
+                        "throughput workloads; collapsed stacks and a per-process summary of "
+                        "the heaviest functions go to DIR (needs py-spy)")
     parser.add_argument("--bench-dir", type=Path, default=Path(".bench"),
                         help="peer venvs, server data (real disk, not tmpfs) and logs "
                         "(default: %(default)s)")
@@ -96,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         deep_budget_s=pick(args.deep_budget, 600.0, 30.0),
         server_cpu=server_cpu,
         loadgen_cpu=loadgen_cpu,
+        failover_rounds=max(1, int(pick(args.failover_rounds, 10, 3))),
+        failover_conns=max(1, args.failover_connections),
+        cluster_pinning=args.cluster_pinning,
+        profile_dir=str(args.profile.resolve()) if args.profile is not None else None,
     )
     bench_dir = args.bench_dir.resolve()
     peers = list(args.peers)

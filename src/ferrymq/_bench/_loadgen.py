@@ -4,8 +4,16 @@ What belongs here: the asyncio client (one keep-alive connection per worker, req
 pre-built as bytes, responses parsed by httptools), the worker loops for each role
 (send, batch send, receive+delete, paced send) and the measured window with its
 server-CPU and RSS readings. It runs as ``python -m ferrymq._bench._loadgen``: a JSON
-spec on stdin, one JSON result on stdout, so the orchestrator can pin it to its own
-core with ``taskset`` and the server never competes with it for the interpreter.
+spec as the first line on stdin, one JSON result on stdout, so the orchestrator can pin
+it to its own core with ``taskset`` and the server never competes with it for the
+interpreter.
+
+A server may have several endpoints (the nodes of a cluster): workers start on the
+first one or are spread over all, and a worker whose endpoint refuses connections moves
+to the next one, as a client with a list of endpoints does. A window may also run until
+the orchestrator writes a second line on stdin (the failover measurement: it kills
+leaders meanwhile); that line carries points in time ("marks") for which the window
+reports how long until the first acknowledged request sent after each.
 
 Nothing here knows about peers or workloads by name; the orchestrator composes phases.
 """
@@ -13,17 +21,29 @@ Nothing here knows about peers or workloads by name; the orchestrator composes p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import sys
+import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
 import orjson
 
-from ferrymq._bench._stats import percentile, session_cpu_ns, session_pids, session_rss_bytes
+from ferrymq._bench._stats import (
+    first_ack_delays_ns,
+    longest_gaps_ns,
+    machine_busy_ns,
+    main_thread_cpu_ns,
+    percentile,
+    session_cpu_ns,
+    session_pids,
+    session_rss_bytes,
+)
 
 __all__ = ["AUTHORIZATION", "Connection", "batch_failed", "build_request", "main", "run_spec"]
 
@@ -33,9 +53,20 @@ AUTHORIZATION = ("AWS4-HMAC-SHA256 Credential=bench/20260101/us-east-1/sqs/aws4_
                  "SignedHeaders=host, Signature=0")
 # Error responses kept verbatim for the report; more would only repeat the same fault.
 ERROR_SAMPLES_MAX = 5
+# Errors are also counted by kind (their first characters, digits dropped so ports and
+# ids do not make every one distinct); past this many kinds the rest count as "other".
+ERROR_KINDS_MAX = 20
+ERROR_KIND_CHARS = 90
 # A connection that cannot be (re)opened this many times in a row ends its worker
-# instead of spinning against a dead server.
+# instead of spinning against a dead server. Each failed attempt moves to the next
+# endpoint, so with a cluster's three this outlasts a node down for a failover.
 RECONNECT_ATTEMPTS_MAX = 20
+# The pause after a refused connection before the next attempt: long enough not to spin,
+# short against a failover's seconds.
+RECONNECT_PAUSE_S = 0.05
+# An until-told window that is never told (the orchestrator died and stdin never closed)
+# still ends; no failover run here comes near it.
+TOLD_WINDOW_MAX_S = 3600.0
 
 
 def build_request(host: str, port: int, action: str, payload: bytes) -> bytes:
@@ -145,6 +176,12 @@ class _Window:
     empty_receives: int = 0
     last_completion_ns: int = 0
     error_samples: list[str] = field(default_factory=list)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    # (start, finish) of every acknowledged send, kept only for a window with marks;
+    # arrays of int64, not tuples: ~16 bytes per request over a minutes-long window.
+    record_acks: bool = False
+    ack_starts_ns: array[int] = field(default_factory=lambda: array("q"))
+    ack_finishes_ns: array[int] = field(default_factory=lambda: array("q"))
 
     def counts(self, finished_ns: int) -> bool:
         # Completions inside the window count, wherever they started: a server whose
@@ -156,16 +193,35 @@ class _Window:
         self.errors += 1
         if len(self.error_samples) < ERROR_SAMPLES_MAX:
             self.error_samples.append(what)
+        kind = "".join("#" if c.isdigit() else c for c in what[:ERROR_KIND_CHARS])
+        if kind not in self.error_kinds and len(self.error_kinds) >= ERROR_KINDS_MAX:
+            kind = "other"
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """Where workers connect: one host, its endpoints' ports, and whether workers are
+    spread over them (worker i on port i mod n) or all start on the first."""
+
+    host: str
+    ports: tuple[int, ...]
+    spread: bool = False
+
+    def first_for(self, index: int) -> int:
+        return index % len(self.ports) if self.spread else 0
 
 
 class _Worker:
     """One connection and the loop of one role over it."""
 
-    def __init__(self, spec: dict[str, Any], host: str, port: int, window: _Window,
+    def __init__(self, spec: dict[str, Any], targets: _Targets, window: _Window,
                  index: int) -> None:
         self.spec = spec
-        self.host = host
-        self.port = port
+        self.targets = targets
+        self.host = targets.host
+        self.port_index = targets.first_for(index)
+        self.port = targets.ports[self.port_index]
         self.window = window
         self.index = index
         self.conn: Connection | None = None
@@ -175,21 +231,30 @@ class _Worker:
         self.fifo_groups: int = int(spec.get("fifo_groups", 0))
         self.serial = 0
         if self.role in ("send", "paced"):
-            self.fixed = build_request(host, port, "SendMessage", orjson.dumps(
+            self._fixed_call = ("SendMessage", orjson.dumps(
                 {"QueueUrl": self.queue_url, "MessageBody": body}))
         elif self.role == "batch":
             self.body = body
-            self.fixed = build_request(host, port, "SendMessageBatch", orjson.dumps({
+            self._fixed_call = ("SendMessageBatch", orjson.dumps({
                 "QueueUrl": self.queue_url,
                 "Entries": [{"Id": str(i), "MessageBody": body} for i in range(10)],
             }))
         elif self.role == "consume":
-            self.fixed = build_request(host, port, "ReceiveMessage", orjson.dumps({
+            self._fixed_call = ("ReceiveMessage", orjson.dumps({
                 "QueueUrl": self.queue_url, "MaxNumberOfMessages": 10,
                 "WaitTimeSeconds": int(spec.get("wait_s", 0)),
             }))
         else:
             raise ValueError(f"unknown worker role {self.role!r}")
+        self.fixed = build_request(self.host, self.port, *self._fixed_call)
+
+    def _move_on(self) -> None:
+        """Use the next endpoint (a no-op with one): the request's Host names it."""
+        if len(self.targets.ports) == 1:
+            return
+        self.port_index = (self.port_index + 1) % len(self.targets.ports)
+        self.port = self.targets.ports[self.port_index]
+        self.fixed = build_request(self.host, self.port, *self._fixed_call)
 
     async def _connection(self) -> Connection:
         if self.conn is not None and self.conn.is_open:
@@ -199,15 +264,21 @@ class _Worker:
                 self.conn = await Connection.open(self.host, self.port)
                 return self.conn
             except OSError as exc:
-                self.window.error(f"connect: {exc}")
-                await asyncio.sleep(0.05)
+                self.window.error(f"connect {self.port}: {exc}")
+                self._move_on()
+                await asyncio.sleep(RECONNECT_PAUSE_S)
         raise ConnectionError("cannot reconnect to the server")
 
     async def _call(self, data: bytes) -> tuple[int, bytes, int, int]:
         # Started before (re)connecting: a server that closes after every response
         # (moto) pays its TCP handshakes in its latency, as its clients would.
         started = time.perf_counter_ns()
+        port = self.port
         conn = await self._connection()
+        if self.port != port:
+            # Moved to another endpoint while connecting: the request is rebuilt so its
+            # Host header names the endpoint it goes to.
+            data = _with_host(data, self.host, self.port)
         try:
             status, body = await conn.request(data)
         except ConnectionError as exc:
@@ -266,6 +337,9 @@ class _Worker:
                     window.sent += 10 if self.role == "batch" else 1
                     window.requests += 1
                     window.last_completion_ns = finished
+                    if window.record_acks:
+                        window.ack_starts_ns.append(started)
+                        window.ack_finishes_ns.append(finished)
         finally:
             if self.conn is not None:
                 self.conn.close()
@@ -303,12 +377,22 @@ class _Worker:
         return True
 
 
-async def _prefill(spec: dict[str, Any], host: str, port: int) -> dict[str, Any]:
+def _with_host(data: bytes, host: str, port: int) -> bytes:
+    """``data`` (a request ``build_request`` made) with its Host header naming
+    ``host:port``."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    lines = [f"Host: {host}:{port}".encode("ascii") if line.startswith(b"Host: ") else line
+             for line in lines]
+    return b"\r\n".join(lines) + sep + body
+
+
+async def _prefill(spec: dict[str, Any], targets: _Targets) -> dict[str, Any]:
     """Fill a queue with batch sends until ``count`` messages or ``budget_s`` runs out."""
     window = _Window(measuring=False)
     budget = [int(spec["count"])]
     workers = [_Worker({"role": "batch", "queue_url": spec["queue_url"],
-                        "body_bytes": spec.get("body_bytes", 1024)}, host, port, window, i)
+                        "body_bytes": spec.get("body_bytes", 1024)}, targets, window, i)
                for i in range(int(spec.get("conns", 32)))]
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(w.run(budget)) for w in workers]
@@ -330,31 +414,99 @@ def _rusage_cpu_ns() -> int:
     return int((usage.ru_utime + usage.ru_stime) * 1e9)
 
 
-async def _load(spec: dict[str, Any], host: str, port: int, server_pid: int) -> dict[str, Any]:
-    """Run workers through a warm-up and one measured window; report what the window saw."""
-    window = _Window()
+def _machine_busy_ns() -> int | None:
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            return machine_busy_ns(fh.read())
+    except (OSError, ValueError):
+        return None  # not Linux: "other CPU" is not reported
+
+
+def _sessions(roots: dict[str, int]) -> dict[str, list[int]]:
+    """Each named process with every live process of its session."""
+    return {name: session_pids(pid) for name, pid in roots.items()}
+
+
+def _cpu_by_name(pids: dict[str, list[int]]) -> dict[str, int]:
+    return {name: session_cpu_ns(group) for name, group in pids.items()}
+
+
+def _main_cpu_by_name(roots: dict[str, int]) -> dict[str, int]:
+    return {name: main_thread_cpu_ns([pid]) for name, pid in roots.items()}
+
+
+def _told() -> asyncio.Future[str]:
+    """The orchestrator's second stdin line ('' at end of file), read on a daemon
+    thread: a blocked read must never keep this process from exiting."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str] = loop.create_future()
+
+    def deliver(line: str) -> None:
+        if not future.done():  # the window may have ended on its own bound already
+            future.set_result(line)
+
+    def read() -> None:
+        loop.call_soon_threadsafe(deliver, sys.stdin.readline())
+
+    threading.Thread(target=read, name="told", daemon=True).start()
+    return future
+
+
+async def _load(spec: dict[str, Any], targets: _Targets, server: dict[str, int],
+                side: dict[str, int]) -> dict[str, Any]:
+    """Run workers through a warm-up and one measured window; report what the window saw.
+
+    ``server`` names the server's processes (CPU and RSS are summed over them); ``side``
+    names processes measured beside it but not counted as the server (a cluster's
+    etcd). With ``until_told`` the window lasts until the orchestrator's second stdin
+    line, whose ``marks_ns`` are answered with the delay to the first acknowledged
+    request sent at or after each."""
+    until_told = bool(spec.get("until_told"))
+    window = _Window(record_acks=until_told)
     workers: list[_Worker] = []
     for group in spec["workers"]:
         for _ in range(int(group["conns"])):
-            workers.append(_Worker(group, host, port, window, len(workers)))
+            workers.append(_Worker(group, targets, window, len(workers)))
+    told = _told() if until_told else None
     tasks = [asyncio.ensure_future(w.run()) for w in workers]
     await asyncio.sleep(float(spec.get("warmup_s", 0.0)))
-    pids_start = session_pids(server_pid)
-    rss_before = session_rss_bytes(pids_start)
-    server_cpu_start = session_cpu_ns(pids_start)
+    pids_start = _sessions({**server, **side})
+    rss_before = sum(session_rss_bytes(pids_start[name]) for name in server)
+    cpu_start = _cpu_by_name(pids_start)
+    main_start = _main_cpu_by_name(server)
     own_cpu_start = _rusage_cpu_ns()
+    busy_start = _machine_busy_ns()
     window.start_ns = time.perf_counter_ns()
-    window.end_ns = window.start_ns + int(float(spec["duration_s"]) * 1e9)
+    duration_s = TOLD_WINDOW_MAX_S if told is not None else float(spec["duration_s"])
+    window.end_ns = window.start_ns + int(duration_s * 1e9)
     window.measuring = True
-    live = [t for t in tasks if not t.done()]
-    if live:
-        await asyncio.wait(live, timeout=float(spec["duration_s"]))
+    marks_ns: list[int] = []
+    if told is not None:
+        with contextlib.suppress(TimeoutError):
+            line = await asyncio.wait_for(told, duration_s)
+            marks_ns = [int(m) for m in (json.loads(line) if line.strip() else {}).get(
+                "marks_ns", [])]
+        window.end_ns = time.perf_counter_ns()
+    else:
+        live = [t for t in tasks if not t.done()]
+        if live:
+            await asyncio.wait(live, timeout=duration_s)
     now_ns = time.perf_counter_ns()
     all_done = all(t.done() for t in tasks)
-    pids_end = sorted(set(pids_start) | set(session_pids(server_pid)))
-    server_cpu_ns = session_cpu_ns(pids_end) - server_cpu_start
+    pids_now = _sessions({**server, **side})
+    pids_end = {name: sorted(set(pids_start[name]) | set(pids_now[name])) for name in pids_now}
+    cpu_end = _cpu_by_name(pids_end)
+    main_end = _main_cpu_by_name(server)
+    cpu_ns = {name: cpu_end[name] - cpu_start[name] for name in cpu_end}
+    server_cpu_ns = sum(cpu_ns[name] for name in server)
+    side_cpu_ns = sum(cpu_ns[name] for name in side)
     own_cpu_ns = _rusage_cpu_ns() - own_cpu_start
-    rss_after = session_rss_bytes(pids_end)
+    busy_end = _machine_busy_ns()
+    # Everything else the machine ran meanwhile (other people's jobs on a shared box):
+    # a row measured while this was high is not comparable with one measured without.
+    other_cpu_ns = (None if busy_start is None or busy_end is None else
+                    max(0, busy_end - busy_start - server_cpu_ns - side_cpu_ns - own_cpu_ns))
+    rss_after = sum(session_rss_bytes(pids_end[name]) for name in server)
     window.stopping = True
     window.measuring = False
     # A drain that ran dry ends at its last delete; otherwise the window is the whole span.
@@ -369,7 +521,7 @@ async def _load(spec: dict[str, Any], host: str, port: int, server_pid: int) -> 
             window.error(f"worker crashed: {task.exception()!r}")
     latencies = sorted(window.latencies_ns)
     messages = window.consumed if spec.get("count") == "consumed" else window.sent
-    return {
+    result: dict[str, Any] = {
         "kind": "load",
         "messages": messages,
         "sent": window.sent,
@@ -384,32 +536,64 @@ async def _load(spec: dict[str, Any], host: str, port: int, server_pid: int) -> 
         "server_cpu_s": server_cpu_ns / 1e9,
         "server_cpu_pct": 100.0 * server_cpu_ns / 1e9 / elapsed_s,
         "server_cpu_us_per_msg": server_cpu_ns / 1e3 / messages if messages else None,
+        "cpu_pct_by_process": {name: 100.0 * ns / 1e9 / elapsed_s
+                               for name, ns in cpu_ns.items()},
+        # Each server process's main thread (the event loop) per message; the rest of
+        # its CPU is its other threads (the SQLite writer).
+        "main_thread_us_per_msg": ({name: (main_end[name] - main_start[name]) / 1e3 / messages
+                                    for name in server} if messages else None),
+        "side_cpu_pct": 100.0 * side_cpu_ns / 1e9 / elapsed_s if side else None,
+        "side_cpu_us_per_msg": (side_cpu_ns / 1e3 / messages if side and messages
+                                else None),
         "loadgen_cpu_pct": 100.0 * own_cpu_ns / 1e9 / elapsed_s,
+        "other_cpu_pct": (None if other_cpu_ns is None
+                          else 100.0 * other_cpu_ns / 1e9 / elapsed_s),
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
         "error_samples": window.error_samples,
+        "error_kinds": window.error_kinds,
     }
+    if told is not None:
+        delays = first_ack_delays_ns(window.ack_starts_ns, window.ack_finishes_ns, marks_ns)
+        result["first_ack_ms"] = [None if d is None else d / 1e6 for d in delays]
+        # After each recovery, until the next mark (or the window's end): any second outage.
+        ends = [*marks_ns[1:], window.end_ns]
+        gaps_ms: list[float | None] = []
+        for mark, delay, end in zip(marks_ns, delays, ends, strict=True):
+            gap = (None if delay is None else
+                   longest_gaps_ns(window.ack_finishes_ns, [(mark + delay, end)])[0])
+            gaps_ms.append(None if gap is None else gap / 1e6)
+        result["longest_gap_after_ms"] = gaps_ms
+    return result
+
+
+def _targets(spec: dict[str, Any]) -> _Targets:
+    ports = tuple(int(p) for p in spec.get("ports") or [spec["port"]])
+    return _Targets(spec["host"], ports, bool(spec.get("spread")))
 
 
 async def run_spec(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Run every phase of ``spec`` in order; one result per phase."""
-    host, port, server_pid = spec["host"], int(spec["port"]), int(spec["server_pid"])
+    targets = _targets(spec)
+    server = {str(k): int(v) for k, v in spec["server_pids"].items()}
+    side = {str(k): int(v) for k, v in spec.get("side_pids", {}).items()}
     results: list[dict[str, Any]] = []
     for phase in spec["phases"]:
         if phase["kind"] == "prefill":
-            results.append(await _prefill(phase, host, port))
+            results.append(await _prefill(phase, targets))
         elif phase["kind"] == "load":
-            results.append(await _load(phase, host, port, server_pid))
+            results.append(await _load(phase, targets, server, side))
         elif phase["kind"] == "rss":
-            results.append({"kind": "rss",
-                            "rss_bytes": session_rss_bytes(session_pids(server_pid))})
+            results.append({"kind": "rss", "rss_bytes": sum(
+                session_rss_bytes(pids) for pids in _sessions(server).values())})
         else:
             raise ValueError(f"unknown phase kind {phase['kind']!r}")
     return results
 
 
 def main() -> int:
-    spec = json.load(sys.stdin)
+    # One line, not the whole of stdin: a window that runs until told reads a second.
+    spec = json.loads(sys.stdin.readline())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -14,8 +14,10 @@ from typing import Any
 from ferrymq._bench._stats import format_table, ratio
 
 __all__ = [
+    "FAILOVER_HEADERS",
     "TABLE_HEADERS",
     "add_ratios",
+    "failover_table_rows",
     "markdown_report",
     "render_workload",
     "table_rows",
@@ -24,7 +26,10 @@ __all__ = [
 ]
 
 TABLE_HEADERS = ("server", "msgs/s", "p50 ms", "p99 ms", "CPU µs/msg", "server CPU", "RSS MiB",
-                 "errors", "loadgen CPU", "Ferry × (msgs/s)", "p99 peer/Ferry")
+                 "errors", "loadgen CPU", "other CPU", "Ferry × (msgs/s)", "p99 peer/Ferry")
+FAILOVER_HEADERS = ("server", "kills", "failed", "kill → 1st ack median ms",
+                    "kill → 1st ack max ms", "new leader median ms", "all in sync median s",
+                    "longest gap after max ms", "sends acked", "refused/failed requests")
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -73,8 +78,30 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
             _num(rss / 2**20 if rss else None, 0),
             f"{errors} ERRORS" if errors else "0",
             _pct(row.get("loadgen_cpu_pct")),
+            _pct(row.get("other_cpu_pct")),
             _times(row.get("ferry_x")),
             _times(row.get("p99_peer_over_ferry")),
+        ])
+    return out
+
+
+def failover_table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for row in rows:
+        in_sync = row.get("in_sync_median_ms")
+        out.append([
+            row.get("label") or row["server"],
+            str(row.get("rounds", 0)),
+            str(row.get("rounds_failed", 0)),
+            _num(row.get("first_ack_median_ms"), 0),
+            _num(row.get("first_ack_max_ms"), 0),
+            _num(row.get("elected_median_ms"), 0),
+            _num(in_sync / 1000 if in_sync is not None else None, 1),
+            _num(row.get("gap_after_max_ms"), 0),
+            _num(row.get("sent"), 0),
+            # Expected during a failover (refused connections, retriable 503s): a count,
+            # not the loud ERRORS of a throughput table.
+            str(row.get("errors", 0)),
         ])
     return out
 
@@ -85,6 +112,8 @@ def render_workload(name: str, entry: dict[str, Any]) -> str:
     rows = entry.get("rows", [])
     if rows:
         lines.append(format_table(TABLE_HEADERS, table_rows(rows)))
+    if entry.get("failover"):
+        lines.append(format_table(FAILOVER_HEADERS, failover_table_rows(entry["failover"])))
     for note in entry.get("notes", []):
         lines.append(f"   note: {note}")
     for server, reason in entry.get("skipped", {}).items():
@@ -170,6 +199,12 @@ def markdown_report(results: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(TABLE_HEADERS) + " |")
             lines.append("|" + "---|" * len(TABLE_HEADERS))
             for cells in table_rows(rows):
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        if entry.get("failover"):
+            lines.append("| " + " | ".join(FAILOVER_HEADERS) + " |")
+            lines.append("|" + "---|" * len(FAILOVER_HEADERS))
+            for cells in failover_table_rows(entry["failover"]):
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         for note in entry.get("notes", []):

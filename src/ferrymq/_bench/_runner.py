@@ -2,8 +2,10 @@
 
 What belongs here: the workload catalogue (each turned into load-generator phases),
 the settings derived from the command line, queue set-up/tear-down between runs,
-running the pinned load-generator subprocess, and picking the median run. Servers live
-in ``_servers``; output in ``_report``; the load itself in ``_loadgen``.
+running the pinned load-generator subprocess, picking the median run, the failover
+rounds against a cluster and the notes that hold a cluster against the single node's
+targets. Servers live in ``_servers`` and ``_cluster``; output in ``_report``; the load
+itself in ``_loadgen``.
 """
 
 from __future__ import annotations
@@ -19,19 +21,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ferrymq._bench._cluster import CLUSTER_PEERS, ClusterHandle, start_cluster
+from ferrymq._bench._profile import Profiler, find_py_spy
 from ferrymq._bench._report import add_ratios, render_workload, write_chart, write_results
 from ferrymq._bench._servers import (
     PeerUnavailable,
-    ServerHandle,
+    Server,
     control_call,
     pin_prefix,
     start_server,
 )
 from ferrymq._bench._stats import median
 
-__all__ = ["PEERS", "WORKLOADS", "Settings", "run_bench", "summarise_runs"]
+__all__ = ["DEFAULT_PEERS", "DEFAULT_WORKLOADS", "PEERS", "WORKLOADS", "Settings",
+           "failover_row", "run_bench", "summarise_runs", "target_notes"]
 
-PEERS = ("ferry", "moto", "localstack")
+# What `ferrymq bench` runs without --peers: the published comparison with the SQS
+# stand-ins. The cluster peers need etcd and take longer; they are asked for by name.
+DEFAULT_PEERS = ("ferry", "moto", "localstack")
+PEERS = (*DEFAULT_PEERS, *CLUSTER_PEERS)
 WORKLOADS: dict[str, str] = {
     "send": "SendMessage, one 1 KiB message per request, {conns} connections",
     "batch": "SendMessageBatch of 10 x 1 KiB, {conns} connections",
@@ -46,9 +54,22 @@ WORKLOADS: dict[str, str] = {
     "body256k": "SendMessage with a 256 KiB body, {big_conns} connections",
     "deep": "Ferry only: batch sends and receive+delete on an empty/shallow queue vs a queue "
             "holding {deep_depth:,} messages of 1 KiB; server RSS before/after the fill",
+    "failover": "cluster only, on a fresh cluster: {failover_conns} producers (SendMessage "
+                "1 KiB) and {failover_conns} consumers (ReceiveMessage 10, 1 s long poll, + "
+                "DeleteMessageBatch) while the leader is killed with SIGKILL "
+                "{failover_rounds} times (restarted and back in sync before the next); "
+                "kill -> first acknowledged send",
 }
+# Without --workloads: all but failover, which only a cluster peer runs.
+DEFAULT_WORKLOADS = tuple(w for w in WORKLOADS if w != "failover")
 # Workloads whose throughput is set by the pacing, not the server: no ratio on msgs/s.
 PACED_WORKLOADS = frozenset({"latency"})
+# The load generator's interpreter start-up before its warm-up begins: a profile spans it.
+PROFILE_STARTUP_S = 0.5
+# Steady load before each kill, so every round starts from a cluster serving normally.
+FAILOVER_STEADY_S = 1.0
+# After the last round the load generator computes and writes its report: seconds.
+FAILOVER_REPORT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -65,13 +86,17 @@ class Settings:
     deep_budget_s: float
     server_cpu: int | None
     loadgen_cpu: int | None
+    failover_rounds: int = 10
+    failover_conns: int = 8
+    cluster_pinning: str = "shared"
+    profile_dir: str | None = None
 
 
 def _queue_name(workload: str, server: str) -> str:
     return f"bench-{workload}-{server}-{uuid.uuid4().hex[:8]}"
 
 
-def _create_queue(handle: ServerHandle, name: str, fifo: bool = False) -> str:
+def _create_queue(handle: Server, name: str, fifo: bool = False) -> str:
     params: dict[str, Any] = {"QueueName": name + (".fifo" if fifo else "")}
     if fifo:
         params["Attributes"] = {"FifoQueue": "true"}
@@ -81,7 +106,7 @@ def _create_queue(handle: ServerHandle, name: str, fifo: bool = False) -> str:
     return str(body["QueueUrl"])
 
 
-def _delete_queue(handle: ServerHandle, url: str) -> None:
+def _delete_queue(handle: Server, url: str) -> None:
     try:
         control_call(handle.port, "DeleteQueue", {"QueueUrl": url})
     except OSError as exc:
@@ -126,21 +151,36 @@ def _phases(workload: str, url: str, s: Settings) -> list[dict[str, Any]]:
     raise ValueError(f"unknown workload {workload!r}")
 
 
-def _run_loadgen(handle: ServerHandle, phases: list[dict[str, Any]], s: Settings,
+def _loadgen_spec(handle: Server, phases: list[dict[str, Any]], *,
+                  measure_processes: bool = True) -> bytes:
+    """The load generator's first stdin line. Without ``measure_processes`` it is told
+    of no server process (their CPU means nothing across the kills of a failover)."""
+    ports, spread = handle.endpoints()
+    server, side = handle.processes() if measure_processes else ({}, {})
+    spec = {"host": "127.0.0.1", "ports": ports, "spread": spread, "server_pids": server,
+            "side_pids": side, "phases": phases}
+    return json.dumps(spec).encode() + b"\n"
+
+
+def _loadgen_command(s: Settings) -> list[str]:
+    return pin_prefix(s.loadgen_cpu) + [sys.executable, "-m", "ferrymq._bench._loadgen"]
+
+
+def _loadgen_results(returncode: int, stdout: bytes, stderr: bytes) -> list[dict[str, Any]]:
+    if returncode != 0:
+        raise RuntimeError("load generator failed:\n" + stderr.decode(errors="replace")[-2000:])
+    results: list[dict[str, Any]] = json.loads(stdout)
+    return results
+
+
+def _run_loadgen(handle: Server, phases: list[dict[str, Any]], s: Settings,
                  timeout_s: float) -> list[dict[str, Any]]:
-    spec = {"host": "127.0.0.1", "port": handle.port, "server_pid": handle.pid,
-            "phases": phases}
-    command = pin_prefix(s.loadgen_cpu) + [sys.executable, "-m", "ferrymq._bench._loadgen"]
     try:
-        done = subprocess.run(command, input=json.dumps(spec).encode(), capture_output=True,
-                              timeout=timeout_s, check=False)
+        done = subprocess.run(_loadgen_command(s), input=_loadgen_spec(handle, phases),
+                              capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise RuntimeError(f"load generator did not finish within {timeout_s:.0f} s") from exc
-    if done.returncode != 0:
-        raise RuntimeError("load generator failed:\n"
-                           + done.stderr.decode(errors="replace")[-2000:])
-    results: list[dict[str, Any]] = json.loads(done.stdout)
-    return results
+    return _loadgen_results(done.returncode, done.stdout, done.stderr)
 
 
 def _phase_timeout_s(phases: list[dict[str, Any]]) -> float:
@@ -170,9 +210,14 @@ def summarise_runs(server: str, runs: list[dict[str, Any]],
         "p99_ms": chosen["p99_ms"],
         "cpu_us_per_msg": chosen["server_cpu_us_per_msg"],
         "loadgen_cpu_pct": chosen["loadgen_cpu_pct"],
+        "other_cpu_pct": chosen.get("other_cpu_pct"),
         "server_cpu_pct": chosen["server_cpu_pct"],
         "rss_before_bytes": chosen["rss_before_bytes"],
         "rss_after_bytes": chosen["rss_after_bytes"],
+        "cpu_pct_by_process": chosen.get("cpu_pct_by_process"),
+        "main_thread_us_per_msg": chosen.get("main_thread_us_per_msg"),
+        "side_cpu_pct": chosen.get("side_cpu_pct"),
+        "side_cpu_us_per_msg": chosen.get("side_cpu_us_per_msg"),
         "errors": sum(int(r["errors"]) for r in runs),
         "error_samples": [e for r in runs for e in r.get("error_samples", [])][:5],
         "runs_msgs_per_s": throughputs,
@@ -181,23 +226,33 @@ def summarise_runs(server: str, runs: list[dict[str, Any]],
     }
 
 
-def _run_workload(handle: ServerHandle, workload: str, s: Settings,
-                  entry: dict[str, Any]) -> None:
+def _run_workload(handle: Server, workload: str, s: Settings, entry: dict[str, Any],
+                  profiler: Profiler | None = None) -> None:
     runs: list[dict[str, Any]] = []
     prefilled: list[int] = []
-    for _rep in range(s.repeat):
+    roles = handle.roles() if isinstance(handle, ClusterHandle) else None
+    for rep in range(s.repeat):
         url = _create_queue(handle, _queue_name(workload, handle.name),
                             fifo=(workload == "fifo"))
         try:
             phases = _phases(workload, url, s)
-            results = _run_loadgen(handle, phases, s, _phase_timeout_s(phases))
+            if profiler is not None:
+                # The load generator's start-up (~0.3 s), warm-up and window; for drain
+                # that is mostly its prefill.
+                profiler.start(f"{handle.name}-{workload}-{rep + 1}", handle.processes()[0],
+                               PROFILE_STARTUP_S + s.warmup_s + s.duration_s)
+            try:
+                results = _run_loadgen(handle, phases, s, _phase_timeout_s(phases))
+            finally:
+                if profiler is not None:
+                    profiler.finish()
         finally:
             _delete_queue(handle, url)
         for result in results:
             if result["kind"] == "prefill":
                 prefilled.append(int(result["sent"]))
         runs.append(results[-1])
-    row = summarise_runs(handle.name, runs)
+    row = summarise_runs(handle.name, runs, _label(handle))
     if prefilled:
         row["prefilled"] = prefilled
         entry["notes"].append(f"{handle.name}: queue depth actually prefilled per run: "
@@ -205,10 +260,58 @@ def _run_workload(handle: ServerHandle, workload: str, s: Settings,
                               + f" (target {s.drain_depth:,}, budget {s.prefill_budget_s:.0f} s)")
     if workload in PACED_WORKLOADS:
         row["paced"] = True
+    if roles is not None:
+        row["roles"] = roles
+        entry["notes"].append(_process_note(row))
     entry["rows"].append(row)
 
 
-def _run_deep(handle: ServerHandle, s: Settings, entry: dict[str, Any]) -> None:
+def _label(handle: Server) -> str:
+    """The row's name: a cluster whose leader has a core to itself says so."""
+    if isinstance(handle, ClusterHandle) and handle.pinning != "shared":
+        return f"{handle.name} ({handle.pinning})"
+    return handle.name
+
+
+def _process_note(row: dict[str, Any]) -> str:
+    """Where a cluster's CPU went in the median run: each node (and its role, and its
+    event loop's µs per message) and etcd."""
+    by_process = row.get("cpu_pct_by_process") or {}
+    roles = row.get("roles") or {}
+    main = row.get("main_thread_us_per_msg") or {}
+    parts = [f"{name}{' (' + str(roles[name]) + ')' if roles.get(name) else ''} "
+             f"{pct:.0f}%" + (f" (event loop {main[name]:.1f} µs/msg)" if name in main else "")
+             for name, pct in sorted(by_process.items())]
+    side = row.get("side_cpu_us_per_msg")
+    return (f"{row['label']}: CPU by process: {', '.join(parts)}; etcd "
+            + (f"{side:.1f} µs/msg" if side is not None else "—")
+            + " (not in CPU µs/msg, which sums the nodes)")
+
+
+def target_notes(entry: dict[str, Any]) -> list[str]:
+    """Each cluster row held against the issue's targets for the single node's row of
+    the same workload: >= 50 % of its throughput, p99 <= 2x its p99."""
+    rows = entry.get("rows", [])
+    ferry = next((r for r in rows if r.get("server") == "ferry" and not r.get("baseline")),
+                 None)
+    if ferry is None or not ferry.get("msgs_per_s"):
+        return []
+    notes = []
+    for row in rows:
+        if row.get("server") not in CLUSTER_PEERS or row.get("paced"):
+            continue
+        kept = row["msgs_per_s"] / ferry["msgs_per_s"]
+        text = (f"{row['label']} vs ferry: {kept:.0%} of its msgs/s (target >= 50 %: "
+                f"{'met' if kept >= 0.5 else 'NOT met'})")
+        if row.get("p99_ms") is not None and ferry.get("p99_ms"):
+            times = row["p99_ms"] / ferry["p99_ms"]
+            text += (f"; p99 {times:.2f}x its p99 (target <= 2x: "
+                     f"{'met' if times <= 2.0 else 'NOT met'})")
+        notes.append(text)
+    return notes
+
+
+def _run_deep(handle: Server, s: Settings, entry: dict[str, Any]) -> None:
     """Empty vs deep queue, once (a 1M fill is too long to repeat)."""
     shallow = _create_queue(handle, _queue_name("deep-shallow", handle.name))
     deep = _create_queue(handle, _queue_name("deep-deep", handle.name))
@@ -280,6 +383,97 @@ def _run_deep(handle: ServerHandle, s: Settings, entry: dict[str, Any]) -> None:
             "(target: neither slower by more than 20 %)")
 
 
+def failover_row(server: str, rounds: list[dict[str, Any]], load: dict[str, Any],
+                 failure: str | None) -> dict[str, Any]:
+    """The failover table's row: kill -> first acknowledged send, median and maximum over
+    the rounds. ``rounds`` holds every round begun; one failed when no send was
+    acknowledged after its kill, or it never got back to a full in-sync set (or never
+    reached its kill)."""
+    measured = [r["first_ack_ms"] for r in rounds if r.get("first_ack_ms") is not None]
+    elected = [r["elected_ms"] for r in rounds if r.get("elected_ms") is not None]
+    in_sync = [r["in_sync_ms"] for r in rounds if r.get("in_sync_ms") is not None]
+    gaps = [r["longest_gap_after_ms"] for r in rounds
+            if r.get("longest_gap_after_ms") is not None]
+    return {
+        "server": server,
+        "label": server,
+        "rounds": sum(1 for r in rounds if "kill_ns" in r),
+        "rounds_failed": sum(1 for r in rounds if r.get("first_ack_ms") is None
+                             or r.get("in_sync_ms") is None),
+        "first_ack_median_ms": median(measured) if measured else None,
+        "first_ack_max_ms": max(measured) if measured else None,
+        "elected_median_ms": median(elected) if elected else None,
+        "in_sync_median_ms": median(in_sync) if in_sync else None,
+        "gap_after_max_ms": max(gaps) if gaps else None,
+        "sent": load.get("sent"),
+        "msgs_per_s": load.get("msgs_per_s"),
+        "errors": load.get("errors", 0),
+        "error_samples": load.get("error_samples", []),
+        "error_kinds": load.get("error_kinds", {}),
+        "failure": failure,
+        "rounds_detail": rounds,
+    }
+
+
+def _run_failover(handle: ClusterHandle, s: Settings, entry: dict[str, Any]) -> None:
+    """Steady sends while the leader is killed ``failover_rounds`` times; the load
+    generator runs until told, then answers each kill time with its first ack after."""
+    url = _create_queue(handle, _queue_name("failover", handle.name))
+    # Consumers keep the queue shallow: a killed leader rejoins through a snapshot of
+    # the store, which this version limits to 60 MiB; a queue that only grew would
+    # reach that within the rounds and measure the limit instead of the failover.
+    phases = [{"kind": "load", "until_told": True, "warmup_s": 0.0, "count": "sent",
+               "workers": [{"role": "send", "conns": s.failover_conns, "queue_url": url},
+                           {"role": "consume", "conns": s.failover_conns, "queue_url": url,
+                            "wait_s": 1}]}]
+    spec = _loadgen_spec(handle, phases, measure_processes=False)
+    proc = subprocess.Popen(_loadgen_command(s), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rounds: list[dict[str, Any]] = []
+    failure: str | None = None
+    try:
+        if proc.stdin is None:
+            raise RuntimeError("the load generator has no stdin")  # stdin=PIPE above
+        proc.stdin.write(spec)
+        proc.stdin.flush()
+        for index in range(s.failover_rounds):
+            record: dict[str, Any] = {}
+            try:
+                handle.wait_in_sync()
+                time.sleep(FAILOVER_STEADY_S)
+                handle.fail_over(record)
+            except (RuntimeError, OSError) as exc:
+                failure = f"round {index + 1}: {str(exc).splitlines()[0]}"
+                print(f"bench: {handle.name}: failover {failure}", flush=True)
+                rounds.append(record)
+                break
+            rounds.append(record)
+            last = rounds[-1]
+            print(f"bench: {handle.name}: failover {index + 1}/{s.failover_rounds}: "
+                  f"killed {last['killed']}, {last['new_leader']} leads after "
+                  f"{last['elected_ms']:.0f} ms, all in sync after {last['in_sync_ms']:.0f} ms",
+                  flush=True)
+        killed = [r for r in rounds if "kill_ns" in r]
+        marks = json.dumps({"marks_ns": [r["kill_ns"] for r in killed]}).encode() + b"\n"
+        try:
+            out, err = proc.communicate(marks, timeout=FAILOVER_REPORT_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError("the failover load generator did not report") from exc
+        (load,) = _loadgen_results(proc.returncode, out, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _delete_queue(handle, url)
+    for r, delay, gap in zip(killed, load.get("first_ack_ms", []),
+                             load.get("longest_gap_after_ms", []), strict=False):
+        r["first_ack_ms"] = delay
+        r["longest_gap_after_ms"] = gap
+    row = failover_row(handle.name, rounds, load, failure)
+    row["label"] = _label(handle)
+    entry.setdefault("failover", []).append(row)
+
+
 def _machine() -> dict[str, Any]:
     model = ""
     try:
@@ -318,33 +512,63 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
     if s.server_cpu is None:
         print("bench: fewer than 2 usable cores; server and load generator are not pinned "
               "apart, so they compete for CPU", flush=True)
+    profiler: Profiler | None = None
+    if s.profile_dir is not None:
+        py_spy = find_py_spy()
+        if py_spy is None:
+            print("bench: --profile needs py-spy (pip install py-spy); running unprofiled",
+                  flush=True)
+        else:
+            profiler = Profiler(py_spy, Path(s.profile_dir), s.loadgen_cpu)
     for server in servers:
         print(f"bench: starting {server} ...", flush=True)
+        handle: Server
         try:
-            handle = start_server(server, bench_dir, s.server_cpu, baseline_src=baseline_src)
+            if server in CLUSTER_PEERS:
+                handle = start_cluster(server, bench_dir, s.server_cpu,
+                                       pinning=s.cluster_pinning, side_cpu=s.loadgen_cpu)
+            else:
+                handle = start_server(server, bench_dir, s.server_cpu,
+                                      baseline_src=baseline_src)
         except PeerUnavailable as exc:
             print(f"bench: skipping {server}: {exc}", flush=True)
             for w in workloads:
                 results["workloads"][w]["skipped"][server] = str(exc).splitlines()[0]
             continue
         try:
+            ran = 0
             for workload in workloads:
                 entry = results["workloads"][workload]
                 if workload == "deep" and server != "ferry":
                     entry["skipped"][server] = ("filling a deep queue would take hours at "
                                                 "this peer's rate; Ferry only")
                     continue
+                if workload == "failover" and not isinstance(handle, ClusterHandle):
+                    entry["skipped"][server] = "one server has no leader to fail over"
+                    continue
                 print(f"bench: {server}: {workload} ...", flush=True)
                 started = time.monotonic()
                 try:
+                    if workload == "failover" and isinstance(handle, ClusterHandle) and ran:
+                        # Killed leaders rejoin through snapshots of the store (60 MiB
+                        # at most in this version): what earlier workloads stored must
+                        # not decide whether the rounds can complete.
+                        print(f"bench: {server}: a fresh cluster for failover", flush=True)
+                        handle.stop()
+                        handle = start_cluster(server, bench_dir, s.server_cpu,
+                                               pinning=s.cluster_pinning,
+                                               side_cpu=s.loadgen_cpu)
+                    ran += 1
                     if workload == "deep":
                         _run_deep(handle, s, entry)
+                    elif workload == "failover" and isinstance(handle, ClusterHandle):
+                        _run_failover(handle, s, entry)
                     else:
-                        _run_workload(handle, workload, s, entry)
-                except (RuntimeError, OSError, ValueError, KeyError) as exc:
+                        _run_workload(handle, workload, s, entry, profiler)
+                except (RuntimeError, OSError, ValueError, KeyError, PeerUnavailable) as exc:
                     print(f"bench: {server}: {workload} failed: {exc}", flush=True)
                     entry["skipped"][server] = f"failed: {str(exc).splitlines()[0]}"
-                    if handle.process.poll() is not None:
+                    if not handle.alive():
                         print(f"bench: {server} died:\n{handle.log_tail()}", flush=True)
                         break
                 print(f"bench: {server}: {workload} done in "
@@ -355,6 +579,7 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
     print()
     for name, entry in results["workloads"].items():
         add_ratios(entry["rows"])
+        entry["notes"].extend(target_notes(entry))
         if name in PACED_WORKLOADS:
             for row in entry["rows"]:
                 row["ferry_x"] = None  # both sides run at the pacing rate

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ferrymq._bench._loadgen import AUTHORIZATION
 
@@ -27,6 +27,7 @@ __all__ = [
     "PEER_REQUIREMENTS",
     "baseline_checkout",
     "PeerUnavailable",
+    "Server",
     "ServerHandle",
     "control_call",
     "PEER_PYTHON_MIN",
@@ -187,6 +188,31 @@ def control_call(port: int, action: str, params: dict[str, Any],
     return response.status, decoded if isinstance(decoded, dict) else {}
 
 
+class Server(Protocol):
+    """What the orchestrator asks of a running server, one process or a cluster."""
+
+    name: str
+
+    @property
+    def port(self) -> int:
+        """Where the orchestrator's own calls (create/delete queue) go."""
+        ...
+
+    def endpoints(self) -> tuple[list[int], bool]:
+        """The ports clients use, preferred first, and whether to spread over them."""
+        ...
+
+    def processes(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(the server's processes, processes measured beside it), PIDs by name."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def log_tail(self, lines: int = 20) -> str: ...
+
+
 @dataclass
 class ServerHandle:
     """A running server subprocess, in a session of its own so its children go with it."""
@@ -199,6 +225,15 @@ class ServerHandle:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def endpoints(self) -> tuple[list[int], bool]:
+        return [self.port], False
+
+    def processes(self) -> tuple[dict[str, int], dict[str, int]]:
+        return {self.name: self.pid}, {}
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
 
     def stop(self) -> None:
         if self.process.poll() is not None:

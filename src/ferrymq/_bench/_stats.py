@@ -7,6 +7,7 @@ opens sockets.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -14,6 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 __all__ = [
     "CLOCK_TICKS_PER_S",
     "cpu_ns_from_stat_line",
+    "first_ack_delays_ns",
+    "longest_gaps_ns",
+    "machine_busy_ns",
+    "main_thread_cpu_ns",
     "format_table",
     "median",
     "parse_stat_line",
@@ -59,6 +64,51 @@ def ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator
 
 
+def first_ack_delays_ns(starts_ns: Sequence[int], finishes_ns: Sequence[int],
+                        marks_ns: Sequence[int]) -> list[int | None]:
+    """For each mark, the time from it to the earliest finish of a request that
+    *started* at or after it (None if none did).
+
+    Requests are given as parallel sequences of start and finish times, in any order.
+    Counting only requests sent after the mark is what makes this a recovery time: an
+    answer the old leader wrote just before it was killed, read a moment after, is not
+    mistaken for the new leader's first one.
+    """
+    if len(starts_ns) != len(finishes_ns):
+        raise ValueError("every request needs a start and a finish")
+    order = sorted(range(len(starts_ns)), key=starts_ns.__getitem__)
+    starts = [starts_ns[i] for i in order]
+    # earliest[i]: the earliest finish among the requests that started at starts[i] or later.
+    earliest = [0] * len(order)
+    best: int | None = None
+    for pos in range(len(order) - 1, -1, -1):
+        finish = finishes_ns[order[pos]]
+        best = finish if best is None or finish < best else best
+        earliest[pos] = best
+    delays: list[int | None] = []
+    for mark in marks_ns:
+        pos = bisect.bisect_left(starts, mark)
+        delays.append(earliest[pos] - mark if pos < len(starts) else None)
+    return delays
+
+
+def longest_gaps_ns(finishes_ns: Sequence[int], spans_ns: Sequence[tuple[int, int]]
+                    ) -> list[int | None]:
+    """For each span ``(begin, end)``, the longest time between two consecutive
+    acknowledgements inside it (None with fewer than two). Given the first ack after a
+    kill as ``begin`` and the next kill as ``end``, it shows a second outage after the
+    recovery, such as one while the old leader rejoins."""
+    ordered = sorted(finishes_ns)
+    gaps: list[int | None] = []
+    for begin, end in spans_ns:
+        lo = bisect.bisect_left(ordered, begin)
+        hi = bisect.bisect_right(ordered, end)
+        inside = ordered[lo:hi]
+        gaps.append(max((b - a for a, b in zip(inside, inside[1:], strict=False)),
+                        default=None))
+    return gaps
+
+
 def parse_stat_line(line: str) -> tuple[int, int, int, int]:
     """(pid, session id, utime ticks, stime ticks) from one /proc/<pid>/stat line.
 
@@ -80,6 +130,20 @@ def cpu_ns_from_stat_line(line: str) -> int:
     """User + system CPU time of one process, in nanoseconds, from its stat line."""
     _pid, _session, utime_ticks, stime_ticks = parse_stat_line(line)
     return (utime_ticks + stime_ticks) * 1_000_000_000 // CLOCK_TICKS_PER_S
+
+
+def machine_busy_ns(stat_text: str) -> int:
+    """CPU time all cores spent busy since boot, from the text of /proc/stat: the
+    aggregate ``cpu`` line's user, nice, system, irq, softirq and steal (not idle or
+    iowait). Steal counts: a hypervisor that takes a core away takes it from the bench
+    too."""
+    for line in stat_text.splitlines():
+        if line.startswith("cpu "):
+            fields = [int(f) for f in line.split()[1:]]
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+            busy = user + nice + system + irq + softirq + steal
+            return busy * 1_000_000_000 // CLOCK_TICKS_PER_S
+    raise ValueError("no aggregate cpu line in /proc/stat")
 
 
 def rss_bytes_from_status(text: str) -> int:
@@ -137,6 +201,18 @@ def _summed(pids: Iterable[int], proc_dir: str, file_name: str,
 def session_cpu_ns(pids: Iterable[int], proc_dir: str = "/proc") -> int:
     """Summed user + system CPU time of ``pids``."""
     return _summed(pids, proc_dir, "stat", cpu_ns_from_stat_line)
+
+
+def main_thread_cpu_ns(pids: Iterable[int], proc_dir: str = "/proc") -> int:
+    """Summed CPU time of each process's main thread (its tid is its pid): for a Ferry
+    server, the event loop; the rest of ``session_cpu_ns`` is its other threads (the
+    SQLite writer)."""
+    total = 0
+    for pid in pids:
+        text = _read(f"{proc_dir}/{pid}/task/{pid}/stat")
+        if text is not None:  # a process that vanished counts 0
+            total += cpu_ns_from_stat_line(text)
+    return total
 
 
 def session_rss_bytes(pids: Iterable[int], proc_dir: str = "/proc") -> int:

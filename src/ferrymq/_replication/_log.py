@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -162,8 +161,13 @@ class RetainedEntries:
         if start < 0:
             raise InternalError(f"entry {seq} is older than the retained window")
         total = 0
-        for i, entry in enumerate(itertools.islice(self._entries, start, None)):
+        entries = self._entries
+        # Indexed, not sliced: a deque reaches an index from its nearer end, and
+        # followers ask for the newest entries, so this costs what it yields; islice
+        # would walk the whole window (64 MiB of entries) from the oldest on every call.
+        for i in range(start, len(entries)):
+            entry = entries[i]
             total += len(entry.payload)
-            if total > bytes_max and i > 0:
+            if total > bytes_max and i > start:
                 return
             yield entry
