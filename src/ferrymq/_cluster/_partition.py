@@ -400,6 +400,10 @@ class ReplicatedStore:
             group = []
             while collected and collected[0][0].generation == generation:
                 group.append(collected.pop(0))
+            if generation != self.replica.generation:
+                # For a store a snapshot is replacing: void (``persisted`` would ignore
+                # them), and that store may be closed already.
+                continue
             last = group[-1][0]
             fence_epoch = max(p.fence_epoch for p, _, _, _ in group)
             meta = self._meta(fence_epoch, last.through_seq)
