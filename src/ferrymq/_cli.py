@@ -388,11 +388,10 @@ def _node(args: argparse.Namespace) -> int:
     from ferrymq._storage import StorageError
 
     try:
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - optional on non-Linux platforms
-            return asyncio.run(run_node(cfg, make_broker))
-        return uvloop.run(run_node(cfg, make_broker))
+        # Not uvloop, unlike serve: under uvloop a node killed and restarted was not
+        # taken back into the replica set by the leader in the cluster fault tests
+        # (tests/e2e/test_cluster_faults.py), for a reason not yet found.
+        return asyncio.run(run_node(cfg, make_broker))
     except StorageError as exc:
         return _fail(f"cannot open the store in {args.data_dir}: {exc}")
 
