@@ -209,13 +209,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="this node's URL as other nodes and clients reach it (default: "
                       "http://HOST:PORT)")
     node.add_argument("--replicas", type=_positive_int, default=3,
-                      help="replicas of the replica set (default: %(default)s)")
+                      help="replicas of a queue created without the ferry:replicas tag "
+                      "(default: %(default)s, capped by the live nodes)")
     node.add_argument("--min-insync-replicas", type=_positive_int, default=2,
-                      help="sync durability refuses writes while fewer replicas are in "
-                      "sync (default: %(default)s, capped at --replicas)")
+                      help="for a queue of 3 or more replicas created without the "
+                      "ferry:min-insync-replicas tag: sync durability refuses writes while "
+                      "fewer are in sync (default: %(default)s; 1 for fewer replicas)")
     node.add_argument("--durability", choices=["sync", "async"], default="sync",
-                      help="sync: a write is acknowledged once every in-sync replica has "
-                      "fsynced it; async: once the leader has (default: %(default)s)")
+                      help="for a queue created without the ferry:durability tag: sync, a "
+                      "write is acknowledged once every in-sync replica has fsynced it; "
+                      "async, once the leader has (default: %(default)s)")
     node.add_argument("--lease-ttl-seconds", type=_positive_int, default=2,
                       help="etcd lease of the node's membership: a node that stops is "
                       "replaced about this long after (default: %(default)s; etcd's "
@@ -358,13 +361,12 @@ def _node(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(problem, 2)
     from ferrymq._cluster._node import NodeConfig, run_node
-    from ferrymq._core._broker import Broker, Replication
+    from ferrymq._core._broker import Broker
 
+    # Each replica set's core is built with its queue's replication and the cluster's
+    # catalog as the directory of the queues it does not hold.
     make_broker = functools.partial(
         Broker,
-        replication=Replication(replicas=args.replicas,
-                                min_isr=min(args.min_insync_replicas, args.replicas),
-                                sync=args.durability == "sync"),
         account_id=args.account_id,
         region=args.region,
         purge_interval_ms=args.purge_interval_seconds * 1000,
@@ -384,14 +386,16 @@ def _node(args: argparse.Namespace) -> int:
                                body_timeout_s=args.body_timeout_seconds),
         replication_port=args.replication_port,
         replication_advertise=args.replication_advertise,
-        power_loss_seam=args.power_loss_seam)
+        power_loss_seam=args.power_loss_seam,
+        recreate_delay_ms=args.recreate_delay_seconds * 1000)
     from ferrymq._storage import StorageError
 
     try:
-        # Not uvloop, unlike serve: under uvloop a node killed and restarted was not
-        # taken back into the replica set by the leader in the cluster fault tests
-        # (tests/e2e/test_cluster_faults.py), for a reason not yet found.
-        return asyncio.run(run_node(cfg, make_broker))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - optional on non-Linux platforms
+            return asyncio.run(run_node(cfg, make_broker))
+        return uvloop.run(run_node(cfg, make_broker))
     except StorageError as exc:
         return _fail(f"cannot open the store in {args.data_dir}: {exc}")
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ferrymq._api import CallContext
+from ferrymq._core import Export
 from ferrymq._core._broker import READ_ONLY_ACTIONS, Broker, Outcome, RequestInfo
 from ferrymq._core._effects import (
     DedupRecorded,
@@ -214,6 +215,9 @@ class QueueService:
         self._commits_idle.set()
         self.fatal: BaseException | None = None
         self.on_fatal: Any = None  # callable(exc) set by the CLI to stop the server
+        # Cluster mode: takes the messages the core leased for a move to a queue on
+        # another replica set (``ferrymq._core.Export``), once their leases are durable.
+        self.on_exports: Callable[[list[Export]], None] | None = None
 
     # ---- lifecycle ------------------------------------------------------
 
@@ -279,7 +283,12 @@ class QueueService:
                     await self._commit(exc.effects)
                 raise
             seen_version = self._waiters.version(outcome.queue) if outcome.queue else 0
+            # Taken before any await, so they are this request's own, and handed on
+            # only once its effects (the exported messages' leases) are durable.
+            exports = self.broker.drain_exports()
             await self._commit(outcome.effects, outcome.body_fetches)
+            if exports:
+                self._hand_off(exports)
             if self._draining or not self._should_wait(action, outcome):
                 return outcome.response
             if deadline_ms is None:
@@ -464,7 +473,34 @@ class QueueService:
             return  # its effects could not be stored: wait for room
         if self._write_gate is not None and self._write_gate() is not None:
             return  # not the leader: the leader's housekeeping reaches us as effects
-        await self._commit(self.broker.tick(self._clock_ms(), self._entropy))
+        effects = self.broker.tick(self._clock_ms(), self._entropy)
+        exports = self.broker.drain_exports()
+        await self._commit(effects)
+        if exports:
+            self._hand_off(exports)
+
+    def _hand_off(self, exports: list[Export]) -> None:
+        if self.on_exports is None:
+            # Only a core with a directory of other replica sets' queues exports.
+            raise InternalError(f"{len(exports)} messages to move to another replica set, "
+                                "and nobody to move them")
+        self.on_exports(exports)
+
+    async def run_internal(self, command: Callable[[Broker, int, Any], list[Effect]]
+                           ) -> None:
+        """Run ``command(broker, now_ms, entropy)`` (a core method that is no SQS action:
+        copying messages in from another replica set, completing a copy out) and commit
+        its effects, under the same write gate as a request."""
+        if not (self._writable and self.store.has_room()):
+            raise _unavailable()
+        refusal = self._write_gate() if self._write_gate is not None else None
+        if refusal is not None:
+            raise SqsError("ServiceUnavailable", refusal)
+        await self._commit(command(self.broker, self._clock_ms(), self._entropy))
+
+    async def read_bodies(self, wanted: Sequence[tuple[str, str]]) -> list[str | None]:
+        """Bodies of messages that are not in memory, read from the store."""
+        return list(await self.store.commit([], wanted))
 
     async def _housekeep(self) -> None:
         while not self._closing:

@@ -1,5 +1,5 @@
-"""The controller against the in-process coordinator: placement, failover, fencing,
-and one controller at a time."""
+"""The controller against the in-process coordinator: first election, failover,
+fencing, and one controller at a time."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from ferrymq._replication._log import Position
 from ferrymq._replication._messages import Fence, FenceReply
 
 LAYOUT = Layout("t")
-SETTINGS = ControllerSettings(partitions=("p0",), replication_factor=3, min_isr=2,
-                              sync=True, lease_ttl_s=2, fence_wait_s=0.05,
-                              reconcile_s=0.02)
+SETTINGS = ControllerSettings(lease_ttl_s=2, fence_wait_s=0.05, reconcile_s=0.02)
 
 
 class Replicas:
@@ -46,7 +44,7 @@ async def until(probe: object, timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_placement_failover_to_the_most_advanced_and_one_controller() -> None:
+def test_first_election_failover_to_the_most_advanced_and_one_controller() -> None:
     async def scenario() -> None:
         clock = ManualClock()
         server = LocalCoordinationServer(clock)
@@ -57,6 +55,10 @@ def test_placement_failover_to_the_most_advanced_and_one_controller() -> None:
             await client.put(LAYOUT.node(name), b"{}", lease=leases[name])
         replicas = Replicas({"n1": Position(1, 10), "n2": Position(1, 12),
                              "n3": Position(1, 11)})
+        # Placed as a node placing a new queue places it: no leader yet, epoch 0.
+        placed = PartitionState(leader=None, epoch=0, replicas=("n1", "n2", "n3"),
+                                isr=("n1", "n2", "n3"), min_isr=2, sync=True)
+        await clients["n1"].put(LAYOUT.partition("p0"), encode_state(placed))
         controllers = {n: Controller(c, LAYOUT, n, SETTINGS, replicas.send)
                        for n, c in clients.items()}
         replicas.controllers = controllers

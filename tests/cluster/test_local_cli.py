@@ -29,6 +29,7 @@ import pytest
 from _ports import free_base_port
 
 from ferrymq._cluster import _local
+from ferrymq._cluster._catalog import QueueEntry, encode_entry
 from ferrymq._cluster._layout import Layout, encode_state
 from ferrymq._cluster._local import (
     STATE_FILE,
@@ -50,8 +51,10 @@ from ferrymq._replication._election import PartitionState
 REPO = Path(__file__).resolve().parents[2]
 
 # A stand-in for `ferrymq node`: same flags, same stderr line, a canned /_ferry/status.
-# n1 leads p0 at epoch 1 with a commit of 10; n2 acknowledged 10, n3 only 7.
-# FAKE_NODE_MODE=crash makes it exit at once (a node that cannot start).
+# Every replica holds the replica set QUEUE_PARTITION (of queue "orders"), which n1
+# leads at epoch 1 with a commit of 10; n2 acknowledged 10, n3 only 7. n1 is the
+# controller. FAKE_NODE_MODE=crash makes it exit at once (a node that cannot start).
+QUEUE_PARTITION = "orders-0badcafe"
 FAKE_NODE = textwrap.dedent('''
     import argparse, json, os, signal, sys, threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,11 +74,13 @@ FAKE_NODE = textwrap.dedent('''
         json.dump(sys.argv[1:], fh)
     replicas = [f"n{i + 1}" for i in range(a.replicas)]
     leader = a.node_id == "n1"
-    status = {"node": a.node_id, "cluster": a.cluster,
-              "role": "leader" if leader else "follower", "partition": "p0",
-              "leader": "n1", "epoch": 1, "replicas": replicas, "isr": replicas,
-              "commit_seq": 10, "position": [1, 10],
-              "followers": {"n2": 10, "n3": 7} if leader else {}}
+    status = {"node": a.node_id, "cluster": a.cluster, "lease": True,
+              "controller": leader, "partitions": {"PARTITION": {
+                  "queue": "orders", "partition": "PARTITION",
+                  "role": "leader" if leader else "follower", "leader": "n1",
+                  "epoch": 1, "replicas": replicas, "isr": replicas, "min_isr": 2,
+                  "sync": True, "commit_seq": 10, "position": [1, 10],
+                  "followers": {"n2": 10, "n3": 7} if leader else {}}}}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -98,7 +103,7 @@ FAKE_NODE = textwrap.dedent('''
     print(f"ferrymq node {a.node_id} listening on http://{a.host}:{a.port}",
           file=sys.stderr, flush=True)
     server.serve_forever()
-''')
+''').replace("PARTITION", QUEUE_PARTITION)
 
 
 def require_etcd() -> None:
@@ -152,6 +157,14 @@ def etcd_put(client_url: str, key: bytes, value: bytes) -> None:
                        "value": base64.b64encode(value).decode()}).encode()
     with urllib.request.urlopen(urllib.request.Request(client_url + "/v3/kv/put", data=body),
                                 timeout=5) as resp:
+        resp.read()
+
+
+def etcd_delete(client_url: str, key: bytes) -> None:
+    body = json.dumps({"key": base64.b64encode(key).decode()}).encode()
+    with urllib.request.urlopen(
+            urllib.request.Request(client_url + "/v3/kv/deleterange", data=body),
+            timeout=5) as resp:
         resp.read()
 
 
@@ -280,14 +293,21 @@ def test_a_detached_process_has_its_own_session_and_logs_to_its_file(tmp_path: P
         _local._reap(pid)
 
 
-def canned_status(role: str, node: str, **extra: Any) -> dict[str, Any]:
-    return {"node": node, "cluster": "ferry", "role": role, "partition": "p0",
-            "leader": "n2", "epoch": 3, "replicas": ["n1", "n2", "n3"],
-            "isr": ["n1", "n2", "n3"], "commit_seq": 120, "position": [3, 120],
-            "followers": {}, **extra}
+P = "q-00c0ffee"
 
 
-def test_lag_is_read_from_the_leaders_status() -> None:
+def canned_status(role: str, node: str, *, partition: str = P, lease: bool = True,
+                  controller: bool = False, **extra: Any) -> dict[str, Any]:
+    """A node's status holding one replica set, ``partition`` of queue "q"."""
+    report = {"queue": "q", "partition": partition, "role": role, "leader": "n2",
+              "epoch": 3, "replicas": ["n1", "n2", "n3"], "isr": ["n1", "n2", "n3"],
+              "min_isr": 2, "sync": True, "commit_seq": 120, "position": [3, 120],
+              "followers": {}, **extra}
+    return {"node": node, "cluster": "ferry", "lease": lease, "controller": controller,
+            "partitions": {partition: report}}
+
+
+def test_lag_is_read_from_the_leaders_report_of_that_replica_set() -> None:
     statuses: dict[str, dict[str, Any] | None] = {
         "n1": canned_status("follower", "n1"),
         "n2": canned_status("leader", "n2", followers={"n1": 118, "n3": 125}),
@@ -295,48 +315,103 @@ def test_lag_is_read_from_the_leaders_status() -> None:
     }
     doc = {"leader": "n2", "epoch": 3, "replicas": ["n1", "n2", "n3"], "isr": ["n1", "n2"]}
     # commit - acked, floored at 0 (a follower may have appended past the commit).
-    assert _local._lag("p0", doc, statuses) == {"n1": 2, "n3": 0}
+    assert _local._lag(P, doc, statuses) == {"n1": 2, "n3": 0}
     # A follower the leader does not report is unknown, not "0 behind".
     statuses["n2"] = canned_status("leader", "n2", followers={"n1": 118})
-    assert _local._lag("p0", doc, statuses) == {"n1": 2, "n3": None}
+    assert _local._lag(P, doc, statuses) == {"n1": 2, "n3": None}
     # Without the leader's own report (down, or it no longer leads that epoch): unknown.
-    assert _local._lag("p0", {**doc, "epoch": 4}, statuses) is None
+    assert _local._lag(P, {**doc, "epoch": 4}, statuses) is None
+    # Its report of another replica set says nothing of this one.
+    assert _local._lag("other-00000000", doc, statuses) is None
     statuses["n2"] = None
-    assert _local._lag("p0", doc, statuses) is None
+    assert _local._lag(P, doc, statuses) is None
 
 
-def test_partitions_from_the_nodes_take_the_newest_epoch() -> None:
+def test_partitions_from_the_nodes_take_the_newest_epoch_of_each() -> None:
+    two = "r-00000002"
+    n2 = canned_status("leader", "n2", isr=["n2", "n3"])
+    n2["partitions"][two] = {**n2["partitions"][P], "queue": None, "partition": two,
+                             "role": "follower", "leader": "n3", "epoch": 7}
     statuses: dict[str, dict[str, Any] | None] = {
         "n1": canned_status("leader", "n1", leader="n1", epoch=2),  # deposed, not yet told
-        "n2": canned_status("leader", "n2", isr=["n2", "n3"]),
-        "n3": canned_status("follower", "n3", isr=["n1", "n2", "n3"]),
+        "n2": n2,
+        "n3": canned_status("follower", "n3", partition=two, queue="r", leader="n3",
+                            epoch=7, isr=["n3"]),
         "n4": None,
+        "n5": {"node": "n5", "partitions": "not a map"},  # another program's answer
     }
     assert _local._partitions_from_nodes(statuses) == [
-        ("p0", {"leader": "n2", "epoch": 3, "replicas": ["n1", "n2", "n3"],
-                "isr": ["n2", "n3"]})]
+        (P, "q", {"leader": "n2", "epoch": 3, "replicas": ["n1", "n2", "n3"],
+                  "isr": ["n2", "n3"], "min_isr": 2, "sync": True}),
+        # Same epoch from two followers: the first report wins; the queue comes from
+        # whichever report names one.
+        (two, "r", {"leader": "n3", "epoch": 7, "replicas": ["n1", "n2", "n3"],
+                    "isr": ["n2", "n3"], "min_isr": 2, "sync": True})]
+
+
+def test_health_needs_every_node_one_controller_and_a_leader_per_replica_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = a_state(tmp_path)
+    statuses: dict[str, dict[str, Any] | None] = {
+        "n1": canned_status("follower", "n1"),
+        "n2": canned_status("leader", "n2", controller=True),
+        "n3": canned_status("follower", "n3"),
+    }
+    sets: list[tuple[str, str | None, dict[str, Any]]] | None = []
+    monkeypatch.setattr(_local, "_node_status", lambda rec: statuses[rec.id])
+    monkeypatch.setattr(_local, "_etcd_view", lambda state: sets)
+    # A fresh cluster: no replica set at all, and healthy.
+    assert _local._health(state) == (True, "", "n2")
+    statuses["n3"] = None
+    assert _local._health(state)[:2] == (False, "no status from n3")
+    statuses["n3"] = canned_status("follower", "n3", lease=False)
+    assert _local._health(state)[:2] == (False, "n3 not registered in etcd yet")
+    statuses["n3"] = canned_status("follower", "n3", controller=True)
+    assert _local._health(state)[:2] == (
+        False, "several nodes report themselves controller: n2, n3")
+    statuses["n2"] = canned_status("leader", "n2")
+    statuses["n3"] = canned_status("follower", "n3")
+    assert _local._health(state)[:2] == (False, "no node reports itself controller")
+    statuses["n2"] = canned_status("leader", "n2", controller=True)
+    sets = None
+    assert _local._health(state) == (False, "no etcd member answers a read", "n2")
+    doc = {"leader": None, "epoch": 0, "replicas": ["n1", "n2", "n3"],
+           "isr": ["n1", "n2", "n3"]}
+    sets = [(P, "q", doc)]
+    assert _local._health(state)[:2] == (False, f"the replica set {P} of q has no leader yet")
+    # etcd names a leader that does not (yet) say it leads that epoch.
+    sets = [(P, "q", {**doc, "leader": "n2", "epoch": 4})]
+    assert _local._health(state)[:2] == (
+        False, f"n2 does not report itself leader of the replica set {P} of q at epoch 4")
+    sets = [(P, "q", {**doc, "leader": "n2", "epoch": 3})]
+    assert _local._health(state) == (True, "", "n2")
 
 
 def test_the_human_status_is_a_table() -> None:
     doc = {
         "nodes": [{"id": "n1", "url": "http://127.0.0.1:9324", "pid": 11, "alive": True,
-                   "role": "leader"},
+                   "leads": 2},
                   {"id": "n2", "url": "http://127.0.0.1:9325", "pid": None, "alive": False,
-                   "role": None}],
-        "partitions": [{"queue": "*", "partition": "p0", "leader": "n1", "epoch": 3,
-                        "replicas": ["n1", "n2"], "isr": ["n1"], "lag": {"n2": None}}],
+                   "leads": 0}],
+        "partitions": [{"queue": "orders", "partition": "orders-1a2b3c4d", "leader": "n1",
+                        "epoch": 3, "replicas": ["n1", "n2"], "isr": ["n1"],
+                        "lag": {"n2": None}},
+                       {"queue": None, "partition": "x-00000000", "leader": None,
+                        "epoch": 0, "replicas": ["n1"], "isr": ["n1"], "lag": None}],
         "etcd": [{"name": "etcd1", "client_url": "http://127.0.0.1:2379", "pid": 7,
                   "alive": True}],
     }
     lines = render_status(doc).splitlines()
-    assert lines[0].split() == ["NODE", "URL", "PID", "ALIVE", "ROLE"]
-    assert lines[1].split() == ["n1", "http://127.0.0.1:9324", "11", "yes", "leader"]
-    assert lines[2].split() == ["n2", "http://127.0.0.1:9325", "-", "no", "-"]
+    assert lines[0].split() == ["NODE", "URL", "PID", "ALIVE", "LEADS"]
+    assert lines[1].split() == ["n1", "http://127.0.0.1:9324", "11", "yes", "2"]
+    assert lines[2].split() == ["n2", "http://127.0.0.1:9325", "-", "no", "0"]
     assert lines[1].index("http") == lines[0].index("URL")  # columns line up
-    assert ["*", "p0", "n1", "3", "n1,n2", "n1", "n2:-"] in [ln.split() for ln in lines]
-    assert ["etcd1", "http://127.0.0.1:2379", "7", "yes"] in [ln.split() for ln in lines]
+    rows = [ln.split() for ln in lines]
+    assert ["orders", "orders-1a2b3c4d", "n1", "3", "n1,n2", "n1", "n2:-"] in rows
+    assert ["-", "x-00000000", "-", "0", "n1", "n1", "unknown"] in rows
+    assert ["etcd1", "http://127.0.0.1:2379", "7", "yes"] in rows
     doc["partitions"] = []
-    assert "no replica set yet" in render_status(doc)
+    assert "no queue yet" in render_status(doc)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -401,24 +476,41 @@ def test_lifecycle_with_stand_in_nodes(
     assert argv_seen[argv_seen.index("--etcd") + 1] == state.etcd[0].client_url
     assert argv_seen[argv_seen.index("--durability") + 1] == "async"
 
-    # No replica set in etcd yet.
+    # No queue yet, so no replica set in etcd.
     doc = status_json(cluster_dir, capsys)
     assert set(doc) == {"nodes", "partitions", "etcd"}
-    assert [(n["id"], n["alive"], n["role"]) for n in doc["nodes"]] == [
-        ("n1", True, "leader"), ("n2", True, "follower"), ("n3", True, "follower")]
+    assert [(n["id"], n["alive"], n["leads"]) for n in doc["nodes"]] == [
+        ("n1", True, 0), ("n2", True, 0), ("n3", True, 0)]
     assert doc["partitions"] == []
     assert doc["etcd"] == [{"name": "etcd1", "client_url": state.etcd[0].client_url,
                             "pid": state.etcd[0].pid, "alive": True}]
-    # The replica set as the controller would write it; its lag from n1's status.
-    etcd_put(state.etcd[0].client_url, Layout("ferry").partition("p0"), encode_state(
+    # A queue's replica set as the placing node and the controller would write it, and
+    # its catalog entry; its lag from n1's report of it. A replica set no catalog entry
+    # names (its creator died mid-placement, say) is listed with no queue.
+    client = state.etcd[0].client_url
+    layout = Layout("ferry")
+    etcd_put(client, layout.partition(QUEUE_PARTITION), encode_state(
         PartitionState(leader="n1", epoch=1, replicas=("n1", "n2", "n3"),
                        isr=("n1", "n2"), min_isr=2, sync=True)))
+    etcd_put(client, layout.queue("orders"),
+             encode_entry(QueueEntry("orders", "creating", QUEUE_PARTITION)))
+    etcd_put(client, layout.partition("lost-00000000"), encode_state(
+        PartitionState(leader=None, epoch=0, replicas=("n2",), isr=("n2",), min_isr=1,
+                       sync=False)))
+    etcd_put(client, layout.queue("gone"), encode_entry(
+        QueueEntry("gone", "deleted", None, deleted_ms=1)))
     doc = status_json(cluster_dir, capsys)
-    assert doc["partitions"] == [{"queue": "*", "partition": "p0", "leader": "n1",
-                                  "epoch": 1, "replicas": ["n1", "n2", "n3"],
-                                  "isr": ["n1", "n2"], "lag": {"n2": 0, "n3": 3}}]
+    assert doc["partitions"] == [
+        {"queue": None, "partition": "lost-00000000", "leader": None, "epoch": 0,
+         "replicas": ["n2"], "isr": ["n2"], "min_isr": 1, "sync": False, "lag": None},
+        {"queue": "orders", "partition": QUEUE_PARTITION, "leader": "n1", "epoch": 1,
+         "replicas": ["n1", "n2", "n3"], "isr": ["n1", "n2"], "min_isr": 2, "sync": True,
+         "lag": {"n2": 0, "n3": 3}}]
+    assert [n["leads"] for n in doc["nodes"]] == [1, 0, 0]
     assert _local.main(["status", "--data-dir", str(cluster_dir)]) == 0
-    assert "n2:0 n3:3" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "n2:0 n3:3" in out and f"orders  {QUEUE_PARTITION}" in out
+    etcd_delete(client, layout.partition("lost-00000000"))
 
     # A second `up` on a running cluster is refused.
     assert _local.main(up, node_command=fake_node) == 1
@@ -429,7 +521,7 @@ def test_lifecycle_with_stand_in_nodes(
     assert _local.main(["stop", "--data-dir", str(cluster_dir), "--node", "n2"]) == 0
     doc = status_json(cluster_dir, capsys)
     assert doc["nodes"][1] == {"id": "n2", "url": f"http://127.0.0.1:{base + 1}",
-                               "pid": None, "alive": False, "role": None}
+                               "pid": None, "alive": False, "leads": 0}
     assert _local.main(["stop", "--data-dir", str(cluster_dir), "--node", "n2"]) == 0
     assert "was not running" in capsys.readouterr().err
     assert _local.main(["start", "--data-dir", str(cluster_dir), "--node", "n2"]) == 0
@@ -442,14 +534,15 @@ def test_lifecycle_with_stand_in_nodes(
     _local._reap(n3_pid)
     assert not status_json(cluster_dir, capsys)["nodes"][2]["alive"]
     assert _local.main(["start", "--data-dir", str(cluster_dir), "--node", "n3"]) == 0
-    assert status_json(cluster_dir, capsys)["nodes"][2]["role"] == "follower"
+    assert status_json(cluster_dir, capsys)["nodes"][2]["alive"]
 
     # With etcd down, the replica set comes from the nodes' own reports.
     assert _local.main(["stop", "--data-dir", str(cluster_dir), "--node", "etcd1"]) == 0
     doc = status_json(cluster_dir, capsys)
     assert not doc["etcd"][0]["alive"]
-    assert [(p["leader"], p["isr"], p["lag"]) for p in doc["partitions"]] == [
-        ("n1", ["n1", "n2", "n3"], {"n2": 0, "n3": 3})]
+    assert [(p["queue"], p["leader"], p["isr"], p["lag"]) for p in doc["partitions"]] == [
+        ("orders", "n1", ["n1", "n2", "n3"], {"n2": 0, "n3": 3})]
+    assert [n["leads"] for n in doc["nodes"]] == [1, 0, 0]
 
     # down stops everything by PID, keeps the data, and is idempotent.
     before = load_state(cluster_dir)
@@ -529,9 +622,10 @@ def test_up_refuses_a_port_in_use(
 
 
 def test_end_to_end_with_real_nodes(cluster_dir: Path) -> None:
-    """The real command line and real `ferrymq node`s: up, status, stop the leader (a
-    new one takes over), start it again, kill -9 a node and start it, down. A message
-    sent before the failover is received after it."""
+    """The real command line and real `ferrymq node`s: up (no replica set yet), a queue
+    created (its replica set appears), status, stop the queue's leader (a new one takes
+    over), start it again, kill -9 a follower and start it, down. A message sent before
+    the failover is received after it."""
     require_etcd()
     boto3 = pytest.importorskip("boto3", reason="boto3 comes with the test extra")
     base = free_base_port(3)
@@ -549,6 +643,10 @@ def test_end_to_end_with_real_nodes(cluster_dir: Path) -> None:
         assert isinstance(doc, dict)
         return doc
 
+    def queue_set(doc: dict[str, Any]) -> dict[str, Any] | None:
+        found = [p for p in doc["partitions"] if p["queue"] == "local-cli"]
+        return found[0] if found else None
+
     def wait_for(what: str, check: Any, timeout_s: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -561,33 +659,41 @@ def test_end_to_end_with_real_nodes(cluster_dir: Path) -> None:
     up = run("up", "--nodes", "3", "--port", str(base), "--lease-ttl-seconds", "2")
     for i in range(3):
         assert f"n{i + 1}  http://127.0.0.1:{base + i}" in up.stdout
+    assert "(controller n" in up.stdout
     doc = status()
     assert [n["alive"] for n in doc["nodes"]] == [True, True, True]
-    (p0,) = doc["partitions"]
-    assert p0["queue"] == "*" and p0["partition"] == "p0"
-    leader = p0["leader"]
-    assert sorted(p0["isr"]) == ["n1", "n2", "n3"]
-    assert p0["lag"] is not None and set(p0["lag"]) == {"n1", "n2", "n3"} - {leader}
-    assert f"{leader}  " in run("status").stdout
+    assert doc["partitions"] == [] and [n["leads"] for n in doc["nodes"]] == [0, 0, 0]
+    assert "no queue yet" in run("status").stdout
 
     sqs = boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{base}", region_name="us-east-1",
                        aws_access_key_id="x", aws_secret_access_key="x")
     url = sqs.create_queue(QueueName="local-cli")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="before the failover")
+    doc = wait_for("the queue's replica set in sync", lambda d: (
+        (p := queue_set(d)) is not None and sorted(p["isr"]) == ["n1", "n2", "n3"]
+        and p["lag"] is not None))
+    (part,) = doc["partitions"]
+    leader = part["leader"]
+    assert part["partition"].startswith("local-cli-") and part["epoch"] >= 1
+    assert set(part["lag"]) == {"n1", "n2", "n3"} - {leader}
+    assert {n["id"]: n["leads"] for n in doc["nodes"]}[leader] == 1
+    assert f"local-cli  {part['partition']}  {leader}  " in run("status").stdout
 
     run("stop", "--node", leader)
-    doc = wait_for("a new leader", lambda d: d["partitions"][0]["leader"] not in (None, leader)
-                   and any(n["role"] == "leader" for n in d["nodes"]))
+    doc = wait_for("a new leader", lambda d: (p := queue_set(d)) is not None
+                   and p["leader"] not in (None, leader) and p["lag"] is not None)
     assert [n["alive"] for n in doc["nodes"] if n["id"] == leader] == [False]
     run("start", "--node", leader)
     assert all(n["alive"] for n in status()["nodes"])
 
-    victim = next(n for n in status()["nodes"] if n["role"] == "follower")
+    now = queue_set(status())
+    assert now is not None
+    victim = next(n for n in status()["nodes"] if n["id"] != now["leader"])
     os.kill(victim["pid"], signal.SIGKILL)
     wait_for("the kill seen", lambda d: not d["nodes"][int(victim["id"][1:]) - 1]["alive"])
     run("start", "--node", victim["id"])
     wait_for("every node in sync again", lambda d: all(n["alive"] for n in d["nodes"])
-             and sorted(d["partitions"][0]["isr"]) == ["n1", "n2", "n3"])
+             and (p := queue_set(d)) is not None and sorted(p["isr"]) == ["n1", "n2", "n3"])
     got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5).get("Messages", [])
     assert [m["Body"] for m in got] == ["before the failover"]
 

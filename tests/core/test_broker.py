@@ -266,7 +266,7 @@ def test_tags(sqs: Harness) -> None:
     assert sqs("ListQueueTags", QueueUrl=sqs.url("q")) == {}
 
 
-CLUSTER = Replication(replicas=3, min_isr=2, sync=True)
+CLUSTER = Replication(replicas=3, min_isr=2, sync=True, cluster=True)
 
 
 @pytest.mark.parametrize("tags", [
@@ -287,20 +287,19 @@ def test_replication_tags_that_match_the_replica_set_are_kept(
                               "integer from 1 to 7."),
     ({"ferry:replicas": "٣"}, "Value ٣ for tag ferry:replicas is invalid. Allowed: an "
                               "integer from 1 to 7."),
-    ({"ferry:replicas": "5"}, "Value 5 for tag ferry:replicas is not available: every "
-                              "queue of this cluster lives in one replica set of 3 "
-                              "replicas, 2 of them in sync, sync durability."),
+    ({"ferry:replicas": "5"}, "Value 5 for tag ferry:replicas is not available: the "
+                              "queue's replica set has 3 replicas, 2 of them in sync, "
+                              "sync durability."),
     ({"ferry:min-insync-replicas": "4"}, "Value 4 for tag ferry:min-insync-replicas is "
                                          "invalid. Allowed: an integer from 1 to 3."),
     ({"ferry:min-insync-replicas": "1"}, "Value 1 for tag ferry:min-insync-replicas is not "
-                                         "available: every queue of this cluster lives in "
-                                         "one replica set of 3 replicas, 2 of them in "
-                                         "sync, sync durability."),
+                                         "available: the queue's replica set has 3 "
+                                         "replicas, 2 of them in sync, sync durability."),
     ({"ferry:durability": "eventual"}, "Value eventual for tag ferry:durability is invalid. "
                                        "Allowed: sync, async."),
     ({"ferry:durability": "async"}, "Value async for tag ferry:durability is not available: "
-                                    "every queue of this cluster lives in one replica set "
-                                    "of 3 replicas, 2 of them in sync, sync durability."),
+                                    "the queue's replica set has 3 replicas, 2 of them in "
+                                    "sync, sync durability."),
     ({"ferry:speed": "fast"}, "Unknown reserved tag ferry:speed: the ferry: tags are "
                               "ferry:replicas, ferry:min-insync-replicas, ferry:durability."),
 ])

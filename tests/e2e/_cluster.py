@@ -8,6 +8,12 @@ reading who leads (etcd's record, each node's ``/_ferry/status``, etcd's own Raf
 leader), bounded waits, and the finaliser that stops every process a test started.
 No assertion about the cluster's behaviour lives here; those are the tests'.
 
+Each queue lives on a replica set of its own, placed when the queue is created: etcd's
+catalog entry ``queues/<queue>`` names its partition, ``partitions/<partition>`` holds
+the set's ``{leader, epoch, replicas, isr}``, and a node reports each replica set it
+holds under ``partitions`` in its status. So everything about leaders here is asked
+of one queue (or of every queue there is).
+
 Every PID signalled comes from the cluster's state file and is checked against the
 command line recorded for it (``_local.is_ours``), so a PID the kernel recycled is never
 signalled. Every PID the harness ever saw is remembered, so the finaliser also stops a
@@ -25,13 +31,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
 from _ports import free_base_port
 
+from ferrymq._cluster._catalog import DELETED, decode_entry
 from ferrymq._cluster._layout import Layout, decode_state
 from ferrymq._cluster._local import (
     ClusterState,
@@ -44,7 +51,6 @@ from ferrymq._cluster._local import (
 from ferrymq._replication._election import PartitionState
 
 __all__ = [
-    "PARTITION",
     "ClusterError",
     "LocalCluster",
     "local_cluster",
@@ -53,7 +59,6 @@ __all__ = [
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PARTITION = "p0"
 _CLUSTER = "ferry"
 # A `cluster` command: `up` waits up to 60 s for health and `start` up to 60 s for a
 # status answer; past this the command itself hangs, which is a bug to see, not wait for.
@@ -232,21 +237,73 @@ class LocalCluster:
         except OSError:
             return None
 
-    def partition(self) -> PartitionState | None:
-        """The replica set as etcd holds it (what the controller decided), read from the
-        first etcd member that answers; None if none does or there is none yet."""
-        key = self._layout.partition(PARTITION)
+    def _etcd(self, key: bytes, *, prefix: bool = False) -> list[tuple[bytes, bytes]] | None:
+        """The key (or every key under the prefix ``key``) with its value, read from the
+        first etcd member that answers; None if none does."""
+        query = {"key": base64.b64encode(key).decode()}
+        if prefix:
+            query["range_end"] = base64.b64encode(key[:-1] + bytes([key[-1] + 1])).decode()
         for member in self.state().etcd:
             if member.pid is None or not is_ours(member.pid, member.argv):
                 continue
             try:
-                doc = _request_json(member.client_url + "/v3/kv/range",
-                                 {"key": base64.b64encode(key).decode()})
+                doc = _request_json(member.client_url + "/v3/kv/range", query)
             except OSError:
                 continue
-            kvs = doc.get("kvs") or []
-            return decode_state(base64.b64decode(kvs[0]["value"])) if kvs else None
+            return [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", "")))
+                    for kv in doc.get("kvs") or []]
         return None
+
+    def replica_set(self, queue: str) -> tuple[str, PartitionState] | None:
+        """(its partition, the replica set as etcd holds it) of ``queue``: what the
+        placing node and then the controller decided. None if no etcd member answers
+        or the queue has no replica set (not created, or deleted)."""
+        entries = self._etcd(self._layout.queue(queue))
+        if not entries:
+            return None
+        entry = decode_entry(queue, entries[0][1])
+        if entry.partition is None or entry.status == DELETED:
+            return None
+        states = self._etcd(self._layout.partition(entry.partition))
+        if not states:
+            return None
+        return entry.partition, decode_state(states[0][1])
+
+    def replica_sets(self) -> dict[str, tuple[str, PartitionState]] | None:
+        """Every queue's ``replica_set``, read in one range (one etcd revision); None if
+        no etcd member answers."""
+        kvs = self._etcd(self._layout.root, prefix=True)
+        if kvs is None:
+            return None
+        layout = self._layout
+        states = {layout.name_of(layout.partitions, key): decode_state(value)
+                  for key, value in kvs if key.startswith(layout.partitions)}
+        found: dict[str, tuple[str, PartitionState]] = {}
+        for key, value in kvs:
+            if not key.startswith(layout.queues):
+                continue
+            entry = decode_entry(layout.name_of(layout.queues, key), value)
+            if entry.partition in states and entry.status != DELETED:
+                found[entry.name] = (entry.partition, states[entry.partition])
+        return found
+
+    def partition(self, queue: str) -> PartitionState | None:
+        """``queue``'s replica set as etcd holds it, or None (see ``replica_set``)."""
+        found = self.replica_set(queue)
+        return None if found is None else found[1]
+
+    def report(self, node: str, partition: str) -> dict[str, Any] | None:
+        """What ``node`` says of its replica of ``partition`` (its status's
+        ``partitions[partition]``), or None if it does not answer or holds none."""
+        status = self.node_status(node)
+        parts = status.get("partitions") if status else None
+        found = parts.get(partition) if isinstance(parts, dict) else None
+        return found if isinstance(found, dict) else None
+
+    def leads(self, node: str, partition: str, epoch: int) -> bool:
+        """Whether ``node`` reports itself leader of ``partition`` at ``epoch``."""
+        mine = self.report(node, partition)
+        return mine is not None and mine.get("role") == "leader" and mine.get("epoch") == epoch
 
     def client_url(self, member: str) -> str:
         rec = self.record(member)
@@ -299,54 +356,62 @@ class LocalCluster:
                 raise ClusterError(f"{what}: not within {timeout_s:g} s\n{self.logs()}")
             time.sleep(_POLL_S)
 
-    def leader(self, timeout_s: float = 15.0, *, other_than: str | None = None,
+    def leader(self, queue: str, timeout_s: float = 15.0, *, other_than: str | None = None,
                epoch_above: int = -1) -> PartitionState:
-        """Once etcd names a leader (other than ``other_than``, of an epoch above
-        ``epoch_above``) whose node reports itself leader of that epoch: that state."""
+        """Once etcd names a leader of ``queue``'s replica set (other than
+        ``other_than``, of an epoch above ``epoch_above``) whose node reports itself
+        leader of that set at that epoch: that state."""
         def ready() -> PartitionState | None:
-            ps = self.partition()
-            if ps is None or ps.leader is None or ps.leader == other_than \
-                    or ps.epoch <= epoch_above:
+            found = self.replica_set(queue)
+            if found is None:
                 return None
-            status = self.node_status(ps.leader)
-            if status is None or status.get("role") != "leader" \
-                    or status.get("epoch") != ps.epoch:
+            partition, ps = found
+            if ps.leader is None or ps.leader == other_than or ps.epoch <= epoch_above:
                 return None
-            return ps
-        return self.wait_for(f"a leader other than {other_than} above epoch {epoch_above}",
-                             ready, timeout_s)
+            return ps if self.leads(ps.leader, partition, ps.epoch) else None
+        return self.wait_for(f"a leader of {queue} other than {other_than} above epoch "
+                             f"{epoch_above}", ready, timeout_s)
 
-    def in_sync(self, timeout_s: float = 30.0) -> PartitionState:
-        """Once every node is in the in-sync set etcd holds, its leader leads that epoch,
-        and every follower says it follows that epoch with a log reaching the commit
-        the leader reported just before: that state.
+    def in_sync(self, timeout_s: float = 30.0, queues: Sequence[str] | None = None
+                ) -> dict[str, PartitionState]:
+        """Once, for each of ``queues`` (default: every queue there is; none on a fresh
+        cluster), every replica is in the in-sync set etcd holds, its leader leads that
+        epoch, and every follower says it follows that epoch with a log reaching the
+        commit the leader reported just before: queue -> that state.
 
         The followers are asked themselves because the leader's own lag figures are
         what the follower's previous process acknowledged until the new one answers
         (a follower restarted with an empty disk shows lag 0 for a moment)."""
-        everyone = set(self.node_ids())
-
-        def ready() -> PartitionState | None:
-            ps = self.partition()
-            if ps is None or ps.leader is None or set(ps.isr) != everyone:
-                return None
-            status = self.node_status(ps.leader)
-            if status is None or status.get("role") != "leader" \
-                    or status.get("epoch") != ps.epoch:
-                return None
-            commit = status.get("commit_seq")
+        def synced(partition: str, ps: PartitionState) -> bool:
+            if ps.leader is None or set(ps.isr) != set(ps.replicas):
+                return False
+            mine = self.report(ps.leader, partition)
+            if mine is None or mine.get("role") != "leader" or mine.get("epoch") != ps.epoch:
+                return False
+            commit = mine.get("commit_seq")
             if not isinstance(commit, int):
-                return None
-            for node in everyone - {ps.leader}:
-                mine = self.node_status(node)
-                if mine is None or mine.get("role") != "follower" \
-                        or mine.get("epoch") != ps.epoch:
-                    return None
-                position = mine.get("position") or [0, 0]
+                return False
+            for node in set(ps.replicas) - {ps.leader}:
+                theirs = self.report(node, partition)
+                if theirs is None or theirs.get("role") != "follower" \
+                        or theirs.get("epoch") != ps.epoch:
+                    return False
+                position = theirs.get("position") or [0, 0]
                 if not isinstance(position[1], int) or position[1] < commit:
-                    return None
-            return ps
-        return self.wait_for("every node in sync", ready, timeout_s)
+                    return False
+            return True
+
+        def ready() -> dict[str, PartitionState] | None:
+            sets = self.replica_sets()
+            if sets is None or (queues is not None and not set(queues) <= set(sets)):
+                return None
+            chosen = {q: sets[q] for q in (sets if queues is None else queues)}
+            if not all(synced(partition, ps) for partition, ps in chosen.values()):
+                return None
+            # A dict, never None: "in sync" holds of a cluster without queues too.
+            return {q: ps for q, (_, ps) in chosen.items()}
+        return self.wait_for(f"every replica of {'every queue' if queues is None else queues}"
+                             " in sync", ready, timeout_s)
 
     def logs(self) -> str:
         """The end of every process's log, for a failure message."""

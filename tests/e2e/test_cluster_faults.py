@@ -2,23 +2,31 @@
 a real three-node cluster (``ferrymq cluster up``: real etcd, real ``ferrymq node``
 processes), faults injected by PID, then the recorded history through the checker.
 
-Each test is one fault scenario on a fresh cluster:
+Each queue lives on a replica set of its own (three replicas: every node), so the two
+queues have two, each with its own leader, often on different nodes. A fault aimed
+at "the leader" is aimed at one queue's leader; if the same node leads the other queue
+too, that one fails over as well, and the checker judges the history of both queues
+either way. Each test is one fault scenario on a fresh cluster:
 
-1. the partition leader ``kill -9``'d twice, restarted with ``cluster start`` each time;
-2. the leader paused (SIGSTOP) past its lease, then resumed: it must step down, and
-   nothing it acknowledged may be lost (the fencing proof is P1 over the whole run);
+1. a queue's leader ``kill -9``'d twice (the standard queue's, then the FIFO queue's),
+   restarted with ``cluster start`` each time;
+2. the standard queue's leader paused (SIGSTOP) past its lease, then resumed: it must
+   step down, and nothing it acknowledged may be lost (the fencing proof is P1 over
+   the whole run);
 3. the etcd Raft leader ``kill -9``'d under load (three etcd members) and restarted;
-4. a follower's disk lost (stopped, data directory deleted, started): rebuilt from a
-   snapshot of the leader, then made the only survivor of a double crash, so that what
-   the drain finds is what the rebuilt replica holds.
+4. a follower's disk lost (a node leading neither queue: stopped, data directory
+   deleted, started): each replica set rebuilt on it from a snapshot of its leader,
+   then it is made the only survivor of a double crash, so that what the drain finds
+   is what the rebuilt replicas hold.
 
-The workloads talk to all three nodes (any node forwards to the leader). Every history
+The workloads talk to all three nodes (any node forwards to the queue's leader). Every history
 is written to the test's ``tmp_path``, and a failing test prints its path (re-check it
 with ``python -m ferrymq._verify check PATH``) and the cluster's data directory (its
 ``logs/`` hold every process's output). Availability is asserted only where it is a
-property of failover, from the recorded history or the cluster's own status: writes
-resume within 5 s of a leader's death, sends go on while etcd elects a new leader, a
-restarted node is back in the in-sync set within 10 s. Throughput is never asserted.
+property of failover, from the recorded history or the cluster's own status: writes to
+a queue resume within 5 s of its leader's death, sends go on while etcd elects a new
+leader, a restarted node is back in every in-sync set within 10 s. Throughput is never
+asserted.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ from ferrymq._verify._workload import (
 
 from ._cluster import LocalCluster, local_cluster
 
+STANDARD_QUEUE = "verify-standard"
+FIFO_QUEUE = "verify.fifo"
+QUEUES = (STANDARD_QUEUE, FIFO_QUEUE)
 VISIBILITY_S = 5
 # W1 as tests/e2e/test_history.py runs it against one node: 10 % of received standard
 # messages crash (come back after their visibility timeout), some are released.
@@ -66,8 +77,9 @@ WARMUP_S = 3.0          # traffic before the first fault
 QUIET_S = 10.0          # fault-free running after the last fault, so liveness is judged
 SETTLE_S = 1.0          # after stopping the workloads, before draining
 DRAIN_TIMEOUT_S = 20.0
-# Issue 7's bound: a leader's death stops writes for less than this (lease TTL 2 s:
-# detected within TTL + 0.5 s, fenced within 0.5 s, elected by one etcd transaction).
+# Issue 7's bound: a leader's death stops writes to its queue for less than this (lease
+# TTL 2 s: detected within TTL + 0.5 s, fenced within 0.5 s, elected by one etcd
+# transaction).
 WRITES_RESUME_MS = 5_000.0
 LEASE_TTL_S = 2
 # Paused for twice the lease: long enough that a successor is surely elected meanwhile.
@@ -82,7 +94,7 @@ ETCD_DOWN_S = 10.0
 # etcd leader takes at least that (1.7 s measured), so a write that waited for etcd would
 # show as a longer gap; the measured gap is ~0.1 s (the workload's own pace).
 ETCD_SEND_GAP_MAX_MS = 1_000.0
-# A restarted (or resumed) node is back in the in-sync set within this of its start:
+# A restarted (or resumed) node is back in every in-sync set within this of its start:
 # catching up a small store takes under a second here, a snapshot of it milliseconds.
 REJOIN_MAX_S = 10.0
 # Waits for the cluster itself, far above what each takes here; past them the test
@@ -147,8 +159,15 @@ def workloads(cluster: LocalCluster, tmp_path: Path) -> Iterator[Run]:
     run = Run(cluster, history, recorder)
     try:
         endpoints = Endpoints(cluster.urls())
-        standard = create_queue(endpoints, "verify-standard")
-        fifo = create_queue(endpoints, "verify.fifo", fifo=True)
+        standard = create_queue(endpoints, STANDARD_QUEUE)
+        fifo = create_queue(endpoints, FIFO_QUEUE, fifo=True)
+        # Placed while every node was up: each replica set is all three nodes, which is
+        # what every scenario below counts on.
+        everyone = sorted(cluster.node_ids())
+        for queue in QUEUES:
+            placed = cluster.leader(queue, ELECTION_WAIT_S)
+            if sorted(placed.replicas) != everyone:
+                raise AssertionError(f"{queue} placed on {placed.replicas}, not {everyone}")
         run.endpoints, run.standard = endpoints, standard
         run.workloads = [QueueWorkload(recorder, endpoints, standard, STANDARD),
                          QueueWorkload(recorder, endpoints, fifo, FIFO)]
@@ -166,8 +185,8 @@ def assert_nothing_lost(report: Report, caught_up: dict[str, bool], where: str) 
     a lease, P4 FIFO order, P6 liveness and the drain), with enough traffic for it to
     mean something."""
     assert report.violations() == [], where
-    assert caught_up == {"verify-standard": True, "verify.fifo": True}, where
-    w1, w2 = report.queue("verify-standard"), report.queue("verify.fifo")
+    assert caught_up == {STANDARD_QUEUE: True, FIFO_QUEUE: True}, where
+    w1, w2 = report.queue(STANDARD_QUEUE), report.queue(FIFO_QUEUE)
     for q in (w1, w2):
         assert not q.lost and not q.undeleted and q.lease_violations == 0, where
         assert q.acked >= ACKED_MIN and q.unique_received >= q.acked, where
@@ -176,9 +195,24 @@ def assert_nothing_lost(report: Report, caught_up: dict[str, bool], where: str) 
 
 
 def rejoin(cluster: LocalCluster, since: float) -> float:
-    """Wait until every node is in sync; seconds from ``since`` (monotonic)."""
+    """Wait until every node is in sync in every replica set; seconds from ``since``
+    (monotonic)."""
     cluster.in_sync(IN_SYNC_WAIT_S)
     return round(time.monotonic() - since, 2)
+
+
+def leaders(cluster: LocalCluster) -> dict[str, str | None]:
+    """queue -> the node etcd names its leader (a note of which queues a fault hit)."""
+    return {q: None if (ps := cluster.partition(q)) is None else ps.leader for q in QUEUES}
+
+
+def first_ok_ms(ops: list[Op], f: str, queue: str, after_ns: int) -> float | None:
+    """P7 for one queue: ms from ``after_ns`` to the first completion of an ok ``f``
+    on ``queue`` invoked at or after it. (The checker's own figure counts every queue,
+    and the other queue's leader may be alive throughout.)"""
+    ends = [op.t_end for op in ops if op.f == f and op.type == "ok" and op.t_end is not None
+            and op.t_inv >= after_ns and op.value.get("queue") == queue]
+    return None if not ends else round((min(ends) - after_ns) / 1e6, 1)
 
 
 def faults_named(report: Report, name: str) -> list[Any]:
@@ -218,7 +252,7 @@ def test_longest_ok_gap_counts_only_ok_answers_to_requests_made_in_the_stretch()
         longest_ok_gap(ops, "send", 2, 1)
 
 
-# -- 1. the leader kill -9'd twice -------------------------------------------------------
+# -- 1. a queue's leader kill -9'd twice ------------------------------------------------
 
 
 @pytest.mark.slow
@@ -229,39 +263,51 @@ def test_leader_kill9_twice_under_load(tmp_path: Path) -> None:
         with workloads(cluster, tmp_path) as run:
             elections: list[float] = []
             rejoins: list[float] = []
+            hit: list[dict[str, str | None]] = []
             time.sleep(WARMUP_S)
-            for _ in range(2):
-                old = cluster.leader(ELECTION_WAIT_S)
+            # The standard queue's leader first, then the FIFO queue's: each kind of
+            # queue has its leader killed under load at least once.
+            for queue in QUEUES:
+                old = cluster.leader(queue, ELECTION_WAIT_S)
                 assert old.leader is not None
+                hit.append(leaders(cluster))
                 with fault(run.recorder, "kill", cluster.url(old.leader), signal="SIGKILL",
-                           victim=old.leader, epoch=old.epoch):
+                           victim=old.leader, epoch=old.epoch, queue=queue):
                     killed_at = time.monotonic()
                     cluster.kill9(old.leader)
-                    new = cluster.leader(ELECTION_WAIT_S, other_than=old.leader,
+                    new = cluster.leader(queue, ELECTION_WAIT_S, other_than=old.leader,
                                          epoch_above=old.epoch)
                     elections.append(round(time.monotonic() - killed_at, 2))
                     with fault(run.recorder, "elected", cluster.url(str(new.leader)),
-                               epoch=new.epoch):
+                               epoch=new.epoch, queue=queue):
                         pass
                     cluster.start(old.leader)
                     rejoins.append(rejoin(cluster, time.monotonic()))
                 time.sleep(WARMUP_S)
-            run.notes.update(elected_after_s=elections, in_sync_after_start_s=rejoins)
+            run.notes.update(elected_after_s=elections, in_sync_after_start_s=rejoins,
+                             leaders_before_each_kill=hit)
             time.sleep(QUIET_S)
             report, caught_up, where = run.finish()
+        ops = run.ops()
+        kill_ops = nemesis_ops(ops, "kill")
+        resumed = [(op.value["queue"], first_ok_ms(ops, "send", op.value["queue"], op.t_inv),
+                    first_ok_ms(ops, "receive", op.value["queue"], op.t_inv))
+                   for op in kill_ops]
+        where += f"\nfirst ok send and receive on the killed leader's queue: {resumed}"
+        print(where.rsplit("\n", 1)[-1])
 
     assert_nothing_lost(report, caught_up, where)
     assert max(rejoins) < REJOIN_MAX_S, where
-    w1 = report.queue("verify-standard")
+    w1 = report.queue(STANDARD_QUEUE)
     assert w1.duplicates["after_expiry"] > 0, where     # crashed messages came back
-    assert report.queue("verify.fifo").liveness_judged > 0, where
-    kills = faults_named(report, "kill")
-    assert len(kills) == 2, where
-    for kill in kills:
-        # Writes resume: the first ok send invoked after the kill completed within the
-        # bound (P7 from the history, measured from the SIGKILL).
-        assert kill.send_ms is not None and kill.send_ms < WRITES_RESUME_MS, where
-        assert kill.receive_ms is not None, where
+    assert report.queue(FIFO_QUEUE).liveness_judged > 0, where
+    assert len(faults_named(report, "kill")) == 2, where
+    assert [queue for queue, _, _ in resumed] == list(QUEUES), where
+    for _, send_ms, receive_ms in resumed:
+        # Writes to the queue resume: the first ok send to it invoked after the kill
+        # completed within the bound (P7 from the history, measured from the SIGKILL).
+        assert send_ms is not None and send_ms < WRITES_RESUME_MS, where
+        assert receive_ms is not None, where
     # The kills landed on traffic: some operations ended without a certain answer.
     assert sum(c.get("info", 0) + c.get("fail", 0) for c in report.ops.values()) > 0, where
 
@@ -276,20 +322,24 @@ def test_leader_paused_past_its_lease_steps_down_and_loses_nothing(tmp_path: Pat
         cluster.in_sync(IN_SYNC_WAIT_S)
         with workloads(cluster, tmp_path) as run:
             time.sleep(WARMUP_S)
-            old = cluster.leader(ELECTION_WAIT_S)
+            old = cluster.leader(STANDARD_QUEUE, ELECTION_WAIT_S)
+            found = cluster.replica_set(STANDARD_QUEUE)
+            assert found is not None
+            partition = found[0]
             paused = str(old.leader)
             paused_url = cluster.url(paused)
             others = [n for n in cluster.node_ids() if n != paused]
+            hit = leaders(cluster)
             with fault(run.recorder, "pause", paused_url, signal="SIGSTOP",
-                       victim=paused, epoch=old.epoch):
+                       victim=paused, epoch=old.epoch, queue=STANDARD_QUEUE):
                 paused_at = time.monotonic()
                 try:
                     cluster.pause(paused)
-                    new = cluster.leader(ELECTION_WAIT_S, other_than=paused,
+                    new = cluster.leader(STANDARD_QUEUE, ELECTION_WAIT_S, other_than=paused,
                                          epoch_above=old.epoch)
                     elected_s = time.monotonic() - paused_at
                     with fault(run.recorder, "elected", cluster.url(str(new.leader)),
-                               epoch=new.epoch):
+                               epoch=new.epoch, queue=STANDARD_QUEUE):
                         pass
                     # New requests are served by the successor while the old leader
                     # is still stopped, through either node that runs.
@@ -299,16 +349,17 @@ def test_leader_paused_past_its_lease_steps_down_and_loses_nothing(tmp_path: Pat
                 finally:
                     cluster.resume(paused)
                 resumed_at = time.monotonic()
-                # Its own view: no longer leader, then a follower of the new epoch (it
-                # is rebuilt first if it had appended entries no one else has).
-                cluster.wait_for(f"{paused} not leading", lambda: (
-                    (s := cluster.node_status(paused)) is not None
-                    and s.get("role") != "leader"), ELECTION_WAIT_S)
+                # Its own view of the queue's replica set: no longer leader, then a
+                # follower of the new epoch (it is rebuilt first if it had appended
+                # entries no one else has).
+                cluster.wait_for(f"{paused} not leading {partition}", lambda: (
+                    (r := cluster.report(paused, partition)) is not None
+                    and r.get("role") != "leader"), ELECTION_WAIT_S)
                 not_leading_s = time.monotonic() - resumed_at
                 cluster.wait_for(f"{paused} a follower of epoch {new.epoch}", lambda: (
-                    (s := cluster.node_status(paused)) is not None
-                    and s.get("role") == "follower"
-                    and s.get("epoch", 0) >= new.epoch), ELECTION_WAIT_S)
+                    (r := cluster.report(paused, partition)) is not None
+                    and r.get("role") == "follower"
+                    and r.get("epoch", 0) >= new.epoch), ELECTION_WAIT_S)
                 follower_s = time.monotonic() - resumed_at
                 final = cluster.in_sync(IN_SYNC_WAIT_S)
                 converged_s = round(time.monotonic() - resumed_at, 2)
@@ -319,7 +370,9 @@ def test_leader_paused_past_its_lease_steps_down_and_loses_nothing(tmp_path: Pat
                              not_leading_after_resume_s=round(not_leading_s, 2),
                              follower_after_resume_s=round(follower_s, 2),
                              in_sync_after_resume_s=converged_s,
-                             leader_after=(final.leader, final.epoch))
+                             leaders_before=hit,
+                             leaders_after={q: (ps.leader, ps.epoch)
+                                            for q, ps in final.items()})
             time.sleep(QUIET_S)
             report, caught_up, where = run.finish()
         # The workload's requests held by the paused leader: invoked before its
@@ -345,12 +398,21 @@ def test_leader_paused_past_its_lease_steps_down_and_loses_nothing(tmp_path: Pat
         assert type_ == "ok" and took_s * 1000 < WRITES_RESUME_MS, where
     assert follower_s < STEP_DOWN_MAX_S, where
     assert converged_s < REJOIN_MAX_S, where
-    assert sorted(final.isr) == sorted(cluster.node_ids()), where
-    (p0,) = status["partitions"]
-    assert (p0["leader"], p0["epoch"], sorted(p0["isr"])) == (
-        final.leader, final.epoch, sorted(cluster.node_ids())), status
-    assert sorted(n["role"] for n in status["nodes"]) == ["follower", "follower", "leader"], \
-        status
+    assert sorted(final) == sorted(QUEUES), where
+    for ps in final.values():
+        assert sorted(ps.isr) == sorted(cluster.node_ids()), where
+    # `cluster status` agrees: one row per queue, as etcd holds it, lag known (its
+    # leader answers as that leader), and each node leads what etcd says it leads.
+    rows = {p["queue"]: p for p in status["partitions"]}
+    assert sorted(rows) == sorted(QUEUES), status
+    for queue, ps in final.items():
+        row = rows[queue]
+        assert (row["leader"], row["epoch"], sorted(row["isr"])) == (
+            ps.leader, ps.epoch, sorted(cluster.node_ids())), status
+        assert row["lag"] is not None, status
+    led = [ps.leader for ps in final.values()]
+    assert {n["id"]: n["leads"] for n in status["nodes"]} == {
+        n: led.count(n) for n in cluster.node_ids()}, status
     # The fencing proof: nothing acknowledged, by the paused leader or anyone, is lost.
     assert_nothing_lost(report, caught_up, where)
     # Requests were under way through the pause: the fault landed on traffic.
@@ -365,9 +427,10 @@ def test_leader_paused_past_its_lease_steps_down_and_loses_nothing(tmp_path: Pat
 def test_etcd_leader_kill9_under_load(tmp_path: Path) -> None:
     with local_cluster(tmp_path / "cluster", etcd_members=3,
                        lease_ttl_s=LEASE_TTL_S) as cluster:
-        before = cluster.in_sync(IN_SYNC_WAIT_S)
+        cluster.in_sync(IN_SYNC_WAIT_S)
         with workloads(cluster, tmp_path) as run:
             time.sleep(WARMUP_S)
+            before = {q: cluster.partition(q) for q in QUEUES}
             victim = cluster.etcd_leader()
             with fault(run.recorder, "kill-etcd-leader", cluster.client_url(victim),
                        signal="SIGKILL", member=victim):
@@ -385,8 +448,9 @@ def test_etcd_leader_kill9_under_load(tmp_path: Path) -> None:
             run.notes.update(etcd_victim=victim, etcd_successor=successor,
                              etcd_elected_after_s=round(etcd_elected_s, 2),
                              etcd_restarted_after_s=round(etcd_back_s, 2),
-                             partition_before=(before.leader, before.epoch),
-                             partition_after=(after.leader, after.epoch))
+                             before={q: None if ps is None else (ps.leader, ps.epoch)
+                                     for q, ps in before.items()},
+                             after={q: (ps.leader, ps.epoch) for q, ps in after.items()})
             time.sleep(QUIET_S)
             report, caught_up, where = run.finish()
         ops = run.ops()
@@ -419,17 +483,23 @@ def test_follower_with_a_wiped_disk_is_rebuilt_and_its_data_serves(tmp_path: Pat
             # Every node crashes and restarts: no leader holds the early entries in
             # memory any more, so a replica that lost everything can only be rebuilt
             # from a snapshot (a leader that never restarted replays its whole log).
-            old = cluster.leader(ELECTION_WAIT_S)
+            old = {q: cluster.leader(q, ELECTION_WAIT_S) for q in QUEUES}
             with fault(run.recorder, "kill-all", None, signal="SIGKILL", victims=nodes):
                 cluster.kill9(*nodes)
                 for node in nodes:
                     cluster.start(node)
-                restarted = cluster.leader(ELECTION_WAIT_S, epoch_above=old.epoch)
+                restarted = {q: cluster.leader(q, ELECTION_WAIT_S, epoch_above=old[q].epoch)
+                             for q in QUEUES}
                 rejoins["after kill-all"] = rejoin(cluster, time.monotonic())
             time.sleep(WARMUP_S)
 
-            leader = str(cluster.leader(ELECTION_WAIT_S).leader)
-            wiped = next(n for n in nodes if n != leader)
+            # The node to wipe follows in every replica set (with three nodes and two
+            # queues one leads neither), so this is a follower's disk, whatever queue.
+            leading = {cluster.leader(q, ELECTION_WAIT_S).leader for q in QUEUES}
+            wiped = next(n for n in nodes if n not in leading)
+            sets = cluster.replica_sets()
+            assert sets is not None
+            partitions = sorted(sets[q][0] for q in QUEUES)
             log_from = cluster.log_size(wiped)
             with fault(run.recorder, "wipe", cluster.url(wiped), victim=wiped):
                 cluster.stop(wiped)
@@ -440,25 +510,32 @@ def test_follower_with_a_wiped_disk_is_rebuilt_and_its_data_serves(tmp_path: Pat
                          if "installed a snapshot" in line]
             time.sleep(WARMUP_S)
 
-            # The leader and the other follower crash together: the rebuilt replica is
-            # the only one left, so it must lead, and what the drain finds is its data.
-            current = cluster.leader(ELECTION_WAIT_S)
+            # The two other nodes crash together: the rebuilt replicas are the only
+            # ones left, so the wiped node must lead both queues, and what the drain
+            # finds is its data.
+            current = {q: cluster.leader(q, ELECTION_WAIT_S) for q in QUEUES}
             others = [n for n in nodes if n != wiped]
-            with fault(run.recorder, "kill-others", cluster.url(str(current.leader)),
-                       signal="SIGKILL", victims=others):
+            with fault(run.recorder, "kill-others", None, signal="SIGKILL", victims=others):
                 cluster.kill9(*others)
-                survivor = cluster.leader(ELECTION_WAIT_S, epoch_above=current.epoch)
+                survivor = {q: cluster.leader(q, ELECTION_WAIT_S,
+                                              epoch_above=current[q].epoch)
+                            for q in QUEUES}
                 for node in others:
                     cluster.start(node)
                 rejoins["after kill-others"] = rejoin(cluster, time.monotonic())
-            run.notes.update(restarted_leader=(restarted.leader, restarted.epoch),
+            run.notes.update(restarted={q: (ps.leader, ps.epoch)
+                                        for q, ps in restarted.items()},
                              wiped=wiped, installed=installed,
-                             survivor=(survivor.leader, survivor.epoch),
+                             survivor={q: (ps.leader, ps.epoch)
+                                       for q, ps in survivor.items()},
                              in_sync_after_start_s=rejoins)
             time.sleep(QUIET_S)
             report, caught_up, where = run.finish()
 
-    assert installed, where             # rebuilt from a snapshot, not replayed
-    assert survivor.leader == wiped, where
+    # Each replica set rebuilt on the wiped node from a snapshot, not replayed.
+    for partition in partitions:
+        assert any(f"{partition} on {wiped}: installed a snapshot" in line
+                   for line in installed), where
+    assert {ps.leader for ps in survivor.values()} == {wiped}, where
     assert_nothing_lost(report, caught_up, where)
     assert max(rejoins.values()) < REJOIN_MAX_S, where

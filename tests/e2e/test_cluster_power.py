@@ -2,11 +2,13 @@
 
 Three real ``ferrymq node`` processes over real etcd, each store opened with the
 power-loss seam (``SqliteStore(power_loss_seam=True)``: what a power cut would leave is
-the database file plus the fsynced part of the WAL). Producers send to a standard and a
-FIFO queue through every node; mid-load all three nodes are killed with SIGKILL at
-once, each store is cut back to what it had fsynced (``simulate_power_loss``), and the
-nodes are started again. Every acknowledged message must then be received, and each
-FIFO group in the order it was acknowledged.
+the database file plus the fsynced part of the WAL). Each queue lives on a replica set
+of its own, so each node holds one store per queue (``<data-dir>/partitions/``).
+Producers send to a standard and a FIFO queue through every node; mid-load all three
+nodes are killed with SIGKILL at once, every store of every node is cut back to what it
+had fsynced (``simulate_power_loss``), and the nodes are started again. Every
+acknowledged message must then be received, and each FIFO group in the order it was
+acknowledged.
 
 Why this holds: a ``sync`` write is acknowledged only after every in-sync replica (at
 least ``min-insync-replicas`` of them) fsynced it, and the new leader is the most
@@ -72,17 +74,40 @@ class Cluster:
         except OSError:
             return None
 
-    def wait_writable(self, timeout_s: float = START_WAIT_S) -> str:
+    def logs(self) -> dict[str, str]:
+        return {n: (self.base / f"{n}.log").read_text()[-1500:] for n in NODES}
+
+    def wait_ready(self, timeout_s: float = START_WAIT_S) -> None:
+        """Until every node answers and holds its etcd lease, and one is controller: a
+        queue created then is placed on all three."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            statuses = [self.status(node) for node in NODES]
+            if all(st is not None and st["lease"] for st in statuses) \
+                    and sum(1 for st in statuses if st and st["controller"]) == 1:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the nodes never registered and elected a controller: "
+                             f"{self.logs()}")
+
+    def wait_writable(self, queues: list[str], timeout_s: float = START_WAIT_S
+                      ) -> dict[str, str]:
+        """Until each of ``queues`` has a leader that reports its replica set writable
+        with every node in sync: queue -> that leader."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found: dict[str, str] = {}
             for node in NODES:
                 st = self.status(node)
-                if st is not None and st["role"] == "leader" and st["writable"] \
-                        and len(st["isr"]) == len(NODES):
-                    return node
+                for part in (st or {}).get("partitions", {}).values():
+                    if part["queue"] in queues and part["role"] == "leader" \
+                            and part["writable"] and len(part["isr"]) == len(NODES):
+                        found[part["queue"]] = node
+            if set(found) == set(queues):
+                return found
             time.sleep(0.1)
-        logs = {n: (self.base / f"{n}.log").read_text()[-1500:] for n in NODES}
-        raise AssertionError(f"no writable leader with a full in-sync set: {logs}")
+        raise AssertionError(f"no writable leader with a full in-sync set for each of "
+                             f"{queues}: {self.logs()}")
 
     def kill_all(self) -> None:
         for proc in self.procs.values():
@@ -117,13 +142,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def test_power_loss_of_every_replica_loses_no_acknowledged_write(cluster: Cluster) -> None:
-    cluster.wait_writable()
+    cluster.wait_ready()
     admin = make_client(cluster.url("n1"), "json",
                         retries={"mode": "standard", "total_max_attempts": 10})
     std = admin.create_queue(QueueName="power")["QueueUrl"].rsplit("/", 2)[-2:]
     fifo = admin.create_queue(QueueName="power.fifo", Attributes={
         "FifoQueue": "true", "ContentBasedDeduplication": "true"})["QueueUrl"]
     fifo_path = fifo.rsplit("/", 2)[-2:]
+    queues = ["power", "power.fifo"]
+    cluster.wait_writable(queues)
     acked: dict[str, list[str]] = {"std": [], "fifo": []}
     lock = threading.Lock()
     stop = threading.Event()
@@ -161,19 +188,23 @@ def test_power_loss_of_every_replica_loses_no_acknowledged_write(cluster: Cluste
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    dropped = {n: simulate_power_loss(cluster.base / n / "ferrymq.sqlite3") for n in NODES}
+    stores = {n: sorted((cluster.base / n / "partitions").glob("*.sqlite3")) for n in NODES}
+    # One store per queue on every node: a power cut that missed one proves less.
+    assert all(len(found) == len(queues) for found in stores.values()), stores
+    dropped = {n: {path.name: simulate_power_loss(path) for path in found}
+               for n, found in stores.items()}
     with lock:
         sent = {k: list(v) for k, v in acked.items()}
     assert sent["std"] and sent["fifo"], "the load never got an acknowledgement"
 
     for node in NODES:
         cluster.start(node)
-    leader = cluster.wait_writable()
-    sqs = make_client(cluster.url(leader), "json",
-                      retries={"mode": "standard", "total_max_attempts": 10})
-    base = cluster.url(leader)
+    leaders = cluster.wait_writable(queues)
     received: dict[str, list[str]] = {"std": [], "fifo": []}
-    for kind, path in (("std", std), ("fifo", fifo_path)):
+    for kind, path, queue in (("std", std, "power"), ("fifo", fifo_path, "power.fifo")):
+        base = cluster.url(leaders[queue])
+        sqs = make_client(base, "json",
+                          retries={"mode": "standard", "total_max_attempts": 10})
         url = f"{base}/{'/'.join(path)}"
         empty = 0
         while empty < 2:

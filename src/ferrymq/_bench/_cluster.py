@@ -10,6 +10,12 @@ process runs on, and one failover round: SIGKILL the leader by PID, wait for a n
 leader that commits, start the old one again, wait until the in-sync set is full. The
 load and its measurements are the load generator's; the workloads are ``_runner``'s.
 
+"The leader" is the leader of the bench queue's replica set: each queue lives on a
+replica set of its own, created with the queue, so a fresh cluster has no leader at
+all until the bench creates its queue. The bench queue is ``ClusterHandle.queue`` when
+the runner names it, else the only queue there is (the runner holds one at a time:
+it creates a queue, runs one load on it and deletes it).
+
 Pinning. ``shared`` (the default) puts every node and etcd on the one core the single
 server gets: the same hardware, so throughput and CPU per message compare directly.
 ``leader-alone`` gives the leader that core to itself and moves the followers and etcd
@@ -131,6 +137,10 @@ class ClusterHandle:
     pinning: str = "shared"
     # The load generator's core, where leader-alone pinning moves the followers.
     side_cpu: int | None = None
+    # The bench queue (see the module docstring); None: the only queue there is.
+    queue: str | None = None
+    # The node leader-alone pinning last gave the server's core to.
+    _pinned: str | None = None
 
     # ---- state -------------------------------------------------------------------
 
@@ -146,13 +156,18 @@ class ClusterHandle:
             raise RuntimeError(f"{self.name}: no cluster in {self.data_dir}")
         return collect_status(state)
 
-    @staticmethod
-    def _partition(doc: dict[str, Any]) -> dict[str, Any]:
+    def _partition(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The bench queue's replica set in a status document; {} when there is none
+        (no queue yet) or it cannot be told which one it is (several queues, and
+        ``queue`` not set)."""
         parts = doc.get("partitions") or []
-        return parts[0] if parts else {}
+        if self.queue is not None:
+            return next((p for p in parts if p.get("queue") == self.queue), {})
+        return dict(parts[0]) if len(parts) == 1 else {}
 
     def leader(self, doc: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """The node entry (id, url, pid, alive, role) of the leader etcd names, if alive."""
+        """The node entry (id, url, pid, alive, leads) of the leader etcd names for the
+        bench queue's replica set, if alive."""
         doc = doc if doc is not None else self.status()
         leader = self._partition(doc).get("leader")
         for node in doc["nodes"]:
@@ -161,7 +176,13 @@ class ClusterHandle:
         return None
 
     def roles(self) -> dict[str, str | None]:
-        return {n["id"]: n["role"] for n in self.status()["nodes"]}
+        """Each node's part in the bench queue's replica set (leader, follower), None
+        for a node outside it, or for every node while there is no bench queue."""
+        doc = self.status()
+        part = self._partition(doc)
+        replicas = part.get("replicas") or []
+        return {n["id"]: ("leader" if n["id"] == part.get("leader") else "follower")
+                if n["id"] in replicas else None for n in doc["nodes"]}
 
     @property
     def port(self) -> int:
@@ -169,9 +190,15 @@ class ClusterHandle:
         return self.endpoints()[0][0]
 
     def endpoints(self) -> tuple[list[int], bool]:
-        """Ports for the load generator, the leader's first, and whether to spread."""
+        """Ports for the load generator, the leader's first, and whether to spread.
+
+        Asked right before each load starts, once its queue exists: which is when
+        leader-alone pinning can first tell the leader apart, so it is applied here
+        (a no-op when the same leader is pinned already)."""
         doc = self.status()
         leader = self.leader(doc)
+        if leader is not None and leader["id"] != self._pinned:
+            self.apply_pinning(doc)
         alive = [_port_of(n["url"]) for n in doc["nodes"] if n["alive"]]
         if not alive:
             raise RuntimeError(f"{self.name}: no node is running")
@@ -204,14 +231,19 @@ class ClusterHandle:
             out.extend(tail)
         return "\n".join(out)
 
-    def apply_pinning(self) -> None:
-        """Under ``leader-alone``, put the current leader alone on ``cpu`` and every other
-        process on ``side_cpu``: every thread of each, since a process's affinity is its
-        threads'. Processes start pinned to ``cpu`` (shared) through ``taskset``."""
+    def apply_pinning(self, doc: dict[str, Any] | None = None) -> None:
+        """Under ``leader-alone``, put the bench queue's leader alone on ``cpu`` and
+        every other process on ``side_cpu``: every thread of each, since a process's
+        affinity is its threads'. Processes start pinned to ``cpu`` (shared) through
+        ``taskset``, and stay so while there is no bench queue (no leader to tell
+        apart)."""
         if self.pinning != "leader-alone" or self.cpu is None or self.side_cpu is None:
             return
-        doc = self.status()
+        doc = doc if doc is not None else self.status()
         leader = self.leader(doc)
+        if leader is None:
+            return
+        self._pinned = leader["id"]
         for proc in [*doc["nodes"], *doc["etcd"]]:
             if not proc["alive"]:
                 continue
@@ -278,13 +310,17 @@ class ClusterHandle:
             time.sleep(POLL_S)
 
     def wait_in_sync(self) -> None:
-        """Until every node runs and the leader's in-sync set holds all of them."""
+        """Until every node runs and, once there is a bench queue, its replica set has a
+        live leader and an in-sync set that holds every node."""
 
         def full() -> bool | None:
             doc = self.status()
+            if not all(n["alive"] for n in doc["nodes"]):
+                return None
+            if not doc.get("partitions"):
+                return True  # no queue yet: nothing to be in sync
             isr = self._partition(doc).get("isr") or []
-            ok = (all(n["alive"] for n in doc["nodes"]) and len(isr) == len(doc["nodes"])
-                  and self.leader(doc) is not None)
+            ok = len(isr) == len(doc["nodes"]) and self.leader(doc) is not None
             return True if ok else None
 
         self._wait("a full in-sync set", full)
@@ -300,7 +336,9 @@ class ClusterHandle:
         doc = self.status()
         old = self.leader(doc)
         if old is None:
-            raise RuntimeError(f"{self.name}: no live leader to kill")
+            raise RuntimeError(f"{self.name}: no live leader of the bench queue's replica "
+                               f"set to kill ({len(doc.get('partitions') or [])} replica "
+                               "sets; with several, set ClusterHandle.queue)")
         try:
             state = load_state(self.data_dir)
             rec = state.find(old["id"]) if state is not None else None
@@ -322,11 +360,15 @@ class ClusterHandle:
         record.update(new_leader=new["id"], elected_ms=(elected_ns - kill_ns) / 1e6)
         first_commit: list[int] = []
 
+        partition = self._partition(doc).get("partition")
+
         def committing() -> bool | None:
             status = _node_status(new["url"])
-            if not status or status.get("role") != "leader":
+            parts = status.get("partitions") if status else None
+            mine = parts.get(partition) if isinstance(parts, dict) else None
+            if not isinstance(mine, dict) or mine.get("role") != "leader":
                 return None
-            first_commit.append(int(status.get("commit_seq") or 0))
+            first_commit.append(int(mine.get("commit_seq") or 0))
             return True if first_commit[-1] > first_commit[0] else None
 
         # The old node is started only once the new leader commits, so its start-up (on
@@ -353,8 +395,9 @@ def _pin_threads(pid: int, cpu: int) -> None:
 def start_cluster(name: str, bench_dir: Path, cpu: int | None, *,
                   pinning: str = "shared", side_cpu: int | None = None) -> ClusterHandle:
     """``ferrymq cluster up --nodes 3`` on free ports, pinned to ``cpu`` (``pinning``:
-    see the module docstring); returns once it is healthy (every node answers, the
-    leader has all three in sync)."""
+    see the module docstring); returns once it is healthy (every node answers, a
+    controller is elected; there is no replica set before the bench creates a
+    queue)."""
     from ferrymq._coordination import ETCD_INSTALL_HINT, etcd_binary
 
     if pinning not in PINNINGS:

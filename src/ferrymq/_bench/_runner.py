@@ -230,10 +230,15 @@ def _run_workload(handle: Server, workload: str, s: Settings, entry: dict[str, A
                   profiler: Profiler | None = None) -> None:
     runs: list[dict[str, Any]] = []
     prefilled: list[int] = []
-    roles = handle.roles() if isinstance(handle, ClusterHandle) else None
+    roles = None
     for rep in range(s.repeat):
-        url = _create_queue(handle, _queue_name(workload, handle.name),
-                            fifo=(workload == "fifo"))
+        name = _queue_name(workload, handle.name)
+        if isinstance(handle, ClusterHandle):
+            handle.queue = name  # its replica set is the one measured
+        url = _create_queue(handle, name, fifo=(workload == "fifo"))
+        if isinstance(handle, ClusterHandle) and roles is None:
+            # Known once the queue (and so its replica set) exists.
+            roles = handle.roles()
         try:
             phases = _phases(workload, url, s)
             if profiler is not None:
@@ -418,7 +423,9 @@ def failover_row(server: str, rounds: list[dict[str, Any]], load: dict[str, Any]
 def _run_failover(handle: ClusterHandle, s: Settings, entry: dict[str, Any]) -> None:
     """Steady sends while the leader is killed ``failover_rounds`` times; the load
     generator runs until told, then answers each kill time with its first ack after."""
-    url = _create_queue(handle, _queue_name("failover", handle.name))
+    name = _queue_name("failover", handle.name)
+    handle.queue = name
+    url = _create_queue(handle, name)
     # Consumers keep the queue shallow: a killed leader rejoins through a snapshot of
     # the store, which this version limits to 60 MiB; a queue that only grew would
     # reach that within the rounds and measure the limit instead of the failover.

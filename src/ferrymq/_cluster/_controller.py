@@ -1,13 +1,10 @@
-"""The controller: one node at a time, elected through etcd, places replica sets and
-replaces dead leaders.
+"""The controller: one node at a time, elected through etcd, replaces dead leaders.
 
-It runs on every node and acts only while it holds the controller key. It keeps the
-cluster's partitions in the state the election rule (``ferrymq._replication._election``)
-prescribes:
+It runs on every node and acts only while it holds the controller key. It keeps every
+replica set under ``partitions/`` (placed by the node that created its queue) in the
+state the election rule (``ferrymq._replication._election``) prescribes:
 
-- a partition that does not exist yet is created once enough nodes are alive, with the
-  first ``replication_factor`` live nodes (by name) as its replicas;
-- a partition whose leader's node lease has lapsed (or that has none) gets a new one:
+- a replica set whose leader's node lease has lapsed (or that has none) gets a new one:
   every replica is fenced with the next epoch, the answers are collected for at most
   ``FENCE_WAIT_S``, and the most advanced in-sync replica is written as leader by a
   transaction conditioned on the partition's revision. Once replicas were fenced past
@@ -55,10 +52,6 @@ _SEEN_REPLIES_MAX = 32
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
-    partitions: tuple[str, ...]  # the partitions this cluster has
-    replication_factor: int
-    min_isr: int
-    sync: bool
     lease_ttl_s: int
     fence_wait_s: float = FENCE_WAIT_S
     reconcile_s: float = _RECONCILE_S
@@ -133,29 +126,26 @@ class Controller:
 
     async def _reconcile(self) -> None:
         alive = await self._alive()
-        for partition in self._settings.partitions:
-            kv = await self._coord.get(self._layout.partition(partition))
-            if kv is None:
-                await self._create(partition, alive)
-                continue
+        prefix = self._layout.partitions
+        snapshot = await self._coord.get_prefix(prefix)
+        present = set()
+        elections = []
+        for kv in snapshot.items:
+            partition = self._layout.name_of(prefix, kv.key)
+            present.add(partition)
             state = decode_state(kv.value)
             unfinished = self._fenced.get(partition, 0) > state.epoch
             if state.leader is None or state.leader not in alive or unfinished:
-                await self._elect(partition, state, kv.mod_revision, alive)
-
-    async def _create(self, partition: str, alive: list[str]) -> None:
-        rf = self._settings.replication_factor
-        if len(alive) < rf:
-            return  # wait for the nodes the replica set needs
-        replicas = tuple(alive[:rf])
-        state = PartitionState(leader=None, epoch=0, replicas=replicas, isr=replicas,
-                               min_isr=min(self._settings.min_isr, rf),
-                               sync=self._settings.sync)
-        key = self._layout.partition(partition)
-        result = await self._coord.transact({key: 0}, [Put(key, encode_state(state))])
-        if result.succeeded:
-            log.info("created partition %s on %s", partition, ", ".join(replicas))
-            self._changed.set()
+                elections.append(self._elect(partition, state, kv.mod_revision, alive))
+        # Side by side: a node that led many replica sets fails them all over at once,
+        # in one fence round trip rather than one per set.
+        for outcome in await asyncio.gather(*elections, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for gone in [p for p in self._fenced if p not in present]:
+            # A deleted replica set: forget what was kept for its elections.
+            self._fenced.pop(gone, None)
+            self._seen.pop(gone, None)
 
     async def _elect(self, partition: str, state: PartitionState, revision: int,
                      alive: list[str]) -> None:

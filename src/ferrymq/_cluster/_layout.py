@@ -6,8 +6,12 @@ Every key lives under ``/ferry/<cluster>/``:
   disappears when the node stops renewing it (membership).
 - ``controller``: held by the elected controller (``ferrymq._coordination.Election``).
 - ``partitions/<partition>``: the replica set ``{leader, epoch, replicas, isr, min_isr,
-  sync}``, written only by a transaction conditioned on its mod revision: by the
-  controller when it elects a leader, by the leader when it changes the in-sync set.
+  sync}``, written only by a transaction conditioned on its mod revision: by the node
+  that places a new queue (creating it), by the controller when it elects a leader, by
+  the leader when it changes the in-sync set; deleted with its queue.
+- ``queues/<name>``: the catalog (``ferrymq._cluster._catalog``): which replica set holds
+  the queue, and its definition (attributes, tags, timestamps) as last committed there;
+  or a tombstone saying when it was deleted.
 
 Values are JSON: small, read by people debugging a cluster with ``etcdctl``, and
 changed rarely (on membership and leadership changes, never per request).
@@ -42,12 +46,16 @@ class Layout:
         self.nodes = self.root + b"nodes/"
         self.controller = self.root + b"controller"
         self.partitions = self.root + b"partitions/"
+        self.queues = self.root + b"queues/"
 
     def node(self, name: str) -> bytes:
         return self.nodes + name.encode()
 
     def partition(self, name: str) -> bytes:
         return self.partitions + name.encode()
+
+    def queue(self, name: str) -> bytes:
+        return self.queues + name.encode()
 
     def name_of(self, prefix: bytes, key: bytes) -> str:
         if not key.startswith(prefix):

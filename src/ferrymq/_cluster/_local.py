@@ -80,8 +80,8 @@ _NODES_MAX = 16
 # The replication factor when --replicas is not given: Kafka-like 3, or every node of a
 # smaller cluster (a replica set cannot have more members than there are nodes).
 _DEFAULT_REPLICAS_MAX = 3
-# `up` waits this long for every node to answer and a leader with a full enough ISR
-# (the issue's bound); a cluster not healthy by then is reported with its logs.
+# `up` waits this long for every node to answer and a controller to be elected (the
+# issue's bound); a cluster not healthy by then is reported with its logs.
 _HEALTHY_WAIT_S = 60.0
 # `start` waits this long for a restarted process to answer: a node restores its store
 # first, which on a big store takes a while; a hang must still end.
@@ -98,8 +98,13 @@ _POLL_INTERVAL_S = 0.1
 # One status or health probe must not hang on a process that accepted the connection
 # and stalled.
 _PROBE_TIMEOUT_S = 1.0
-# A status answer is a small JSON object; anything bigger is not a Ferry node.
-_STATUS_BYTES_MAX = 1024 * 1024
+# A node's status is about 0.5 KiB per replica set it holds (one per queue), so this
+# is tens of thousands of queues; anything bigger is not a Ferry node.
+_STATUS_BYTES_MAX = 16 * 1024 * 1024
+# `status` reads the cluster's whole etcd prefix at once: a catalog entry holds its
+# queue's definition (attributes, tags, up to a few KiB), so this is again tens of
+# thousands of queues, not an answer to keep reading forever.
+_ETCD_RANGE_BYTES_MAX = 64 * 1024 * 1024
 # How much of a process's log an error message quotes.
 _LOG_TAIL_BYTES = 2000
 # A spawned child runs its new program within microseconds; this bounds the wait for it
@@ -492,7 +497,8 @@ def _new_state(data_dir: Path, cluster: str, settings: Settings, etcd_exe: str,
 # -- probes ------------------------------------------------------------------------------
 
 
-def _get_json(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def _get_json(url: str, body: dict[str, Any] | None = None, *,
+              bytes_max: int = _STATUS_BYTES_MAX) -> dict[str, Any]:
     import http.client
     import urllib.request
 
@@ -500,12 +506,12 @@ def _get_json(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
     try:
         with urllib.request.urlopen(req, timeout=_PROBE_TIMEOUT_S) as resp:
-            raw = resp.read(_STATUS_BYTES_MAX + 1)
+            raw = resp.read(bytes_max + 1)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         # URLError and HTTPError are OSErrors; a garbled answer is an HTTPException.
         raise OSError(f"{url}: {exc}") from exc
-    if len(raw) > _STATUS_BYTES_MAX:
-        raise OSError(f"{url}: answer larger than {_STATUS_BYTES_MAX} bytes")
+    if len(raw) > bytes_max:
+        raise OSError(f"{url}: answer larger than {bytes_max} bytes")
     try:
         parsed = json.loads(raw)
     except ValueError as exc:
@@ -522,13 +528,19 @@ def _node_status(rec: NodeRecord) -> dict[str, Any] | None:
         return None
 
 
-def _etcd_partitions(state: ClusterState) -> list[tuple[str, dict[str, Any]]] | None:
-    """Every replica set etcd holds for this cluster, read through etcd's JSON gateway
-    from the first member that answers; None when none does."""
+def _etcd_view(state: ClusterState) -> list[tuple[str, str | None, dict[str, Any]]] | None:
+    """Every replica set etcd holds for this cluster, as (partition, queue, state), the
+    queue from the catalog entry that names the partition (None if none does); None
+    when no etcd member answers.
+
+    One range over the cluster's whole prefix, read through etcd's JSON gateway from the
+    first member that answers: replica sets and catalog then come from one revision, so
+    a queue placed in between is never seen half."""
+    from ferrymq._cluster._catalog import DELETED, decode_entry
     from ferrymq._cluster._layout import Layout, decode_state
 
     layout = Layout(state.cluster)
-    prefix = layout.partitions
+    prefix = layout.root
     range_end = prefix[:-1] + bytes([prefix[-1] + 1])
     query = {"key": base64.b64encode(prefix).decode(),
              "range_end": base64.b64encode(range_end).decode()}
@@ -536,62 +548,95 @@ def _etcd_partitions(state: ClusterState) -> list[tuple[str, dict[str, Any]]] | 
         if not is_ours(m.pid, m.argv):
             continue
         try:
-            doc = _get_json(m.client_url + "/v3/kv/range", query)
+            doc = _get_json(m.client_url + "/v3/kv/range", query,
+                            bytes_max=_ETCD_RANGE_BYTES_MAX)
         except OSError:
             continue
-        found: list[tuple[str, dict[str, Any]]] = []
+        sets: list[tuple[str, dict[str, Any]]] = []
+        queue_of: dict[str, str] = {}
         for kv in doc.get("kvs", []):
             try:
                 key = base64.b64decode(kv["key"])
-                name = layout.name_of(prefix, key)
-                ps = decode_state(base64.b64decode(kv.get("value", "")))
+                value = base64.b64decode(kv.get("value", ""))
+                if key.startswith(layout.partitions):
+                    ps = decode_state(value)
+                    sets.append((layout.name_of(layout.partitions, key), {
+                        "leader": ps.leader, "epoch": ps.epoch,
+                        "replicas": list(ps.replicas), "isr": list(ps.isr),
+                        "min_isr": ps.min_isr, "sync": ps.sync}))
+                elif key.startswith(layout.queues):
+                    name = layout.name_of(layout.queues, key)
+                    entry = decode_entry(name, value)
+                    if entry.partition is not None and entry.status != DELETED:
+                        queue_of[entry.partition] = name
             except (ValueError, KeyError, TypeError) as exc:
-                # Status must show the rest even if one value is not what the controller
-                # writes; the odd one is named, not hidden.
-                _say(f"etcd holds an unreadable replica set {kv.get('key')!r}: {exc!r}")
-                continue
-            found.append((name, {
-                "leader": ps.leader, "epoch": ps.epoch, "replicas": list(ps.replicas),
-                "isr": list(ps.isr)}))
-        return found
+                # Status must show the rest even if one value is not what the nodes
+                # write; the odd one is named, not hidden.
+                _say(f"etcd holds an unreadable value at {kv.get('key')!r}: {exc!r}")
+        return [(name, queue_of.get(name), ps) for name, ps in sets]
     return None
 
 
+def _reports(status: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """A node status's replica sets, ``partitions`` (pid -> report), well-formed ones
+    only: a status is another process's answer."""
+    parts = status.get("partitions") if status else None
+    if not isinstance(parts, dict):
+        return {}
+    return {pid: rep for pid, rep in parts.items()
+            if isinstance(pid, str) and isinstance(rep, dict)}
+
+
 def _partitions_from_nodes(statuses: dict[str, dict[str, Any] | None]
-                           ) -> list[tuple[str, dict[str, Any]]]:
+                           ) -> list[tuple[str, str | None, dict[str, Any]]]:
     """Replica sets as the nodes report them, when etcd cannot be read: per partition,
-    the report of the highest epoch (a leader's over a follower's at the same epoch)."""
+    the report of the highest epoch (a leader's over a follower's at the same epoch);
+    its queue from any report that names one."""
     best: dict[str, tuple[tuple[int, bool], dict[str, Any]]] = {}
+    queue_of: dict[str, str] = {}
     for status in statuses.values():
-        if not status or not isinstance(status.get("partition"), str):
-            continue
-        epoch = status.get("epoch")
-        rank = (epoch if isinstance(epoch, int) else -1, status.get("role") == "leader")
-        name = status["partition"]
-        if name not in best or rank > best[name][0]:
-            best[name] = (rank, {
-                "leader": status.get("leader"), "epoch": status.get("epoch"),
-                "replicas": list(status.get("replicas") or []),
-                "isr": list(status.get("isr") or [])})
-    return [(name, doc) for name, (_, doc) in sorted(best.items())]
+        for pid, rep in _reports(status).items():
+            if isinstance(rep.get("queue"), str):
+                queue_of.setdefault(pid, rep["queue"])
+            epoch = rep.get("epoch")
+            rank = (epoch if isinstance(epoch, int) else -1, rep.get("role") == "leader")
+            if pid not in best or rank > best[pid][0]:
+                best[pid] = (rank, {
+                    "leader": rep.get("leader"), "epoch": epoch,
+                    "replicas": list(rep.get("replicas") or []),
+                    "isr": list(rep.get("isr") or []),
+                    "min_isr": rep.get("min_isr"), "sync": rep.get("sync")})
+    return [(pid, queue_of.get(pid), doc) for pid, (_, doc) in sorted(best.items())]
+
+
+def _leader_report(partition: str, doc: dict[str, Any],
+                   statuses: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The named leader's own report of ``partition`` if it says it leads it at the
+    epoch ``doc`` names; None otherwise (down, deposed, or not told yet)."""
+    leader = doc.get("leader")
+    if not isinstance(leader, str):
+        return None
+    rep = _reports(statuses.get(leader)).get(partition)
+    if rep is None or rep.get("role") != "leader" or rep.get("epoch") != doc.get("epoch"):
+        return None
+    return rep
 
 
 def _lag(partition: str, doc: dict[str, Any],
          statuses: dict[str, dict[str, Any] | None]) -> dict[str, int | None] | None:
     """Records each follower is behind the leader's commit, from the leader's own
-    status; None when the leader is unknown or does not answer as that leader."""
-    leader = doc.get("leader")
-    status = statuses.get(leader) if isinstance(leader, str) else None
-    if (not status or status.get("role") != "leader" or status.get("partition") != partition
-            or status.get("epoch") != doc.get("epoch")):
+    report of the replica set; None when the leader is unknown or does not answer as
+    that leader."""
+    rep = _leader_report(partition, doc, statuses)
+    if rep is None:
         return None
-    commit = status.get("commit_seq")
-    followers = status.get("followers")
+    commit = rep.get("commit_seq")
+    followers = rep.get("followers")
     if not isinstance(followers, dict):
         followers = {}
     lag: dict[str, int | None] = {}
     for node in doc.get("replicas", []):
-        if node == leader:
+        if node == doc.get("leader"):
             continue
         acked = followers.get(node)
         if isinstance(commit, int) and isinstance(acked, int):
@@ -604,29 +649,35 @@ def _lag(partition: str, doc: dict[str, Any],
 def collect_status(state: ClusterState) -> dict[str, Any]:
     """The cluster as ``status --json`` prints it: ``nodes``, ``partitions``, ``etcd``.
 
-    Replica sets come from etcd (the record the controller writes); when etcd cannot be
-    read, from the nodes' own reports. In this first step one replica set holds every
-    queue, hence ``queue: "*"``."""
+    Each queue has a replica set of its own, created with the queue: ``partitions``
+    lists them (none before the first queue), each with its queue's name. They come
+    from etcd (the record the placing node and the controller write); when etcd cannot
+    be read, from the nodes' own reports. A node's ``leads`` counts the replica sets
+    that record names it leader of."""
     statuses: dict[str, dict[str, Any] | None] = {}
-    nodes = []
     for n in state.nodes:
-        alive = is_ours(n.pid, n.argv)
         # A process that is not ours may be listening on the port; never ask it.
-        status = _node_status(n) if alive else None
-        statuses[n.id] = status
-        nodes.append({"id": n.id, "url": n.url, "pid": n.pid if alive else None,
-                      "alive": alive, "role": status.get("role") if status else None})
+        statuses[n.id] = _node_status(n) if is_ours(n.pid, n.argv) else None
     etcd = []
     for m in state.etcd:
         alive = is_ours(m.pid, m.argv)
         etcd.append({"name": m.name, "client_url": m.client_url,
                      "pid": m.pid if alive else None, "alive": alive})
-    found = _etcd_partitions(state)
+    found = _etcd_view(state)
     if found is None:
         found = _partitions_from_nodes(statuses)
+    leads: dict[str, int] = {}
+    for _, _, doc in found:
+        if isinstance(doc.get("leader"), str):
+            leads[doc["leader"]] = leads.get(doc["leader"], 0) + 1
+    nodes = []
+    for n in state.nodes:
+        alive = is_ours(n.pid, n.argv)
+        nodes.append({"id": n.id, "url": n.url, "pid": n.pid if alive else None,
+                      "alive": alive, "leads": leads.get(n.id, 0)})
     partitions = [
-        {"queue": "*", "partition": name, **doc, "lag": _lag(name, doc, statuses)}
-        for name, doc in found
+        {"queue": queue, "partition": name, **doc, "lag": _lag(name, doc, statuses)}
+        for name, queue, doc in found
     ]
     return {"nodes": nodes, "partitions": partitions, "etcd": etcd}
 
@@ -638,7 +689,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def render_status(doc: dict[str, Any]) -> str:
-    """``status``'s human form: three tables."""
+    """``status``'s human form: three tables (nodes, one row per queue's replica set,
+    etcd members)."""
 
     def dash(value: object) -> str:
         return "-" if value is None else str(value)
@@ -648,18 +700,18 @@ def render_status(doc: dict[str, Any]) -> str:
             return "unknown"
         return " ".join(f"{n}:{dash(v)}" for n, v in lag.items()) or "-"
 
-    lines = _table(["NODE", "URL", "PID", "ALIVE", "ROLE"], [
-        [n["id"], n["url"], dash(n["pid"]), "yes" if n["alive"] else "no", dash(n["role"])]
+    lines = _table(["NODE", "URL", "PID", "ALIVE", "LEADS"], [
+        [n["id"], n["url"], dash(n["pid"]), "yes" if n["alive"] else "no", dash(n["leads"])]
         for n in doc["nodes"]])
     lines.append("")
     if doc["partitions"]:
         lines += _table(["QUEUE", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "LAG"], [
-            [p["queue"], p["partition"], dash(p["leader"]), dash(p["epoch"]),
+            [dash(p["queue"]), p["partition"], dash(p["leader"]), dash(p["epoch"]),
              ",".join(p["replicas"]) or "-", ",".join(p["isr"]) or "-", lag_text(p["lag"])]
             for p in doc["partitions"]])
     else:
-        lines.append("no replica set yet (the controller creates it once enough nodes "
-                     "are up)")
+        lines.append("no queue yet (each queue gets a replica set of its own when it is "
+                     "created)")
     lines.append("")
     lines += _table(["ETCD", "CLIENT URL", "PID", "ALIVE"], [
         [m["name"], m["client_url"], dash(m["pid"]), "yes" if m["alive"] else "no"]
@@ -668,26 +720,36 @@ def render_status(doc: dict[str, Any]) -> str:
 
 
 def _health(state: ClusterState) -> tuple[bool, str, str | None]:
-    """(healthy, what is missing, leader): every node answers its status, and one
-    reports itself leader with ``len(isr) >= min(replicas, nodes)``."""
-    need = min(state.settings.replicas, state.settings.nodes)
-    silent = []
-    leader: str | None = None
-    isr_size = 0
-    for n in state.nodes:
-        status = _node_status(n)
-        if status is None:
-            silent.append(n.id)
-        elif status.get("role") == "leader":
-            leader = n.id
-            isr_size = len(status.get("isr") or [])
+    """(healthy, what is missing, the controller): every node answers its status and
+    holds its etcd lease (so a queue created next is placed on all of them), exactly
+    one reports itself controller, and each replica set etcd holds (none on a fresh
+    cluster) has a leader that reports itself leader of that set at etcd's epoch."""
+    statuses = {n.id: _node_status(n) for n in state.nodes}
+    silent = [node for node, status in statuses.items() if status is None]
     if silent:
-        return False, f"no status from {', '.join(silent)}", leader
-    if leader is None:
-        return False, "no node reports itself leader", None
-    if isr_size < need:
-        return False, f"leader {leader} has {isr_size} in-sync replicas of {need}", leader
-    return True, "", leader
+        return False, f"no status from {', '.join(silent)}", None
+    unleased = [node for node, status in statuses.items()
+                if status is not None and status.get("lease") is not True]
+    if unleased:
+        return False, f"{', '.join(unleased)} not registered in etcd yet", None
+    controllers = [node for node, status in statuses.items()
+                   if status is not None and status.get("controller") is True]
+    if len(controllers) != 1:
+        return False, ("no node reports itself controller" if not controllers else
+                       f"several nodes report themselves controller: "
+                       f"{', '.join(controllers)}"), None
+    controller = controllers[0]
+    found = _etcd_view(state)
+    if found is None:
+        return False, "no etcd member answers a read", controller
+    for name, queue, doc in found:
+        what = f"the replica set {name}" + (f" of {queue}" if queue else "")
+        if doc["leader"] is None:
+            return False, f"{what} has no leader yet", controller
+        if _leader_report(name, doc, statuses) is None:
+            return False, (f"{doc['leader']} does not report itself leader of {what} at "
+                           f"epoch {doc['epoch']}"), controller
+    return True, "", controller
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -821,8 +883,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 f"{exc}\nthe processes are left running for a look at their logs in "
                 f"{data_dir / 'logs'}; stop them with `ferrymq cluster down --data-dir "
                 f"{data_dir}`") from None
-        leader = seen[0][2]
-    print(f"cluster {state.cluster!r} is up in {data_dir} (leader {leader})")
+        controller = seen[0][2]
+    print(f"cluster {state.cluster!r} is up in {data_dir} (controller {controller})")
     for n in state.nodes:
         print(f"{n.id}  {n.url}")
     print(f"etcd  {','.join(state.etcd_urls)}")
@@ -954,7 +1016,7 @@ def add_cluster_parser(subparsers: argparse._SubParsersAction[Any]
     up = commands.add_parser(
         "up", help="start etcd and the nodes, wait until healthy",
         description="Start the etcd members and N nodes in the background, wait until every "
-        "node answers and a leader has a full in-sync set (60 s at most), print the "
+        "node answers and a controller is elected (60 s at most), print the "
         "endpoints. On a data directory whose cluster was stopped, restart it.")
     _add_data_dir(up)
     up.add_argument("--nodes", type=_int_in(1, _NODES_MAX), default=3,

@@ -1,22 +1,29 @@
 """``ferrymq node``: one cluster node, wiring the parts together.
 
-A node is the single-node server (gateway, service, core, SQLite) whose store is a
-``ReplicatedStore``, plus:
+A node serves the whole SQS API and hosts a replica of every replica set that etcd
+lists it in. Each queue lives on its own replica set (``partitions/<id>``): a
+``ReplicatedStore`` (its own SQLite file under ``<data-dir>/partitions/``), the core
+``Broker`` holding that queue, and the ``QueueService`` executing its requests. Besides
+those the node keeps:
 
 - membership: its addresses under ``nodes/<id>`` on an etcd lease it keeps alive; when
   the lease is lost (etcd unreachable for its TTL) it registers again on a new one;
 - a ``Controller`` (every node runs one; the one elected through etcd acts);
-- a watch of the replica sets' state in etcd, which makes its replica lead, follow, or
-  learn a new in-sync set; and the in-sync set changes its replica asks for, written by
-  transactions conditioned on the state's revision;
-- the replication ``Transport``, and a tick for heartbeats and lag;
-- routing: a request that reaches a node which does not lead the replica set is
-  forwarded, as received, to the leader (``Proxy``); one already forwarded is refused
-  with a retriable 503 instead of forwarded again. ``GET /_ferry/status`` answers the
-  node's view as JSON (for ``ferrymq cluster status`` and tests).
-
-This first step runs one replica set, ``p0``, holding every queue (docs/architecture.md,
-"Cluster mode"): per-queue replica sets and metadata in etcd come with partitions.
+- watches of the replica sets' state and of the queue catalog (``_catalog``): a state
+  makes its local replica lead, follow, or learn a new in-sync set; the catalog says
+  which replica set holds which queue, so routing and GetQueueUrl/ListQueues cost no
+  etcd round trip;
+- placement: a CreateQueue for a name the catalog does not hold yet picks the
+  replicas (the least loaded live nodes) and writes the catalog entry and the new
+  replica set in one etcd transaction; the controller then elects its leader;
+- the replication ``Transport`` (one connection per pair of nodes carries all of their
+  replica sets), and a tick for heartbeats and lag;
+- routing: a request for a queue whose replica set this node does not lead is
+  forwarded, as received, to that set's leader (``Proxy``); one already forwarded is
+  refused with a retriable 503 instead of forwarded again. ``GET /_ferry/status``
+  answers the node's view as JSON (for ``ferrymq cluster status`` and tests);
+- after a committed change to a queue's definition, its leader writes the definition
+  into the catalog before answering, and deletes the replica set with the queue.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -33,8 +41,20 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
+from ferrymq._api import CallContext
+from ferrymq._cluster._catalog import (
+    CREATING,
+    DELETED,
+    LIVE,
+    Catalog,
+    QueueEntry,
+    decode_entry,
+    encode_entry,
+    live_entry,
+    tombstone,
+)
 from ferrymq._cluster._controller import Controller, ControllerSettings
 from ferrymq._cluster._layout import (
     Layout,
@@ -50,41 +70,73 @@ from ferrymq._cluster._transport import Transport
 from ferrymq._coordination import (
     CoordinationError,
     Coordinator,
+    Delete,
     EventKind,
     Lease,
     Put,
 )
-from ferrymq._core._broker import Broker
-from ferrymq._core._errors import SqsError
+from ferrymq._core import Export
+from ferrymq._core import _attributes as attrs
+from ferrymq._core._broker import Broker, Replication, RequestInfo
+from ferrymq._core._effects import EffectDecodeError, MessageStored, decode_effects, encode_effects
+from ferrymq._core._errors import SqsError, invalid_parameter, missing_parameter
+from ferrymq._core._records import MessageRecord
 from ferrymq._gateway import Gateway, Request, Response, close_server, start_gateway
 from ferrymq._gateway._http import HttpLimits
 from ferrymq._replication._election import PartitionState
 from ferrymq._replication._messages import FenceReply
 from ferrymq._replication._replica import ChangeIsr, Role
-from ferrymq._service import QueueService, restore_into
+from ferrymq._service import QueueService, SystemEntropy, restore_into, wall_clock_ms
 
-__all__ = ["PARTITION", "STATUS_PATH", "NodeConfig", "run_node"]
+__all__ = ["STATUS_PATH", "NodeConfig", "run_node"]
 
 log = logging.getLogger("ferrymq.cluster.node")
 
-PARTITION = "p0"
 STATUS_PATH = "/_ferry/status"
+# Where a replica set's leader sends copies of messages moving to a queue on another
+# replica set (a dead-letter redrive, a move task): to that set's leader, which stores
+# them and answers 200 once they are committed there.
+IMPORT_PATH = "/_ferry/import"
+# Copies out of one replica set in flight at once. More are left to their leases: they
+# lapse and the messages are moved again (docs/architecture.md).
+_EXPORTS_IN_FLIGHT_MAX = 8
+PARTITIONS_DIR = "partitions"
 # Replication heartbeats and lag checks run this often (the replica's HEARTBEAT_MS is
 # 500 ms; ticking faster makes resends and in-sync changes prompt).
 _TICK_S = 0.1
-# A request reaching a node while no leader is known (an election is under way) waits
-# this long for one before it is refused with a retriable 503: an election takes about
-# the lease TTL plus a second, so most requests of a failover are served, not refused.
+# A request reaching a node while no leader is known (an election is under way, or the
+# queue was just placed) waits this long for one before it is refused with a retriable
+# 503: an election takes about the lease TTL plus a second, so most requests of a
+# failover are served, not refused.
 _LEADER_WAIT_S = 4.0
 # A forward whose connection was refused is tried again after this long.
 _CONNECT_RETRY_S = 0.1
-# How often the node re-reads the replica set's state even without watch events: a
+# How often the node re-reads the replica sets' state even without watch events: a
 # safety net for a watch that broke and is being re-established.
 _STATE_POLL_S = 1.0
 # Registering again after the node's lease was lost: retried this often.
 _REREGISTER_S = 0.5
 # A graceful stop answers requests in flight for at most this long.
 _DRAIN_TIMEOUT_S = 10.0
+# Frames for a replica set this node has not heard of yet (the controller fences a
+# set's replicas right after it is placed, maybe before this node's watch saw it): kept
+# until the set's state is read, at most this many per set (the replica protocol resends
+# what is dropped).
+_EARLY_FRAMES_MAX = 64
+# A catalog write that lost a race (another writer changed the key) is retried this
+# many times against the newer value before the request is refused as retriable.
+_CATALOG_RETRIES_MAX = 5
+# Actions whose committed change to a queue's definition the leader copies into the
+# catalog before answering (DeleteQueue retires the entry instead).
+_DEFINITION_ACTIONS = frozenset({
+    "CreateQueue", "SetQueueAttributes", "TagQueue", "UntagQueue", "AddPermission",
+    "RemovePermission",
+})
+# Replicas a queue may ask for at most (as the single node's core checks them).
+_REPLICAS_MAX = 7
+_TAG_REPLICAS = "ferry:replicas"
+_TAG_MIN_ISR = "ferry:min-insync-replicas"
+_TAG_DURABILITY = "ferry:durability"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +148,7 @@ class NodeConfig:
     etcd_endpoints: tuple[str, ...]  # host:port
     cluster: str
     advertise_url: str | None
+    # Defaults for queues created without the ferry: tags (capped by the live nodes).
     replicas: int
     min_isr: int
     sync: bool
@@ -112,6 +165,8 @@ class NodeConfig:
     # Tests only: the store notes what is fsynced so a test can cut the power
     # (``ferrymq._storage._sqlite.simulate_power_loss``).
     power_loss_seam: bool = False
+    # Same as the single node's: how long a deleted queue's name stays refused.
+    recreate_delay_ms: int = 60_000
 
 
 def _monotonic_ms() -> int:
@@ -123,204 +178,143 @@ def _target_of(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 80
 
 
-class Node:
-    """See the module docstring."""
+def _queue_of(action: str, params: dict[str, Any]) -> str | None:
+    """The queue a request addresses, or None (the catalog, or no queue at all)."""
+    if action == "CreateQueue":
+        name = params.get("QueueName")
+        return name if isinstance(name, str) and name else None
+    if action in ("StartMessageMoveTask", "ListMessageMoveTasks"):
+        arn = params.get("SourceArn")
+        return attrs.queue_name_from_arn(arn) if isinstance(arn, str) else None
+    if action == "CancelMessageMoveTask":
+        try:
+            arn = Broker.task_handle_source(params.get("TaskHandle"))
+        except SqsError:
+            return None  # the core answers the exact error
+        return attrs.queue_name_from_arn(arn)
+    url = params.get("QueueUrl")
+    if not isinstance(url, str):
+        return None
+    # As the core resolves it: a full URL names the queue in its last path segment.
+    path = urlsplit(url).path if "://" in url else url
+    return path.rstrip("/").rsplit("/", 1)[-1] or None
 
-    def __init__(self, cfg: NodeConfig, coordinator: Coordinator,
-                 make_broker: Callable[[], Broker], on_fatal: Callable[[BaseException], None]
-                 ) -> None:
-        self.cfg = cfg
-        self._coord = coordinator
-        self._layout = Layout(cfg.cluster)
-        self._make_broker = make_broker
-        self._on_fatal = on_fatal
-        self._loop = asyncio.get_running_loop()
-        self._nodes: dict[str, NodeInfo] = {}
-        self._state: PartitionState | None = None
-        self._state_revision = 0
-        self._state_changed = asyncio.Event()
-        # Resolved (and replaced) whenever etcd's state names a different leader:
-        # forwarded requests wait on it beside their answer.
-        self._leader_changed: asyncio.Future[None] = self._loop.create_future()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lease: Lease | None = None
-        self._url = ""
-        self._replication: tuple[str, int] = ("", 0)
-        self.transport = Transport(node=cfg.node_id, cluster=cfg.cluster,
-                                   on_frame=self._on_frame, address_of=self._address_of)
+
+def _replication_of(tags: Any, live: int, cfg: NodeConfig) -> Replication:
+    """How a new queue is to be replicated: its ferry: tags, else the node's defaults,
+    within the live nodes. Malformed tags are left to the core's checks (the same texts
+    as the single node's); what only a cluster can refuse is refused here."""
+    tags = tags if isinstance(tags, dict) else {}
+    limit = min(_REPLICAS_MAX, live)
+
+    def number(key: str, top: int) -> int | None:
+        value = tags.get(key)
+        if value is None:
+            return None
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()
+                and 1 <= int(value) <= top):
+            raise invalid_parameter(
+                f"Value {value} for tag {key} is invalid. Allowed: an integer from 1 to "
+                f"{top}" + (f" (the cluster has {live} live nodes)." if top == live
+                             else "."))
+        return int(value)
+
+    replicas = number(_TAG_REPLICAS, limit)
+    if replicas is None:
+        replicas = min(cfg.replicas, live)
+    min_isr = number(_TAG_MIN_ISR, replicas)
+    if min_isr is None:
+        min_isr = min(cfg.min_isr, replicas) if replicas >= 3 else 1
+    durability = tags.get(_TAG_DURABILITY)
+    if durability is not None and durability not in ("sync", "async"):
+        raise invalid_parameter(
+            f"Value {durability} for tag {_TAG_DURABILITY} is invalid. Allowed: sync, "
+            "async.")
+    sync = cfg.sync if durability is None else durability == "sync"
+    return Replication(replicas=replicas, min_isr=min_isr, sync=sync, cluster=True)
+
+
+class _Host:
+    """This node's replica of one replica set: its store, core and service, and what
+    etcd last said of the set."""
+
+    def __init__(self, node: Node, partition: str, state: PartitionState) -> None:
+        self.node = node
+        self.partition = partition
+        cfg = node.cfg
+        path = node.partition_path(partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.store = ReplicatedStore(
-            partition=PARTITION, node=cfg.node_id,
-            path=cfg.data_dir / "ferrymq.sqlite3", free_bytes_min=cfg.free_bytes_min,
-            send=self._send, change_isr=self._on_change_isr, clock_ms=_monotonic_ms,
-            on_fatal=on_fatal, power_loss_seam=cfg.power_loss_seam)
+            partition=partition, node=cfg.node_id, path=path,
+            free_bytes_min=cfg.free_bytes_min, send=node.send,
+            change_isr=self._on_change_isr, clock_ms=_monotonic_ms,
+            on_fatal=node.on_fatal, power_loss_seam=cfg.power_loss_seam)
+        replication = Replication(replicas=len(state.replicas), min_isr=state.min_isr,
+                                  sync=state.sync, cluster=True)
+
+        def make_broker() -> Broker:
+            return node.make_broker(replication=replication, directory=node.catalog)
+
         broker = make_broker()
         restore_into(broker, self.store.load())
         self.service = QueueService(broker, self.store, broker_factory=make_broker,
                                     write_gate=self._write_refusal)
+        self.service.on_fatal = node.on_fatal
+        self.service.on_exports = self._on_exports
         self.store.attach(self.service, make_broker)
-        self.controller = Controller(
-            coordinator, self._layout, cfg.node_id,
-            ControllerSettings(partitions=(PARTITION,), replication_factor=cfg.replicas,
-                               min_isr=cfg.min_isr, sync=cfg.sync,
-                               lease_ttl_s=cfg.lease_ttl_s),
-            send_fence=self._send)
-        self.proxy = Proxy()
-        self.gateway = Gateway(self.service, public_url=cfg.advertise_url,
-                               account_id=cfg.account_id, region=cfg.region,
-                               route=self._route)
+        self.state: PartitionState | None = None
+        self.revision = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._exports_in_flight = 0
+        self.closed = False
 
-    # ---- start and stop ---------------------------------------------------------
-
-    async def start(self) -> asyncio.Server:
-        listening = await self.transport.listen(self.cfg.host, self.cfg.replication_port)
-        self._replication = self.cfg.replication_advertise or listening
-        server = await start_gateway(self.service, self.cfg.host, self.cfg.port,
-                                     http_limits=self.cfg.http_limits, gateway=self.gateway)
-        host, port = server.sockets[0].getsockname()[:2]
-        self._url = self.cfg.advertise_url or f"http://{host}:{port}"
-        await self._register()
+    def start(self) -> None:
         self.service.start()
-        loops = {"controller": self.controller.run(), "registration": self._keep_registered(),
-                 "node watch": self._watch_nodes(), "state watch": self._watch_state(),
-                 "state poll": self._poll_state(), "tick": self._tick()}
-        for name, coro in loops.items():
-            self._tasks.append(self._loop.create_task(self._guarded(coro, name)))
-        return server
 
-    async def stop(self, server: asyncio.Server) -> None:
+    async def close(self) -> None:
+        self.closed = True
         self.service.begin_shutdown()
-        await close_server(server, drain_timeout_s=_DRAIN_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # Leaving on purpose: revoking the lease removes this node at once, so a new
-        # leader is elected without waiting for the TTL.
-        with contextlib.suppress(CoordinationError):
-            await self._coord.close(revoke_leases=True)
         await self.service.close()
-        await self.transport.close()
-        await self.proxy.close()
 
-    async def _register(self) -> None:
-        lease = await self._coord.grant_lease(self.cfg.lease_ttl_s)
-        info = NodeInfo(self.cfg.node_id, self._url, self._replication, os.getpid())
-        await self._coord.put(self._layout.node(self.cfg.node_id), encode_node(info),
-                              lease=lease)
-        self._lease = lease
-        self._nodes[self.cfg.node_id] = info
+    def leads(self) -> bool:
+        return self.store.replica.role is Role.LEADER
 
-    async def _keep_registered(self) -> None:
-        while True:
-            lease = self._lease
-            if lease is not None:
-                lost = await lease.wait_lost()
-                log.warning("%s lost its etcd lease (%s); registering again",
-                            self.cfg.node_id, lost)
-                if self._async():
-                    # Acknowledged on the leader's own fsync, they would be lost if a
-                    # successor leads: answer them now, as uncertain.
-                    self.store.abandon_pending("this node lost its membership in the "
-                                               "cluster")
-            try:
-                await self._register()
-            except CoordinationError as exc:
-                log.info("registering %s failed: %r", self.cfg.node_id, exc)
-                self._lease = None
-                await asyncio.sleep(_REREGISTER_S)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.get_running_loop().create_task(
+            self.node.guarded(coro, name)))
 
-    # ---- what etcd says ---------------------------------------------------------
+    def _write_refusal(self) -> str | None:
+        lease = self.node.lease
+        state = self.state
+        if state is not None and not state.sync and (lease is None or lease.lost):
+            # Cut off from etcd for its lease's TTL: another node may lead by now, and an
+            # async replica set would acknowledge writes its successor never sees. (A
+            # sync one cannot: its in-sync followers promised the successor's epoch. So
+            # it goes on serving while etcd itself is electing a leader, which can take
+            # longer than a lease's TTL.)
+            return "This node lost its membership in the cluster; retry."
+        return self.store.refusal()
 
-    async def _watch_nodes(self) -> None:
-        prefix = self._layout.nodes
-        while True:
-            try:
-                snap = await self._coord.get_prefix(prefix)
-                self._nodes = {
-                    self._layout.name_of(prefix, kv.key):
-                        decode_node(self._layout.name_of(prefix, kv.key), kv.value)
-                    for kv in snap.items}
-                self._state_changed.set()
-                stream = self._coord.watch_prefix(prefix, start_revision=snap.revision + 1)
-                try:
-                    async for event in stream:
-                        name = self._layout.name_of(prefix, event.key)
-                        if event.kind is EventKind.PUT:
-                            self._nodes[name] = decode_node(name, event.value)
-                        else:
-                            self._nodes.pop(name, None)
-                        self.controller.poke()
-                        self._state_changed.set()
-                finally:
-                    await stream.aclose()
-            except CoordinationError as exc:
-                log.info("watching nodes: %r; again", exc)
-                await asyncio.sleep(_REREGISTER_S)
-
-    async def _watch_state(self) -> None:
-        key = self._layout.partition(PARTITION)
-        while True:
-            try:
-                snap = await self._coord.get_prefix(self._layout.partitions)
-                for kv in snap.items:
-                    if kv.key == key:
-                        self._on_state(decode_state(kv.value), kv.mod_revision)
-                stream = self._coord.watch_prefix(self._layout.partitions,
-                                                  start_revision=snap.revision + 1)
-                try:
-                    async for event in stream:
-                        if event.key == key and event.kind is EventKind.PUT:
-                            self._on_state(decode_state(event.value), event.revision)
-                        self.controller.poke()
-                finally:
-                    await stream.aclose()
-            except CoordinationError as exc:
-                log.info("watching the replica set: %r; again", exc)
-                await asyncio.sleep(_REREGISTER_S)
-
-    async def _poll_state(self) -> None:
-        """The safety net under the watch (module constants say why)."""
-        key = self._layout.partition(PARTITION)
-        while True:
-            await asyncio.sleep(_STATE_POLL_S)
-            try:
-                kv = await self._coord.get(key)
-            except CoordinationError:
-                continue
-            if kv is not None and kv.mod_revision > self._state_revision:
-                self._on_state(decode_state(kv.value), kv.mod_revision)
-
-    async def _guarded(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """A background loop that ends with an unexpected error is a bug: say so and
-        stop the node, rather than serve on with part of it dead."""
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("bug: %s of node %s failed", name, self.cfg.node_id)
-            self._on_fatal(exc)
-
-    def _on_state(self, state: PartitionState, revision: int) -> None:
-        if revision < self._state_revision:
+    def on_state(self, state: PartitionState, revision: int) -> None:
+        if revision < self.revision:
             return  # an older state than one already acted on
-        previous_state = self._state
-        previous = previous_state.leader if previous_state is not None else None
-        self._state = state
-        self._state_revision = revision
-        self._state_changed.set()
-        if state.leader != previous:
-            self._leader_changed.set_result(None)
-            self._leader_changed = self._loop.create_future()
+        previous = self.state
+        self.state, self.revision = state, revision
         r = self.store.replica
         now = _monotonic_ms()
-        me = self.cfg.node_id
-        if previous_state is None and state.epoch > 0 and r.position().seq == 0:
+        me = self.node.cfg.node_id
+        if previous is None and state.epoch > 0 and r.position().seq == 0:
             # The first word from etcd, and this store is empty while the replica set
-            # has led an epoch: this node lost its disk. Not electable until copied.
-            log.warning("%s starts with an empty store in a replica set at epoch %d: it "
-                        "waits for a copy from the leader before it may lead", me,
+            # has led an epoch: this node lost its disk (or joins late). Not electable
+            # until it holds a copy of the leader's log.
+            log.warning("%s starts %s with an empty store at epoch %d: it waits for a "
+                        "copy from the leader before it may lead", me, self.partition,
                         state.epoch)
             r.needs_copy = True
         if state.leader == me:
@@ -328,96 +322,109 @@ class Node:
                 if frozenset(state.isr) != r.isr:
                     self.store.run(r.isr_changed(state.isr, now))
             elif r.may_lead(state.epoch):
-                log.warning("%s leads %s in epoch %d (in sync: %s)", me, PARTITION,
+                log.warning("%s leads %s in epoch %d (in sync: %s)", me, self.partition,
                             state.epoch, ", ".join(state.isr))
                 self.store.run(r.lead(state.epoch, replicas=state.replicas, isr=state.isr,
                                       min_isr=state.min_isr, sync=state.sync, now_ms=now))
+                self._spawn(self.node.publish_all(self), "catalog catch-up")
             elif not (r.role is Role.LEADER and r.epoch > state.epoch):
-                self._tasks.append(self._loop.create_task(
-                    self._guarded(self._resign(state, revision), "resignation")))
+                self._spawn(self._resign(state, revision), "resignation")
         elif state.leader is not None:
             self.store.run(r.follow(state.epoch, state.leader))
 
     async def _resign(self, state: PartitionState, revision: int) -> None:
         """Named leader of an epoch this replica may not lead (it restarted since it
         promised it): clear the leader so the controller elects a later epoch."""
-        log.warning("%s may not lead epoch %d of %s; resigning", self.cfg.node_id,
-                    state.epoch, PARTITION)
-        key = self._layout.partition(PARTITION)
+        log.warning("%s may not lead epoch %d of %s; resigning", self.node.cfg.node_id,
+                    state.epoch, self.partition)
+        key = self.node.layout.partition(self.partition)
         with contextlib.suppress(CoordinationError):
-            await self._coord.transact({key: revision},
-                                       [Put(key, encode_state(replace(state, leader=None)))])
-            self.controller.poke()
+            await self.node.coordinator.transact(
+                {key: revision}, [Put(key, encode_state(replace(state, leader=None)))])
+            self.node.controller.poke()
 
     def _on_change_isr(self, action: ChangeIsr) -> None:
-        self._tasks.append(self._loop.create_task(
-            self._guarded(self._change_isr(action), "in-sync change")))
-        self._tasks = [t for t in self._tasks if not t.done()]
+        self._spawn(self._change_isr(action), "in-sync change")
 
     async def _change_isr(self, action: ChangeIsr) -> None:
         r = self.store.replica
-        key = self._layout.partition(PARTITION)
+        key = self.node.layout.partition(self.partition)
+        coord = self.node.coordinator
         try:
-            kv = await self._coord.get(key)
+            kv = await coord.get(key)
             state = decode_state(kv.value) if kv is not None else None
             if (kv is None or state is None or state.epoch != action.epoch
-                    or state.leader != self.cfg.node_id):
+                    or state.leader != self.node.cfg.node_id):
                 self.store.run(r.isr_change_failed())
                 return
             new = state.with_isr(action.isr)
-            result = await self._coord.transact({key: kv.mod_revision},
-                                                [Put(key, encode_state(new))])
+            result = await coord.transact({key: kv.mod_revision},
+                                          [Put(key, encode_state(new))])
         except CoordinationError as exc:
-            log.info("changing the in-sync set failed: %r", exc)
+            log.info("changing the in-sync set of %s failed: %r", self.partition, exc)
             self.store.run(r.isr_change_failed())
             return
         if not result.succeeded:
             self.store.run(r.isr_change_failed())
             return
-        log.warning("%s: in sync now %s", PARTITION, ", ".join(new.isr))
+        log.warning("%s: in sync now %s", self.partition, ", ".join(new.isr))
         if r.role is Role.LEADER and r.epoch == action.epoch:
-            self._state, self._state_revision = new, result.revision
-            self.store.run(r.isr_changed(new.isr, _monotonic_ms()))
+            self.node.on_state(self.partition, new, result.revision)
 
-    # ---- replication traffic ------------------------------------------------------
+    # ---- moving messages to another replica set ---------------------------------------
 
-    async def _address_of(self, peer: str) -> tuple[str, int] | None:
-        info = self._nodes.get(peer)
-        if info is None:
-            with contextlib.suppress(CoordinationError):
-                kv = await self._coord.get(self._layout.node(peer))
-                if kv is not None:
-                    info = decode_node(peer, kv.value)
-        return info.replication if info is not None else None
+    def _on_exports(self, exports: list[Export]) -> None:
+        """Messages the core leased for a move to a queue this replica set does not
+        hold: copy each batch to the destination's leader, then remove the originals.
+        A copy that fails is left to its lease, which lapses; the next receive (or the
+        move task's next step) moves the message again."""
+        batches: dict[tuple[str, bool], list[Export]] = {}
+        for export in exports:
+            key = (export.destination, export.source_arn is not None)
+            batches.setdefault(key, []).append(export)
+        for (destination, redrive), batch in batches.items():
+            if self._exports_in_flight >= _EXPORTS_IN_FLIGHT_MAX:
+                log.info("%s: %d messages for %s wait for their leases to lapse",
+                         self.partition, len(batch), destination)
+                continue
+            self._exports_in_flight += 1
+            self._spawn(self._export(destination, redrive, batch), "a copy out")
 
-    def _send(self, peer: str, frame: object) -> None:
-        if peer == self.cfg.node_id:
-            # To this node's own replica or controller: delivered on the next loop turn,
-            # as if over the network (no re-entry into the replica mid-action).
-            self._loop.call_soon(self._on_frame, peer, frame)
-        else:
-            self.transport.send(peer, frame)
+    async def _export(self, destination: str, redrive: bool, batch: list[Export]) -> None:
+        try:
+            records = [e.record for e in batch]
+            missing = [i for i, r in enumerate(records) if r.body is None]
+            if missing:
+                bodies = await self.service.read_bodies(
+                    [(records[i].queue, records[i].message_id) for i in missing])
+                for i, body in zip(missing, bodies, strict=True):
+                    if body is None:
+                        log.warning("%s: no stored body for %s/%s; not moved",
+                                    self.partition, records[i].queue, records[i].message_id)
+                        return
+                    records[i] = replace(records[i], body=body)
+            if not await self.node.import_into(destination, redrive, records):
+                return
 
-    def _on_frame(self, peer: str, frame: object) -> None:
-        if isinstance(frame, FenceReply):
-            self.controller.on_fence_reply(frame)
-        else:
-            self.store.on_frame(peer, frame)
+            def complete(broker: Broker, now_ms: int, entropy: Any) -> list[Any]:
+                del entropy
+                return [effect for e in batch for effect in
+                        broker.complete_export(e.source_queue, e.message_id, e.token,
+                                               now_ms)]
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(_TICK_S)
-            self.store.tick()
+            await self.service.run_internal(complete)
+        except (SqsError, CoordinationError, ProxyError) as exc:
+            log.info("%s: moving %d messages to %s failed (%r); their leases lapse and "
+                     "they are moved again", self.partition, len(batch), destination, exc)
+        finally:
+            self._exports_in_flight -= 1
 
-    # ---- requests -----------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
+    def status(self, queue: str | None) -> dict[str, Any]:
         r = self.store.replica
-        state = self._state
+        state = self.state
         acked = r.follower_acked()
         return {
-            "node": self.cfg.node_id, "cluster": self.cfg.cluster, "url": self._url,
-            "pid": os.getpid(), "role": r.role.value, "partition": PARTITION,
+            "queue": queue, "partition": self.partition, "role": r.role.value,
             "leader": state.leader if state else None,
             "epoch": state.epoch if state else 0,
             "replicas": list(state.replicas) if state else [],
@@ -429,52 +436,659 @@ class Node:
             # Records behind the leader's durable log (not its commit point, which
             # stands still when nobody acknowledges).
             "lag": {n: max(0, r.position().seq - seq) for n, seq in acked.items()},
-            "lease": self._lease is not None and not self._lease.lost,
-            "controller": self.controller.leading,
             "writable": r.writable,
         }
 
-    def _async(self) -> bool:
-        state = self._state
-        return not (state.sync if state is not None else self.cfg.sync)
 
-    def _write_refusal(self) -> str | None:
-        lease = self._lease
-        if self._async() and (lease is None or lease.lost):
-            # Cut off from etcd for its lease's TTL: another node may lead by now, and an
-            # async replica set would acknowledge writes its successor never sees. (A
-            # sync one cannot: its in-sync followers promised the successor's epoch. So
-            # it goes on serving while etcd itself is electing a leader, which can take
-            # longer than a lease's TTL.)
-            return "This node lost its membership in the cluster; retry."
-        return self.store.refusal()
+class Node:
+    """See the module docstring. Implements ``ferrymq._api.Service`` for the gateway."""
 
-    def _leads(self) -> bool:
-        return self.store.replica.role is Role.LEADER
+    def __init__(self, cfg: NodeConfig, coordinator: Coordinator,
+                 make_broker: Callable[..., Broker], on_fatal: Callable[[BaseException], None]
+                 ) -> None:
+        self.cfg = cfg
+        self.coordinator = coordinator
+        self.layout = Layout(cfg.cluster)
+        self.make_broker = make_broker
+        self.on_fatal = on_fatal
+        self._loop = asyncio.get_running_loop()
+        self._nodes: dict[str, NodeInfo] = {}
+        self.catalog = Catalog(cfg.region, cfg.account_id)
+        # Every replica set's state (routing needs those this node is no replica of).
+        self._states: dict[str, tuple[PartitionState, int]] = {}
+        self._hosts: dict[str, _Host] = {}
+        self._early: dict[str, list[tuple[str, object]]] = {}
+        # Set on any change of states, nodes or catalog: waits for a leader poll it.
+        self._changed = asyncio.Event()
+        # Per replica set, resolved (and replaced) whenever etcd names a different
+        # leader: forwarded requests wait on it beside their answer.
+        self._leader_changed: dict[str, asyncio.Future[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.lease: Lease | None = None
+        self._url = ""
+        self._replication: tuple[str, int] = ("", 0)
+        self._entropy = SystemEntropy()
+        self._closing = False
+        self.transport = Transport(node=cfg.node_id, cluster=cfg.cluster,
+                                   on_frame=self._on_frame, address_of=self._address_of)
+        self.controller = Controller(
+            coordinator, self.layout, cfg.node_id,
+            ControllerSettings(lease_ttl_s=cfg.lease_ttl_s), send_fence=self.send)
+        self.proxy = Proxy()
+        self.gateway = Gateway(self, public_url=cfg.advertise_url,
+                               account_id=cfg.account_id, region=cfg.region,
+                               route=self._route,
+                               pages={STATUS_PATH: self._status_page,
+                                      IMPORT_PATH: self._import_page})
 
-    def _unavailable(self, request: Request, why: str) -> Response:
-        return self.gateway.refuse(request, SqsError("ServiceUnavailable", why))
+    def partition_path(self, partition: str) -> Path:
+        return self.cfg.data_dir / PARTITIONS_DIR / f"{partition}.sqlite3"
 
-    async def _route(self, request: Request) -> Response | None:
-        if request.path == STATUS_PATH:
-            body = json.dumps(self.status(), sort_keys=True).encode()
-            return Response(200, [("Content-Type", "application/json")], body)
-        if self._leads():
+    # ---- start and stop ---------------------------------------------------------
+
+    async def start(self) -> asyncio.Server:
+        listening = await self.transport.listen(self.cfg.host, self.cfg.replication_port)
+        self._replication = self.cfg.replication_advertise or listening
+        server = await start_gateway(self, self.cfg.host, self.cfg.port,
+                                     http_limits=self.cfg.http_limits, gateway=self.gateway)
+        host, port = server.sockets[0].getsockname()[:2]
+        self._url = self.cfg.advertise_url or f"http://{host}:{port}"
+        await self._register()
+        loops = {"controller": self.controller.run(), "registration": self._keep_registered(),
+                 "node watch": self._watch_nodes(), "state watch": self._watch_states(),
+                 "catalog watch": self._watch_catalog(), "state poll": self._poll_states(),
+                 "tick": self._tick()}
+        for name, coro in loops.items():
+            self._tasks.append(self._loop.create_task(self.guarded(coro, name)))
+        return server
+
+    async def stop(self, server: asyncio.Server) -> None:
+        self._closing = True
+        for host in self._hosts.values():
+            host.service.begin_shutdown()
+        await close_server(server, drain_timeout_s=_DRAIN_TIMEOUT_S)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Leaving on purpose: revoking the lease removes this node at once, so new
+        # leaders are elected without waiting for the TTL.
+        with contextlib.suppress(CoordinationError):
+            await self.coordinator.close(revoke_leases=True)
+        await self.close_hosts()
+        await self.transport.close()
+        await self.proxy.close()
+
+    async def close_hosts(self) -> None:
+        hosts, self._hosts = list(self._hosts.values()), {}
+        for host in hosts:
+            await host.close()
+
+    async def _register(self) -> None:
+        lease = await self.coordinator.grant_lease(self.cfg.lease_ttl_s)
+        info = NodeInfo(self.cfg.node_id, self._url, self._replication, os.getpid())
+        await self.coordinator.put(self.layout.node(self.cfg.node_id), encode_node(info),
+                                   lease=lease)
+        self.lease = lease
+        self._nodes[self.cfg.node_id] = info
+
+    async def _keep_registered(self) -> None:
+        while True:
+            lease = self.lease
+            if lease is not None:
+                lost = await lease.wait_lost()
+                log.warning("%s lost its etcd lease (%s); registering again",
+                            self.cfg.node_id, lost)
+                for host in self._hosts.values():
+                    if host.state is not None and not host.state.sync:
+                        # Acknowledged on the leader's own fsync, they would be lost if
+                        # a successor leads: answer them now, as uncertain.
+                        host.store.abandon_pending("this node lost its membership in "
+                                                   "the cluster")
+            try:
+                await self._register()
+            except CoordinationError as exc:
+                log.info("registering %s failed: %r", self.cfg.node_id, exc)
+                self.lease = None
+                await asyncio.sleep(_REREGISTER_S)
+
+    async def guarded(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A background loop that ends with an unexpected error is a bug: say so and
+        stop the node, rather than serve on with part of it dead."""
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("bug: %s of node %s failed", name, self.cfg.node_id)
+            self.on_fatal(exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(self._loop.create_task(self.guarded(coro, name)))
+
+    # ---- what etcd says ---------------------------------------------------------
+
+    async def _watch_nodes(self) -> None:
+        prefix = self.layout.nodes
+        while True:
+            try:
+                snap = await self.coordinator.get_prefix(prefix)
+                self._nodes = {
+                    self.layout.name_of(prefix, kv.key):
+                        decode_node(self.layout.name_of(prefix, kv.key), kv.value)
+                    for kv in snap.items}
+                self._changed.set()
+                stream = self.coordinator.watch_prefix(prefix,
+                                                       start_revision=snap.revision + 1)
+                try:
+                    async for event in stream:
+                        name = self.layout.name_of(prefix, event.key)
+                        if event.kind is EventKind.PUT:
+                            self._nodes[name] = decode_node(name, event.value)
+                        else:
+                            self._nodes.pop(name, None)
+                        self.controller.poke()
+                        self._changed.set()
+                finally:
+                    await stream.aclose()
+            except CoordinationError as exc:
+                log.info("watching nodes: %r; again", exc)
+                await asyncio.sleep(_REREGISTER_S)
+
+    async def _watch_catalog(self) -> None:
+        prefix = self.layout.queues
+        while True:
+            try:
+                snap = await self.coordinator.get_prefix(prefix)
+                self.catalog.reset(
+                    (decode_entry(self.layout.name_of(prefix, kv.key), kv.value),
+                     kv.mod_revision) for kv in snap.items)
+                self._changed.set()
+                stream = self.coordinator.watch_prefix(prefix,
+                                                       start_revision=snap.revision + 1)
+                try:
+                    async for event in stream:
+                        name = self.layout.name_of(prefix, event.key)
+                        if event.kind is EventKind.PUT:
+                            self.catalog.apply(decode_entry(name, event.value),
+                                               event.revision)
+                        else:
+                            self.catalog.forget(name, event.revision)
+                        self._changed.set()
+                finally:
+                    await stream.aclose()
+            except CoordinationError as exc:
+                log.info("watching the catalog: %r; again", exc)
+                await asyncio.sleep(_REREGISTER_S)
+
+    async def _watch_states(self) -> None:
+        prefix = self.layout.partitions
+        while True:
+            try:
+                snap = await self.coordinator.get_prefix(prefix)
+                present = set()
+                for kv in snap.items:
+                    name = self.layout.name_of(prefix, kv.key)
+                    present.add(name)
+                    self.on_state(name, decode_state(kv.value), kv.mod_revision)
+                for name in set(self._states) - present:
+                    self._on_removed(name)
+                stream = self.coordinator.watch_prefix(prefix,
+                                                       start_revision=snap.revision + 1)
+                try:
+                    async for event in stream:
+                        name = self.layout.name_of(prefix, event.key)
+                        if event.kind is EventKind.PUT:
+                            self.on_state(name, decode_state(event.value), event.revision)
+                        else:
+                            self._on_removed(name)
+                        self.controller.poke()
+                finally:
+                    await stream.aclose()
+            except CoordinationError as exc:
+                log.info("watching the replica sets: %r; again", exc)
+                await asyncio.sleep(_REREGISTER_S)
+
+    async def _poll_states(self) -> None:
+        """The safety net under the watch (module constants say why)."""
+        prefix = self.layout.partitions
+        while True:
+            await asyncio.sleep(_STATE_POLL_S)
+            try:
+                snap = await self.coordinator.get_prefix(prefix)
+            except CoordinationError:
+                continue
+            for kv in snap.items:
+                name = self.layout.name_of(prefix, kv.key)
+                held = self._states.get(name)
+                if held is None or kv.mod_revision > held[1]:
+                    self.on_state(name, decode_state(kv.value), kv.mod_revision)
+
+    def _signal_leader_change(self, partition: str) -> None:
+        fut = self._leader_changed.pop(partition, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def on_state(self, partition: str, state: PartitionState, revision: int) -> None:
+        held = self._states.get(partition)
+        if held is not None and revision < held[1]:
+            return
+        if held is None or held[0].leader != state.leader:
+            self._signal_leader_change(partition)
+        self._states[partition] = (state, revision)
+        self._changed.set()
+        if self._closing:
+            return
+        host = self._hosts.get(partition)
+        if self.cfg.node_id in state.replicas:
+            if host is None:
+                host = _Host(self, partition, state)
+                self._hosts[partition] = host
+                host.start()
+                for peer, frame in self._early.pop(partition, []):
+                    host.store.on_frame(peer, frame)
+            host.on_state(state, revision)
+        elif host is not None:
+            # No longer a replica of the set (moving replicas comes with partitions).
+            del self._hosts[partition]
+            self._spawn(host.close(), "closing a replica set")
+
+    def _on_removed(self, partition: str) -> None:
+        """The replica set's key is gone: its queue was deleted."""
+        self._states.pop(partition, None)
+        self._signal_leader_change(partition)
+        self._changed.set()
+        host = self._hosts.pop(partition, None)
+        if host is not None:
+            self._spawn(self._retire_host(host), "retiring a replica set")
+
+    async def _retire_host(self, host: _Host) -> None:
+        await host.close()
+        path = self.partition_path(host.partition)
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                path.with_name(path.name + suffix).unlink()
+        log.info("%s: replica set %s removed with its queue", self.cfg.node_id,
+                 host.partition)
+
+    # ---- replication traffic ------------------------------------------------------
+
+    async def _address_of(self, peer: str) -> tuple[str, int] | None:
+        info = self._nodes.get(peer)
+        if info is None:
+            with contextlib.suppress(CoordinationError):
+                kv = await self.coordinator.get(self.layout.node(peer))
+                if kv is not None:
+                    info = decode_node(peer, kv.value)
+        return info.replication if info is not None else None
+
+    def send(self, peer: str, frame: object) -> None:
+        if peer == self.cfg.node_id:
+            # To this node's own replica or controller: delivered on the next loop turn,
+            # as if over the network (no re-entry into the replica mid-action).
+            self._loop.call_soon(self._on_frame, peer, frame)
+        else:
+            self.transport.send(peer, frame)
+
+    def _on_frame(self, peer: str, frame: object) -> None:
+        if isinstance(frame, FenceReply):
+            self.controller.on_fence_reply(frame)
+            return
+        partition = getattr(frame, "partition", None)
+        if not isinstance(partition, str):
+            log.warning("%s: a frame from %s names no replica set: %r", self.cfg.node_id,
+                        peer, type(frame).__name__)
+            return
+        host = self._hosts.get(partition)
+        if host is not None:
+            host.store.on_frame(peer, frame)
+        elif not self._closing and partition not in self._states:
+            early = self._early.setdefault(partition, [])
+            if len(early) < _EARLY_FRAMES_MAX:
+                early.append((peer, frame))
+            if len(early) == 1:
+                self._spawn(self._read_state(partition), "reading a replica set")
+
+    async def _read_state(self, partition: str) -> None:
+        with contextlib.suppress(CoordinationError):
+            kv = await self.coordinator.get(self.layout.partition(partition))
+            if kv is not None:
+                self.on_state(partition, decode_state(kv.value), kv.mod_revision)
+        self._early.pop(partition, None)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            for host in list(self._hosts.values()):
+                host.store.tick()
+
+    # ---- the catalog ----------------------------------------------------------------
+
+    async def _entry(self, name: str) -> tuple[QueueEntry, int] | None:
+        """The catalog's entry for ``name``: from the cache, or (on a miss, or while it
+        is only being created) read from etcd, so a queue created through another node
+        a moment ago is found."""
+        held = self.catalog.get(name)
+        if held is not None and held[0].status == LIVE:
+            return held
+        try:
+            kv = await self.coordinator.get(self.layout.queue(name))
+        except CoordinationError as exc:
+            if held is not None:
+                return held
+            raise SqsError("ServiceUnavailable", "The cluster's catalog cannot be read "
+                                                 "now; retry.") from exc
+        if kv is None:
+            return None
+        entry = decode_entry(name, kv.value)
+        self.catalog.apply(entry, kv.mod_revision)
+        return entry, kv.mod_revision
+
+    async def _partition_of(self, name: str) -> str | None:
+        held = await self._entry(name)
+        if held is None or held[0].status == DELETED:
+            return None
+        return held[0].partition
+
+    async def _place(self, name: str, params: dict[str, Any], ctx: CallContext) -> str:
+        """A replica set for a new queue (or the one already placed): see the module
+        docstring. Raises the queue's CreateQueue error if the core would refuse it."""
+        for _ in range(_CATALOG_RETRIES_MAX):
+            held = await self._entry(name)
+            if held is not None and held[0].status != DELETED and held[0].partition:
+                return held[0].partition
+            now_ms = wall_clock_ms()
+            if held is not None and held[0].deleted_ms is not None \
+                    and now_ms - held[0].deleted_ms < self.cfg.recreate_delay_ms:
+                raise SqsError(
+                    "QueueDeletedRecently",
+                    "You must wait 60 seconds after deleting a queue before you can create "
+                    "another with the same name.")
+            alive = sorted(self._nodes)
+            replication = _replication_of(params.get("tags"), len(alive), self.cfg)
+            # The core's own checks (names, attributes, tags, the dead-letter target) on
+            # an empty core, so a queue that cannot be created is never placed.
+            scratch = self.make_broker(replication=replication, directory=self.catalog)
+            scratch.execute("CreateQueue", params, now_ms, self._entropy,
+                            RequestInfo(ctx.base_url, ctx.account_id))
+            load = {n: 0 for n in alive}
+            for state, _ in self._states.values():
+                for n in state.replicas:
+                    if n in load:
+                        load[n] += 2 if n == state.leader else 1
+            replicas = tuple(sorted(alive, key=lambda n: (load[n], n))[:replication.replicas])
+            partition = f"{name}-{secrets.token_hex(4)}"
+            state = PartitionState(leader=None, epoch=0, replicas=replicas, isr=replicas,
+                                   min_isr=replication.min_isr, sync=replication.sync)
+            key, pkey = self.layout.queue(name), self.layout.partition(partition)
+            entry = QueueEntry(name, CREATING, partition)
+            try:
+                result = await self.coordinator.transact(
+                    {key: held[1] if held is not None else 0, pkey: 0},
+                    [Put(key, encode_entry(entry)), Put(pkey, encode_state(state))])
+            except CoordinationError as exc:
+                raise SqsError("ServiceUnavailable", "The queue could not be placed now; "
+                                                     "retry.") from exc
+            if result.succeeded:
+                log.info("placed queue %s on %s (%s)", name, ", ".join(replicas), partition)
+                self.catalog.apply(entry, result.revision)
+                self.on_state(partition, state, result.revision)
+                self.controller.poke()
+                return partition
+        raise SqsError("ServiceUnavailable", "The queue's placement kept changing; retry.")
+
+    async def publish(self, host: _Host, name: str) -> None:
+        """Copy ``name``'s committed definition on ``host`` into the catalog."""
+        for _ in range(_CATALOG_RETRIES_MAX):
+            record = host.service.broker.queue_record(name)
+            if record is None:
+                return
+            key = self.layout.queue(name)
+            kv = await self.coordinator.get(key)
+            current = decode_entry(name, kv.value) if kv is not None else None
+            if current is not None and current.partition not in (None, host.partition):
+                log.warning("%s: queue %s is catalogued on %s, not %s: not publishing",
+                            self.cfg.node_id, name, current.partition, host.partition)
+                return
+            entry = live_entry(name, host.partition, record)
+            if current == entry:
+                return
+            result = await self.coordinator.transact(
+                {key: kv.mod_revision if kv is not None else 0},
+                [Put(key, encode_entry(entry))])
+            if result.succeeded:
+                self.catalog.apply(entry, result.revision)
+                return
+        raise CoordinationError(f"the catalog entry of {name} kept changing")
+
+    async def retire(self, host: _Host, name: str) -> None:
+        """The queue is deleted on ``host``: tombstone its entry, remove its replica set."""
+        for _ in range(_CATALOG_RETRIES_MAX):
+            key = self.layout.queue(name)
+            kv = await self.coordinator.get(key)
+            current = decode_entry(name, kv.value) if kv is not None else None
+            if current is None or current.partition != host.partition:
+                return
+            gone = tombstone(current, wall_clock_ms())
+            result = await self.coordinator.transact(
+                {key: kv.mod_revision if kv is not None else 0},
+                [Put(key, encode_entry(gone)),
+                 Delete(self.layout.partition(host.partition))])
+            if result.succeeded:
+                self.catalog.apply(gone, result.revision)
+                return
+        raise CoordinationError(f"the catalog entry of {name} kept changing")
+
+    async def publish_all(self, host: _Host) -> None:
+        """A new leader catches the catalog up with its replica set (a predecessor may
+        have died between a commit and its catalog write)."""
+        try:
+            broker = host.service.broker
+            for name in broker.queue_names():
+                await self.publish(host, name)
+            for queue in [q for p, q in self.catalog.partitions().items()
+                          if p == host.partition]:
+                held = self.catalog.get(queue)
+                if held is not None and held[0].status == LIVE \
+                        and not broker.queue_exists(queue):
+                    await self.retire(host, queue)
+        except CoordinationError as exc:
+            log.info("%s: catching the catalog up for %s failed: %r", self.cfg.node_id,
+                     host.partition, exc)
+
+    # ---- requests -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        queues = self.catalog.partitions()
+        return {
+            "node": self.cfg.node_id, "cluster": self.cfg.cluster, "url": self._url,
+            "pid": os.getpid(),
+            "lease": self.lease is not None and not self.lease.lost,
+            "controller": self.controller.leading,
+            "partitions": {name: host.status(queues.get(name))
+                           for name, host in sorted(self._hosts.items())},
+        }
+
+    async def _status_page(self, request: Request) -> Response:
+        body = json.dumps(self.status(), sort_keys=True).encode()
+        return Response(200, [("Content-Type", "application/json")], body)
+
+    async def import_into(self, destination: str, redrive: bool,
+                          records: list[MessageRecord]) -> bool:
+        """Copy ``records`` into ``destination`` (wherever its replica set leads); True
+        once committed there."""
+        partition = await self._partition_of(destination)
+        if partition is None:
+            log.info("%s: the destination %s is gone", self.cfg.node_id, destination)
+            return False
+        host = self._hosts.get(partition)
+        if host is not None and host.leads():
+            await self._import_local(host, destination, redrive, records)
+            return True
+        found = await self._leader_target(partition)
+        if found is None:
+            return False
+        _, target = found
+        body = encode_effects([MessageStored(r, None) for r in records])
+        request = Request(
+            method="POST", path=IMPORT_PATH,
+            query=f"queue={quote(destination, safe='')}&redrive={int(redrive)}",
+            headers={"host": f"{target[0]}:{target[1]}", "content-length": str(len(body)),
+                     "content-type": "application/octet-stream"},
+            body=body, client="")
+        response = await self.proxy.forward(target, request)
+        if response.status != 200:
+            log.info("%s: %s refused a copy into %s: %d %s", self.cfg.node_id, target,
+                     destination, response.status, response.body[:200])
+        return response.status == 200
+
+    async def _import_local(self, host: _Host, destination: str, redrive: bool,
+                            records: list[MessageRecord]) -> None:
+        catalog = self.catalog
+
+        def store(broker: Broker, now_ms: int, entropy: Any) -> list[Any]:
+            return list(broker.import_messages(
+                destination, [(r, catalog.arn(r.queue) if redrive else None)
+                              for r in records], now_ms, entropy))
+
+        await host.service.run_internal(store)
+
+    async def _import_page(self, request: Request) -> Response:
+        def answer(status: int, text: str) -> Response:
+            return Response(status, [("Content-Type", "text/plain")], text.encode())
+
+        if request.method != "POST":
+            return answer(405, "POST only")
+        query = parse_qs(request.query)
+        destination = (query.get("queue") or [""])[0]
+        redrive = (query.get("redrive") or ["0"])[0] == "1"
+        try:
+            effects = decode_effects(request.body)
+        except EffectDecodeError as exc:
+            return answer(400, f"not a batch of messages: {exc}")
+        records = [e.record for e in effects if isinstance(e, MessageStored)]
+        if len(records) != len(effects) or not destination:
+            return answer(400, "not a batch of messages for one queue")
+        partition = await self._partition_of(destination)
+        host = self._hosts.get(partition) if partition is not None else None
+        if host is None or not host.leads():
+            return answer(503, "this node does not lead the destination's replica set")
+        try:
+            await self._import_local(host, destination, redrive, records)
+        except SqsError as exc:
+            return answer(exc.status, f"{exc.shape}: {exc.message}")
+        return answer(200, "stored")
+
+    def _unavailable(self, why: str) -> SqsError:
+        return SqsError("ServiceUnavailable", why)
+
+    async def call(self, action: str, params: dict[str, Any], ctx: CallContext
+                   ) -> dict[str, Any]:
+        """A request ``_route`` left to this node: one whose replica set it leads, or
+        one that needs no replica set (the catalog's actions, errors)."""
+        if action == "ListQueues":
+            return self._list_queues(params, ctx)
+        if action == "GetQueueUrl":
+            return await self._get_queue_url(params, ctx)
+        name = _queue_of(action, params)
+        partition = await self._partition_of(name) if name is not None else None
+        if partition is None:
+            # No such queue, or no queue named at all: an empty core answers exactly as
+            # the single node does (QueueDoesNotExist, a missing parameter, ...).
+            scratch = self.make_broker(directory=self.catalog)
+            return scratch.execute(action, params, wall_clock_ms(), self._entropy,
+                                   RequestInfo(ctx.base_url, ctx.account_id)).response
+        host = self._hosts.get(partition)
+        if host is None or not host.leads():
+            raise self._unavailable("This node does not lead the queue's replica set; "
+                                    "retry.")
+        assert name is not None
+        if action == "DeleteQueue" and not host.service.broker.queue_exists(name):
+            # Deleted by an earlier try whose catalog write did not happen: finish it.
+            held = self.catalog.get(name)
+            if held is not None and held[0].status == LIVE:
+                await self._catalog_write(self.retire(host, name))
+                return {}
+        result = await host.service.call(action, params, ctx)
+        if action in _DEFINITION_ACTIONS:
+            await self._catalog_write(self.publish(host, name))
+        elif action == "DeleteQueue":
+            await self._catalog_write(self.retire(host, name))
+        return result
+
+    async def _catalog_write(self, write: Coroutine[Any, Any, None]) -> None:
+        try:
+            await write
+        except CoordinationError as exc:
+            # Committed on the replica set, not yet in the catalog: a retry (the action
+            # is idempotent) or the next leader's catch-up writes it.
+            raise self._unavailable("The change is stored but the cluster's catalog could "
+                                    "not be updated; retry.") from exc
+
+    def _list_queues(self, params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        scratch = self.make_broker()
+        prefix = params.get("QueueNamePrefix", "")
+        if not isinstance(prefix, str):
+            raise invalid_parameter("Value for parameter QueueNamePrefix is invalid.")
+        names = [n for n in self.catalog.live_names() if n.startswith(prefix)]
+        return scratch.list_page(names, params, RequestInfo(ctx.base_url, ctx.account_id),
+                                 "QueueUrls")
+
+    async def _get_queue_url(self, params: dict[str, Any], ctx: CallContext
+                             ) -> dict[str, Any]:
+        name = params.get("QueueName")
+        if name is None:
+            raise missing_parameter("QueueName")
+        if not isinstance(name, str):
+            raise invalid_parameter("Value for parameter QueueName is invalid.")
+        owner = params.get("QueueOwnerAWSAccountId")
+        held = await self._entry(name) if name else None
+        if held is None or held[0].status != LIVE or (
+                owner is not None and owner != self.cfg.account_id):
+            raise SqsError("QueueDoesNotExist", "The specified queue does not exist.")
+        return {"QueueUrl": f"{ctx.base_url}/{self.cfg.account_id}/{name}"}
+
+    async def _route(self, request: Request, action: str, params: dict[str, Any]
+                     ) -> Response | None:
+        if action in ("ListQueues", "GetQueueUrl"):
+            return None
+        name = _queue_of(action, params)
+        if name is None:
+            return None
+        if action == "CreateQueue":
+            ctx = CallContext(request_id="", base_url="", account_id=self.cfg.account_id,
+                              region=self.cfg.region, access_key_id=None, path_queue=None)
+            partition: str | None = await self._place(name, params, ctx)
+        else:
+            partition = await self._partition_of(name)
+        if partition is None:
+            return None
+        host = self._hosts.get(partition)
+        if host is not None and host.leads():
             return None
         if FORWARDED_HEADER in request.headers:
-            return self._unavailable(request, "This node does not lead the replica set; "
-                                              "retry.")
+            raise self._unavailable("This node does not lead the queue's replica set; "
+                                    "retry.")
+        return await self._forward(partition, request)
+
+    async def _forward(self, partition: str, request: Request) -> Response | None:
         deadline = self._loop.time() + _LEADER_WAIT_S
         while True:
-            found = await self._leader_target()
+            found = await self._leader_target(partition)
             if found is None:
-                if self._leads():
+                host = self._hosts.get(partition)
+                if host is not None and host.leads():
                     return None
-                return self._unavailable(request, "No node leads the replica set yet; "
-                                                  "retry.")
+                raise self._unavailable("No node leads the queue's replica set yet; "
+                                        "retry.")
             leader, target = found
+            changed = self._leader_changed.get(partition)
+            if changed is None or changed.done():
+                changed = self._leader_changed[partition] = self._loop.create_future()
             forwarding = self._loop.create_task(self.proxy.forward(target, request))
-            replaced = asyncio.ensure_future(asyncio.shield(self._leader_changed))
+            replaced = asyncio.ensure_future(asyncio.shield(changed))
             try:
                 await asyncio.wait((forwarding, replaced),
                                    return_when=asyncio.FIRST_COMPLETED)
@@ -488,46 +1102,47 @@ class Node:
                 forwarding.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ProxyError):
                     await forwarding
-                state = self._state
-                if state is None or state.leader != leader:
-                    return self._unavailable(request, "The replica set's leader changed "
-                                                      "while the request was in flight; "
-                                                      "retry.")
+                held = self._states.get(partition)
+                if held is None or held[0].leader != leader:
+                    raise self._unavailable("The replica set's leader changed while the "
+                                            "request was in flight; retry.")
                 continue  # a change that kept the leader (the in-sync set): wait again
             try:
                 return forwarding.result()
             except ProxyError as exc:
                 if exc.sent or self._loop.time() >= deadline:
                     log.info("forwarding failed: %s", exc)
-                    return self._unavailable(request, "The leader of the replica set did "
-                                                      "not answer; retry.")
+                    raise self._unavailable("The leader of the queue's replica set did "
+                                            "not answer; retry.") from exc
             # Not even connected (the leader died and its lease has not lapsed yet):
             # nothing was sent, so waiting for the next leader and sending it there is
             # safe.
             await asyncio.sleep(_CONNECT_RETRY_S)
-            if self._leads():
+            host = self._hosts.get(partition)
+            if host is not None and host.leads():
                 return None
 
-    async def _leader_target(self) -> tuple[str, tuple[str, int]] | None:
-        """The leader (another node) and its SQS address; None when this node leads
-        or none is known within ``_LEADER_WAIT_S``."""
+    async def _leader_target(self, partition: str) -> tuple[str, tuple[str, int]] | None:
+        """The set's leader (another node) and its SQS address; None when this node
+        leads or none is known within ``_LEADER_WAIT_S``."""
         deadline = self._loop.time() + _LEADER_WAIT_S
         while True:
-            if self._leads():
+            host = self._hosts.get(partition)
+            if host is not None and host.leads():
                 return None
-            state = self._state
-            leader = state.leader if state is not None else None
+            held = self._states.get(partition)
+            leader = held[0].leader if held is not None else None
             if leader is not None and leader != self.cfg.node_id and leader in self._nodes:
                 return leader, _target_of(self._nodes[leader].url)
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return None
-            self._state_changed.clear()
+            self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._state_changed.wait(), min(remaining, 0.2))
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
 
 
-async def run_node(cfg: NodeConfig, make_broker: Callable[[], Broker]) -> int:
+async def run_node(cfg: NodeConfig, make_broker: Callable[..., Broker]) -> int:
     from ferrymq._coordination import EtcdCoordinator
 
     stop = asyncio.Event()
@@ -541,14 +1156,13 @@ async def run_node(cfg: NodeConfig, make_broker: Callable[[], Broker]) -> int:
 
     coordinator = EtcdCoordinator(list(cfg.etcd_endpoints))
     node = Node(cfg, coordinator, make_broker, on_fatal)
-    node.service.on_fatal = on_fatal
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         server = await node.start()
     except (OSError, CoordinationError) as exc:
-        await node.service.close()
+        await node.close_hosts()
         await node.transport.close()
         with contextlib.suppress(CoordinationError):
             await coordinator.close()

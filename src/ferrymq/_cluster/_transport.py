@@ -97,6 +97,13 @@ class Transport:
         if p is None:
             p = self._peers[peer] = _Peer(peer)
             p.task = asyncio.get_running_loop().create_task(self._writer(p))
+        elif p.task is not None and p.task.done():
+            # The writer ends only with the transport; anything else is a bug, which
+            # must not silence the peer for good: say so and write on.
+            failure = None if p.task.cancelled() else p.task.exception()
+            log.error("bug: the replication writer to %s ended (%r); restarting it", peer,
+                      failure)
+            p.task = asyncio.get_running_loop().create_task(self._writer(p))
         if p.bytes_queued + len(data) > PEER_QUEUE_BYTES_MAX:
             self.dropped_frames += 1
             return
@@ -146,6 +153,11 @@ class Transport:
             try:
                 writer.write(encode(Hello(PROTOCOL_VERSION, self.cluster, self.node)))
                 while not self._closed:
+                    if writer.is_closing():
+                        # Closed under us (the peer died, a write failed). uvloop then
+                        # raises RuntimeError on the next write, where asyncio's own
+                        # loop drops it silently: either way, reconnect.
+                        raise ConnectionResetError("the connection closed")
                     if not peer.queue:
                         peer.wakeup.clear()
                         await writer.drain()

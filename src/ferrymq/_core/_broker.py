@@ -13,6 +13,15 @@ see the queue without them. If the request then fails, the ``SqsError`` carries 
 removals (``SqsError.effects``) and the caller commits them before it answers, exactly
 as it commits a successful request's effects. Every other check runs before anything
 is applied, so a failed request leaves nothing else behind.
+
+Queues on other brokers (cluster mode, one broker per replica set): given a
+``QueueDirectory``, a broker checks a RedrivePolicy, a move task's destination and the
+dead-letter sources of a queue against queues it does not hold, too. A message that
+must move to such a queue (a redrive into a remote dead-letter queue, a move task with a
+remote destination) cannot be moved by one command: it is leased for export instead
+(``MessageQueue.lease_for_export``) and an ``Export`` recorded, which the shell drains
+(``drain_exports``), copies with ``import_messages`` on the destination's broker and
+then completes with ``complete_export`` here. Without a directory none of this happens.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, assert_never
 from urllib.parse import urlsplit
@@ -44,7 +53,15 @@ from ferrymq._core._effects import (
 from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
 from ferrymq._core._messages import string_list
 from ferrymq._core._queue import BodyBudget, MessageQueue
-from ferrymq._core._records import Entropy, MoveTaskRecord, QueueRecord
+from ferrymq._core._records import (
+    Entropy,
+    Export,
+    MessageRecord,
+    MoveTaskRecord,
+    QueueDirectory,
+    QueueRecord,
+    RemoteQueue,
+)
 
 __all__ = ["READ_ONLY_ACTIONS", "Broker", "Outcome", "Replication", "RequestInfo"]
 
@@ -131,6 +148,9 @@ class Replication:
     replicas: int = 1
     min_isr: int = 1
     sync: bool = True
+    # A replica set of a cluster (one queue's), not ``ferrymq serve``: only the texts
+    # of the ferry: tag checks differ.
+    cluster: bool = False
 
 
 # Reserved tags: CreateQueue may say how a queue is to be replicated.
@@ -160,8 +180,18 @@ class Broker:
         recreate_delay_ms: int = 60_000,
         body_memory_bytes_max: int | None = None,
         replication: Replication | None = None,
+        directory: QueueDirectory | None = None,
     ) -> None:
         self.account_id = account_id
+        # The other brokers' queues (module docstring); None: this broker is alone.
+        self._directory = directory
+        # The exports recorded since the shell last drained them, one per message
+        # ((queue, message id) -> Export, in the order recorded): a message leased
+        # again replaces its older export, whose token is stale, so this never holds
+        # more than one export per message. The shell drains it after each commit.
+        # Not state to replicate: after a failover the leases lapse and the next
+        # receive or move task step exports those messages again.
+        self._exports: dict[tuple[str, str], Export] = {}
         self.replication = replication or Replication()
         self.region = region
         self.purge_interval_ms = purge_interval_ms
@@ -244,6 +274,62 @@ class Broker:
     def queue_names(self) -> list[str]:
         return sorted(self._queues)
 
+    def queue_record(self, name: str) -> QueueRecord | None:
+        entry = self._queues.get(name)
+        return entry.record if entry else None
+
+    def list_page(
+        self, names: list[str], params: Mapping[str, Any], info: RequestInfo, key: str
+    ) -> dict[str, Any]:
+        """One page of queue URLs for ``names`` (sorted), under ``key``, with the
+        MaxResults / NextToken rules of ListQueues and ListDeadLetterSourceQueues: for a
+        cluster node listing the catalog's queues, which no one broker holds."""
+        return self._page(names, params, info, key)
+
+    def drain_exports(self) -> list[Export]:
+        """The exports recorded by every ``execute`` and ``tick`` since the last call,
+        in the order recorded (module docstring)."""
+        exports = list(self._exports.values())
+        self._exports.clear()
+        return exports
+
+    def import_messages(
+        self, queue: str, records: Sequence[tuple[MessageRecord, str | None]], now_ms: int,
+        entropy: Entropy,
+    ) -> list[Effect]:
+        """Store copies exported by another broker in ``queue``, each with its source
+        ARN (``Export.source_arn``), keeping their ids, as a same-broker move stores
+        them. A message ``queue`` already holds is skipped: a copy retried after its
+        lease lapsed. All or nothing: every record is checked before any is stored."""
+        entry = self._queues.get(queue)
+        if entry is None:
+            raise SqsError("QueueDoesNotExist", "The specified queue does not exist.")
+        for record, _ in records:
+            if record.body is None:
+                # The body travels with the copy: nothing here could fetch it.
+                raise InternalError(
+                    f"message {record.message_id} imported into {queue!r} without its body")
+        messages = entry.messages
+        effects: list[Effect] = messages.expire(now_ms)
+        for record, source_arn in records:
+            if messages.has_message(record.message_id):
+                continue
+            effects.extend(messages.accept_moved(record, now_ms, entropy, source_arn))
+        return effects
+
+    def complete_export(
+        self, queue: str, message_id: str, token: str, now_ms: int
+    ) -> list[Effect]:
+        """Remove an exported message once its copy is committed at its destination,
+        if it is still held under the export's ``token``; otherwise, or for a queue
+        that is gone, nothing. ``now_ms``: for symmetry with the other commands; the
+        removal does not depend on the time."""
+        del now_ms
+        entry = self._queues.get(queue)
+        if entry is None:
+            return []
+        return entry.messages.complete_export(message_id, token)
+
     def tick(self, now_ms: int, entropy: Entropy) -> list[Effect]:
         """Housekeeping the caller runs periodically: retention for idle queues and
         progress of running message move tasks."""
@@ -317,6 +403,26 @@ class Broker:
 
     def _arn(self, name: str) -> str:
         return f"arn:aws:sqs:{self.region}:{self.account_id}:{name}"
+
+    def _remote(self, name: str) -> RemoteQueue | None:
+        """The queue ``name`` if another broker holds it (never one this broker holds)."""
+        if self._directory is None or name in self._queues:
+            return None
+        return self._directory.lookup(name)
+
+    def _any_queue(self, name: str) -> RemoteQueue | None:
+        """The queue ``name``, this broker's own or another's, as the checks of one
+        queue against another see it."""
+        entry = self._queues.get(name)
+        if entry is not None:
+            return RemoteQueue(name, self._arn(name), entry.attributes)
+        return self._remote(name)
+
+    def _record_exports(self, exports: list[Export]) -> None:
+        for export in exports:
+            key = (export.source_queue, export.message_id)
+            self._exports.pop(key, None)  # re-recorded: now the newest
+            self._exports[key] = export
 
     def _url(self, info: RequestInfo, name: str) -> str:
         return f"{info.base_url}/{self.account_id}/{name}"
@@ -423,11 +529,11 @@ class Broker:
             return
         doc = json.loads(policy)
         target_arn = doc["deadLetterTargetArn"]
-        target = self._queues.get(attrs.queue_name_from_arn(target_arn) or "")
+        target = self._any_queue(attrs.queue_name_from_arn(target_arn) or "")
         # A string: normalize refuses any other RedrivePolicy value, and bounds its size.
         sent = given["RedrivePolicy"]
         prefix = f"Value {sent} for parameter RedrivePolicy is invalid. Reason: "
-        if target is None or target_arn != self._arn(target.record.name):
+        if target is None or target_arn != target.arn:
             raise invalid_parameter(prefix + "Dead letter target does not exist.")
         if (target.attributes.get("FifoQueue") == "true") != fifo:
             raise invalid_parameter(
@@ -608,7 +714,14 @@ class Broker:
         dlq = dlq_entry.messages if dlq_entry else None
         if dlq is not None:
             effects.extend(self._housekeep(dlq, now_ms))
-        response, more, wait_ms = queue.receive_message(params, now_ms, entropy, dlq)
+        remote_dlq = None
+        if dlq_name and dlq is None and self._remote(dlq_name) is not None:
+            remote_dlq = dlq_name
+        exports: list[Export] = []
+        response, more, wait_ms = queue.receive_message(
+            params, now_ms, entropy, dlq, remote_dead_letter_queue=remote_dlq,
+            exports=exports)
+        self._record_exports(exports)
         fetches = [
             (queue.name, message["MessageId"], message)
             for message in response.get("Messages", ())
@@ -672,14 +785,15 @@ class Broker:
         return dict(tags)
 
     def _check_ferry_tags(self, tags: Mapping[str, str]) -> None:
-        """The reserved ``ferry:`` tags of CreateQueue: well formed, and what this node
-        keeps its queues as (every queue shares one replica set in this version, so a
-        queue cannot ask for other settings yet; the message says what is allowed)."""
+        """The reserved ``ferry:`` tags of CreateQueue: well formed, and what this core
+        keeps its queues as. A cluster places a new queue on a replica set built as its
+        tags say and runs this on a core of that set, so a mismatch means CreateQueue
+        of an existing queue asking for other settings (or ``serve``, which keeps one
+        copy); the message says what is kept."""
         rep = self.replication
-        where = ("ferrymq serve keeps one copy of every queue" if rep.replicas == 1 else
-                 f"every queue of this cluster lives in one replica set of {rep.replicas} "
-                 f"replicas, {rep.min_isr} of them in sync, "
-                 f"{'sync' if rep.sync else 'async'} durability")
+        where = ("ferrymq serve keeps one copy of every queue" if not rep.cluster else
+                 f"the queue's replica set has {rep.replicas} replicas, {rep.min_isr} of "
+                 f"them in sync, {'sync' if rep.sync else 'async'} durability")
         for key, value in tags.items():
             if not key.startswith("ferry:"):
                 continue
@@ -859,10 +973,16 @@ class Broker:
     # ---- dead-letter queues and move tasks ---------------------------------
 
     def _sources_of(self, dlq_name: str) -> list[str]:
-        return sorted(
+        """The queues whose RedrivePolicy targets ``dlq_name``: this broker's own, and
+        the directory's others (what it says of a queue held here is not asked)."""
+        names = {
             name for name, entry in self._queues.items()
             if entry.messages.settings.dead_letter_queue == dlq_name
-        )
+        }
+        if self._directory is not None:
+            names.update(name for name in self._directory.dead_letter_sources(dlq_name)
+                         if name not in self._queues)
+        return sorted(names)
 
     def _list_dead_letter_sources(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
@@ -870,6 +990,18 @@ class Broker:
         entry = self._resolve(params)
         names = self._sources_of(entry.record.name)
         return Outcome(self._page(names, params, info, "queueUrls"), [])
+
+    def _check_destination(self, arn: Any) -> None:
+        """A move task's DestinationArn names a queue, this broker's or another's."""
+        if not isinstance(arn, str):
+            raise missing_parameter("DestinationArn")
+        target = self._any_queue(attrs.queue_name_from_arn(arn) or "")
+        if target is None or target.arn != arn:
+            raise SqsError(
+                "ResourceNotFoundException",
+                "The resource that you specified for the DestinationArn parameter doesn't "
+                "exist.",
+            )
 
     def _queue_by_arn(self, arn: Any, parameter: str) -> _Queue:
         if not isinstance(arn, str):
@@ -891,7 +1023,7 @@ class Broker:
         source = self._queue_by_arn(params["SourceArn"], "SourceArn")
         destination_arn = params.get("DestinationArn")
         if destination_arn is not None:
-            self._queue_by_arn(destination_arn, "DestinationArn")
+            self._check_destination(destination_arn)
         rate = params.get("MaxNumberOfMessagesPerSecond")
         if rate is not None and (
             isinstance(rate, bool) or not isinstance(rate, int)
@@ -956,8 +1088,17 @@ class Broker:
         effects.extend(source.messages.expire(now_ms))
         for record in source.messages.take_visible(budget, now_ms):
             dest_arn = task.destination_arn or record.dead_letter_source_arn
-            dest_name = attrs.queue_name_from_arn(dest_arn) if dest_arn else None
-            dest = self._queues.get(dest_name or "")
+            dest_name = (attrs.queue_name_from_arn(dest_arn) if dest_arn else None) or ""
+            dest = self._queues.get(dest_name)
+            if dest is None and self._remote(dest_name) is not None:
+                # Counted as moved once exported (SQS's count is approximate too); a
+                # copy that fails makes it visible here again when its lease lapses.
+                export, leased = source.messages.lease_for_export(
+                    record.message_id, dest_name, None, now_ms, entropy)
+                self._record_exports([export])
+                effects.extend(leased)
+                moved += 1
+                continue
             if dest is None:
                 finish("FAILED", "AWS.SimpleQueueService.NonExistentQueue")
                 return effects
@@ -1016,7 +1157,7 @@ class Broker:
         return Outcome({"Results": results}, [])
 
     @staticmethod
-    def _task_handle_source(handle: object) -> str:
+    def task_handle_source(handle: object) -> str:
         """The source ARN a well-formed task handle carries."""
         invalid = invalid_parameter("Value for parameter TaskHandle is invalid.")
         if not isinstance(handle, str) or len(handle) > _TASK_HANDLE_CHARS_MAX:
@@ -1041,7 +1182,7 @@ class Broker:
             raise missing_parameter("TaskHandle")
         # As recorded on AWS: a handle that does not decode is InvalidParameterValue; one
         # that does names its source queue, which must exist, and then its task.
-        source_arn = self._task_handle_source(handle)
+        source_arn = self.task_handle_source(handle)
         self._queue_by_arn(source_arn, "SourceArn")
         task = self._tasks.get(handle)
         if task is None:

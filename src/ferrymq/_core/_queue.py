@@ -2,7 +2,8 @@
 
 What belongs here: everything that depends on a queue's messages — send, receive,
 visibility, delete, delay, retention, FIFO groups and deduplication, redrive into a
-dead-letter queue. Time arrives as ``now_ms`` and randomness through ``Entropy``.
+dead-letter queue, and leasing a message for export to a queue another broker holds
+(``Export``). Time arrives as ``now_ms`` and randomness through ``Entropy``.
 
 Every command computes effect records, applies them with ``apply`` and returns them;
 ``apply`` alone rebuilds the same state (restore, replication followers): the
@@ -63,7 +64,7 @@ from ._messages import (
     validate_body,
     validate_fifo_id,
 )
-from ._records import AttributeValue, Entropy, MessageRecord
+from ._records import AttributeValue, Entropy, Export, MessageRecord
 from ._settings import QueueSettings
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "BATCH_PAYLOAD_BYTES_MAX",
     "BodyBudget",
     "DEDUP_WINDOW_MS",
+    "EXPORT_LEASE_MS",
     "INFLIGHT_MESSAGES_MAX",
     "MessageQueue",
 ]
@@ -88,6 +90,12 @@ INFLIGHT_MESSAGES_MAX = 120_000
 # SQS's 300 TPS is 90,000; a client inventing a fresh id per call cannot grow memory
 # beyond.
 ATTEMPTS_MAX = 100_000
+# How long a message leased for export to another broker's queue stays invisible: long
+# enough for the copy to reach that replica set's leader and be committed there (one
+# round trip and a group commit, well under a second when healthy, seconds through a
+# leader election), short enough that a copy that failed is retried soon, by the next
+# receive or move task step after the lease lapses.
+EXPORT_LEASE_MS = 30_000
 # Sequence numbers start at now_ms * this, so they keep increasing across restarts
 # without a persisted counter: 10^6 sends per ms of headroom, 19 decimal digits, and
 # below 2^63 until the year 2262, so every store (SQLite INTEGER) holds it exactly.
@@ -688,6 +696,58 @@ class MessageQueue:
         self.apply(effect)
         return [effect]
 
+    def has_message(self, message_id: str) -> bool:
+        return message_id in self._messages
+
+    def lease_for_export(
+        self, message_id: str, destination: str, source_arn: str | None, now_ms: int,
+        entropy: Entropy,
+    ) -> tuple[Export, list[Effect]]:
+        """Lease message ``message_id`` for a copy to ``destination``, a queue another
+        broker holds (``Export`` says what the caller does next). It must be held and
+        visible: a move task leases what ``take_visible`` just returned."""
+        self._advance(now_ms)
+        entry = self._messages.get(message_id)
+        if entry is None or entry.state != _READY:
+            raise InternalError(f"message {message_id} of {self.name!r} is not visible")
+        return self._lease(entry, destination, source_arn, now_ms, entropy)
+
+    def _lease(
+        self, entry: _Entry, destination: str, source_arn: str | None, now_ms: int,
+        entropy: Entropy,
+    ) -> tuple[Export, list[Effect]]:
+        """A receive nobody is handed: the message is in flight under a fresh token
+        until ``now_ms + EXPORT_LEASE_MS``, so no receive or move task takes it while
+        it is copied (in a FIFO queue it holds back its group, which keeps the group's
+        order across the move), and a copy that failed is retried once the lease lapses.
+        Its receive count stays what it was: the copy keeps it. A message never received
+        is given ``now_ms`` as first receive time (an effect cannot carry none); the
+        export's record still says it was never received."""
+        record = entry.snapshot()
+        token = entropy.token()
+        effect = MessageReceived(
+            self.name,
+            record.message_id,
+            token,
+            now_ms + EXPORT_LEASE_MS,
+            entry.receive_count,
+            now_ms if entry.first_receive_ms is None else entry.first_receive_ms,
+            now_ms,
+        )
+        self._apply_received(effect)
+        export = Export(self.name, record.message_id, token, destination, source_arn, record)
+        return export, [effect]
+
+    def complete_export(self, message_id: str, token: str) -> list[Effect]:
+        """Remove a message whose copy the other broker committed, if it is still held
+        under the export's lease token. Received again since the lease lapsed (by a
+        consumer, or leased for another export), it is no longer this export's to
+        remove: a second completion, or one after a new receive, does nothing."""
+        entry = self._messages.get(message_id)
+        if entry is None or entry.receipt_token != token:
+            return []
+        return self.remove(message_id)
+
     def take_visible(self, limit: int, now_ms: int) -> list[MessageRecord]:
         """Up to ``limit`` of the oldest visible messages, left in place."""
         self._advance(now_ms)
@@ -1115,9 +1175,16 @@ class MessageQueue:
         now_ms: int,
         entropy: Entropy,
         dead_letter_queue: MessageQueue | None,
+        *,
+        remote_dead_letter_queue: str | None = None,
+        exports: list[Export] | None = None,
     ) -> tuple[dict[str, Any], list[Effect], int]:
         """One receive attempt; the third value is the long-poll wait in ms (the
-        caller retries until messages arrive or that time has passed)."""
+        caller retries until messages arrive or that time has passed).
+
+        ``remote_dead_letter_queue`` (with ``dead_letter_queue`` None): the dead-letter
+        queue is held by another broker; a message due for redrive is leased for export
+        (``lease_for_export``) instead, and its ``Export`` appended to ``exports``."""
         settings = self.settings
         max_messages = int_param(
             params, "MaxNumberOfMessages", 1, 1, RECEIVE_MESSAGES_MAX,
@@ -1178,6 +1245,11 @@ class MessageQueue:
 
         if dead_letter_queue is self or settings.dead_letter_queue is None:
             dead_letter_queue = None
+        if dead_letter_queue is not None or settings.dead_letter_queue is None:
+            remote_dead_letter_queue = None
+        if remote_dead_letter_queue is not None and exports is None:
+            raise InternalError("a remote dead-letter queue needs a list to export into")
+        export_sink: list[Export] = [] if exports is None else exports
         inflight_room = self.inflight_messages_max - self._counts[_INFLIGHT]
         if inflight_room <= 0:
             if not self._fifo:
@@ -1203,6 +1275,15 @@ class MessageQueue:
                 removed = self.remove(record.message_id)
                 effects.extend(dead_letter_queue.accept_moved(record, now_ms, entropy, self.arn))
                 effects.extend(removed)
+                return False
+            if (
+                remote_dead_letter_queue is not None
+                and entry.receive_count >= settings.max_receive_count
+            ):
+                export, leased = self._lease(
+                    entry, remote_dead_letter_queue, self.arn, now_ms, entropy)
+                export_sink.append(export)
+                effects.extend(leased)
                 return False
             token = entropy.token()
             effect = MessageReceived(
@@ -1294,6 +1375,8 @@ class MessageQueue:
                     count += 1
                     visited.add(group)
                     delivered_last = entry
+                elif not entry.removed:
+                    break  # leased for export: in flight, it holds back the rest of its group
                 entry = nxt
             # Offer it again if its head is visible once more (visibility 0, or every
             # message walked was redriven); a visited group waits for the next receive.

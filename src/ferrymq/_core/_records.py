@@ -1,5 +1,8 @@
 """Immutable value records shared by core, storage and replication: a message, a queue's
-definition, a move task, a message attribute, and the ``Entropy`` protocol.
+definition, a move task, a message attribute, and the ``Entropy`` protocol; and for
+queues held by another broker (cluster mode: one broker per replica set), the
+``QueueDirectory`` protocol, the ``RemoteQueue`` it answers and the ``Export`` a
+broker records when a message must be copied to one of them.
 
 The effect records that carry them (what the core applied, what stores persist and
 followers replay) live in ``_effects.py``. Nothing here may reference a clock, socket
@@ -14,15 +17,19 @@ paid once or twice per message sent.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
     "AttributeValue",
     "Entropy",
+    "Export",
     "MessageRecord",
     "MoveTaskRecord",
+    "QueueDirectory",
     "QueueRecord",
+    "RemoteQueue",
 ]
 
 
@@ -116,3 +123,53 @@ class Entropy(Protocol):
     def token(self) -> str:
         """A new unguessable nonce ([A-Za-z0-9_-], >= 16 characters)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteQueue:
+    """A queue another broker holds, as the cluster's catalog knows it: enough for the
+    checks one queue makes against another (a dead-letter queue's type and
+    RedriveAllowPolicy, a move task's destination)."""
+
+    name: str
+    arn: str
+    # The stored attributes, as GetQueueAttributes shows them (FifoQueue,
+    # RedrivePolicy, RedriveAllowPolicy, ...).
+    attributes: Mapping[str, str]
+
+
+class QueueDirectory(Protocol):
+    """The cluster's catalog of every queue. A broker asks it only about queues it does
+    not hold itself: for those it holds, its own state is the truth."""
+
+    def lookup(self, name: str) -> RemoteQueue | None:
+        """The queue named ``name``, or None if there is none."""
+        ...
+
+    def dead_letter_sources(self, dlq_name: str) -> list[str]:
+        """The names of every queue whose RedrivePolicy targets ``dlq_name``, sorted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """A message that must be copied to a queue another broker holds (a redrive into a
+    remote dead-letter queue, or a move task with a remote destination).
+
+    The message stays in ``source_queue``, leased under receipt token ``token`` (so
+    nobody receives it meanwhile). The shell stores ``record`` at ``destination`` with
+    ``Broker.import_messages(destination, [(record, source_arn)], ...)`` on the broker
+    that holds it and, once that is committed, removes the original with
+    ``Broker.complete_export(source_queue, message_id, token, ...)``. ``record`` is the
+    message as it was before the lease, as a same-broker move hands it to
+    ``MessageQueue.accept_moved``; its body is None when it is not in memory (the shell
+    reads it from the store). ``source_arn``: the source queue's ARN for a redrive (the
+    copy keeps its receive count and records DeadLetterQueueSourceArn); None for a
+    move task (the copy's receive history starts afresh)."""
+
+    source_queue: str
+    message_id: str
+    token: str
+    destination: str
+    source_arn: str | None
+    record: MessageRecord

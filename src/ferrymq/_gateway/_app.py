@@ -56,7 +56,13 @@ _TRACE_ATTRIBUTE = "AWSTraceHeader"
 _TRACED_ACTIONS = frozenset({"SendMessage", "SendMessageBatch"})
 
 
-Route = Callable[[Request], Awaitable[Response | None]]
+# Cluster mode: given the decoded call (action and parameters), answer it elsewhere
+# (forward it to the leader of the queue's replica set) or return None to let this
+# node's service answer it.
+Route = Callable[[Request, str, dict[str, Any]], Awaitable[Response | None]]
+# Cluster mode: paths answered by the node itself, before any SQS decoding (its status
+# page, and copies of messages between replica sets).
+Page = Callable[[Request], Awaitable[Response]]
 
 
 def queue_path_of(path: str) -> str | None:
@@ -138,11 +144,11 @@ class Gateway:
 
     def __init__(self, service: Service, *, public_url: str | None,
                  account_id: str = "000000000000", region: str = "us-east-1",
-                 listen_address: str | None = None, route: Route | None = None) -> None:
+                 listen_address: str | None = None, route: Route | None = None,
+                 pages: dict[str, Page] | None = None) -> None:
         self._service = service
-        # Cluster mode: answers a request itself (forwarding it to the leader, or a
-        # status page) or returns None to let this node's service answer it.
         self._route = route
+        self._pages = pages or {}
         self._public_url = public_url.rstrip("/") if public_url else None
         self._account_id = account_id
         self._region = region
@@ -163,15 +169,14 @@ class Gateway:
 
     async def handle(self, request: Request) -> Response:
         """Never raises (except cancellation): every failure becomes an SQS error."""
-        if self._route is not None:
+        page = self._pages.get(request.path) if self._pages else None
+        if page is not None:
             try:
-                routed = await self._route(request)
+                return await page(request)
             except Exception:
-                _log.exception("bug: routing a request failed")
-                routed = self.refuse(request, SqsError("InternalFailure",
-                                                       INTERNAL_FAILURE_MESSAGE))
-            if routed is not None:
-                return routed
+                _log.exception("bug: the page %s failed", request.path)
+                return self.refuse(request, SqsError("InternalFailure",
+                                                     INTERNAL_FAILURE_MESSAGE))
         request_id = _next_request_id()
         protocol = protocol_of(request)
         try:
@@ -195,6 +200,10 @@ class Gateway:
             if path_queue is not None and "QueueUrl" not in params \
                     and action in _QUEUE_URL_ACTIONS:
                 params["QueueUrl"] = ctx.base_url + path_queue
+            if self._route is not None:
+                routed = await self._route(request, action, params)
+                if routed is not None:
+                    return routed
             result: dict[str, Any] = await self._service.call(action, params, ctx)
             return encode_result(protocol, action, result, request_id)
         except SqsError as err:
