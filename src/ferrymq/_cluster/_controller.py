@@ -94,14 +94,22 @@ class Controller:
 
     async def run(self) -> None:
         """Campaign, and while elected keep the partitions in shape. Runs until cancelled."""
+        lease: Lease | None = None
         while True:
             try:
-                lease = await self._coord.grant_lease(self._settings.lease_ttl_s)
+                # Kept across a coordination error: the seat may still hang on it (etcd
+                # kept the lease alive through a short outage), and a campaign on a new
+                # lease would then lose to ourselves and wait for a vacancy that never
+                # comes (found by the cluster simulation, seed 20).
+                if lease is None or lease.lost:
+                    lease = await self._coord.grant_lease(self._settings.lease_ttl_s)
                 won = await self._election.campaign(self._node.encode(), lease)
                 if won is None:
-                    await self._coord.revoke_lease(lease)
-                    await self._election.wait_vacant()
-                    continue
+                    holder = await self._election.holder()
+                    if holder is None or holder.lease_id != lease.id:
+                        await self._election.wait_vacant()
+                        continue
+                    # Still ours, from before the error: lead on.
                 log.info("%s is the controller", self._node)
                 self.leading = True
                 try:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
 from ferrymq._core._effects import Effect, EffectDecodeError, decode_effects, encode_effects
 from ferrymq._core._errors import InternalError
@@ -63,12 +63,13 @@ from ferrymq._storage import StorageError, StoreStats, WriteRefused
 from ferrymq._storage._sqlite import SqliteStore, install_image
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Mapping
 
     from ferrymq._core._broker import Broker
     from ferrymq._service import QueueService
 
-__all__ = ["COMMIT_WAIT_MS", "META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "ReplicatedStore"]
+__all__ = ["COMMIT_WAIT_MS", "META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "InnerStore",
+           "ReplicaDisk", "ReplicatedStore"]
 
 log = logging.getLogger("ferrymq.cluster.partition")
 
@@ -139,6 +140,49 @@ def _image_meta(image: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in rows if str(k).startswith(META_PREFIX)}
 
 
+class InnerStore(Protocol):
+    """What a replica asks of the store under it (``SqliteStore``'s methods)."""
+
+    def read_meta(self, prefix: str) -> dict[str, str]: ...
+    def load(self) -> Iterator[Effect]: ...
+    def has_room(self) -> bool: ...
+    async def resume(self) -> None: ...
+    async def close(self) -> None: ...
+    async def image(self) -> bytes: ...
+    async def commit(self, effects: Sequence[Effect],
+                     fetch_bodies: Sequence[tuple[str, str]] = (), *,
+                     meta: Mapping[str, str] | None = None) -> list[str | None]: ...
+    async def commit_parts(
+        self, parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]], *,
+        meta: Mapping[str, str] | None = None) -> list[list[str | None]]: ...
+
+
+class ReplicaDisk(Protocol):
+    """Where a replica's store lives: SQLite files (``SQLITE_DISK``, the default), or
+    the simulated disk of ``ferrymq._sim``. ``install_image`` replaces the closed store
+    at ``path`` with an ``image()`` of another replica's, durably."""
+
+    def open(self, path: Path, *, free_bytes_min: int,
+             power_loss_seam: bool) -> InnerStore: ...
+    def install_image(self, path: Path, image: bytes) -> None: ...
+    def image_meta(self, image: bytes) -> dict[str, str]: ...
+
+
+class _SqliteDisk:
+    def open(self, path: Path, *, free_bytes_min: int, power_loss_seam: bool) -> InnerStore:
+        return SqliteStore(path, free_bytes_min=free_bytes_min,
+                           power_loss_seam=power_loss_seam)
+
+    def install_image(self, path: Path, image: bytes) -> None:
+        install_image(path, image)
+
+    def image_meta(self, image: bytes) -> dict[str, str]:
+        return _image_meta(image)
+
+
+SQLITE_DISK: ReplicaDisk = _SqliteDisk()
+
+
 class ReplicatedStore:
     """See the module docstring. ``send(peer, frame)`` hands a frame to the transport;
     ``change_isr(action)`` asks the node to change the in-sync set in etcd (it answers
@@ -150,8 +194,9 @@ class ReplicatedStore:
                  change_isr: Callable[[ChangeIsr], None],
                  clock_ms: Callable[[], int],
                  on_fatal: Callable[[BaseException], None],
-                 power_loss_seam: bool = False) -> None:
+                 power_loss_seam: bool = False, disk: ReplicaDisk = SQLITE_DISK) -> None:
         self.partition = partition
+        self._disk = disk
         self._power_loss_seam = power_loss_seam
         self.node = node
         self._path = path
@@ -160,8 +205,8 @@ class ReplicatedStore:
         self._change_isr = change_isr
         self._clock_ms = clock_ms
         self._on_fatal = on_fatal
-        self._inner = SqliteStore(path, free_bytes_min=free_bytes_min,
-                                  power_loss_seam=power_loss_seam)
+        self._inner = disk.open(path, free_bytes_min=free_bytes_min,
+                                power_loss_seam=power_loss_seam)
         last, fence, history, incarnation, generation = _meta_of(
             self._inner.read_meta(META_PREFIX))
         self.replica = Replica(partition, node, last=last, fence_epoch=fence,
@@ -435,7 +480,7 @@ class ReplicatedStore:
     async def _send_snapshot(self, peer: str) -> None:
         try:
             image = await self._inner.image()
-            last, _, history, _, _ = _meta_of(_image_meta(image))
+            last, _, history, _, _ = _meta_of(self._disk.image_meta(image))
             if len(image) > SNAPSHOT_BYTES_MAX:
                 raise StorageError(f"the store is {len(image)} bytes, more than a snapshot "
                                    f"may be ({SNAPSHOT_BYTES_MAX})")
@@ -505,9 +550,9 @@ class ReplicatedStore:
         self._fail_own("replaced by a snapshot of the leader")
         try:
             await self._inner.close()
-            await asyncio.to_thread(install_image, self._path, image)
-            self._inner = SqliteStore(self._path, free_bytes_min=self._free_bytes_min,
-                                      power_loss_seam=self._power_loss_seam)
+            await asyncio.to_thread(self._disk.install_image, self._path, image)
+            self._inner = self._disk.open(self._path, free_bytes_min=self._free_bytes_min,
+                                          power_loss_seam=self._power_loss_seam)
             r.incarnation = uuid.uuid4().hex
             history = EpochHistory(begin.history)
             meta = {

@@ -149,7 +149,9 @@ class LocalCoordinationServer:
         self._leases: dict[int, _LeaseState] = {}
         self._lease_ids = itertools.count(_FIRST_LEASE_ID)
         self._clients: list[LocalCoordinator] = []
-        self._watches: set[_LocalWatch] = set()
+        # Insertion-ordered (a dict used as a set): watches are woken in the order they
+        # were made, not in the order of their addresses, so a simulation replays.
+        self._watches: dict[_LocalWatch, None] = {}
         self._up = True
         if isinstance(clock, ManualClock):
             clock.subscribe(self.tick)
@@ -409,7 +411,7 @@ class _LocalWatch:
         self._wake = asyncio.Event()
         self._closed = False
         self.reconnects = 0
-        client._server._watches.add(self)
+        client._server._watches[self] = None
 
     @property
     def last_revision(self) -> int:
@@ -447,4 +449,4 @@ class _LocalWatch:
     async def aclose(self) -> None:
         self._closed = True
         self._wake.set()
-        self._client._server._watches.discard(self)
+        self._client._server._watches.pop(self, None)

@@ -80,6 +80,13 @@ class MemoryStore:
     async def commit(
         self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = ()
     ) -> list[str | None]:
+        return self.commit_now(effects, fetch_bodies)
+
+    def commit_now(
+        self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = ()
+    ) -> list[str | None]:
+        """``commit`` at once, without awaiting: for a caller that decides by itself
+        when a write becomes durable (the simulated disk of ``ferrymq._sim``)."""
         if self._closed:
             raise StorageError("the store is closed")
         for effect in effects:

@@ -1,0 +1,1091 @@
+"""The service-level simulation: real nodes' parts, on virtual time, under faults.
+
+What runs real: on every simulated node, the ``Controller`` (campaigning and fencing
+through a client of one ``LocalCoordinationServer``, the fake that passes etcd's
+contract suite), and per replica set a ``ReplicatedStore`` (the real shell around the
+real ``Replica``) holding a ``Broker`` and its ``QueueService``, with the virtual clock
+and seeded entropy. The queue's requests are ``QueueService.call`` on the leader, as
+a node's gateway makes them; the history is recorded with ``ferrymq._verify`` and
+judged by its checker. What is simulated: the event loop's time
+(``_loop.VirtualTimeLoop``), the disk (``_disk.SimDisk``: what is not fsynced is lost
+in a crash), the network between nodes (seeded delay; loss, duplication and
+reordering while "lossy"; cuts), and processes (``_loop.Actor``: kill, pause).
+
+What is duplicated, because ``_cluster/_node.py`` builds its replica sets on SQLite,
+the wall clock and real sockets with no seam to inject these (see the report that
+came with this module): ``_Host.on_state``/``_resign``/``_change_isr``/``_write_refusal``
+(``_SimHost`` below, line for line, minus the catalog and the moves between replica
+sets), and the node's loops that feed it (registration on a lease, the watch and poll
+of the replica sets' state, the tick, frame routing).
+
+Faults, seeded per run: a node crashes with power loss and restarts from its disk;
+pauses past its lease; is cut off from the other nodes and from the coordinator; every
+node loses power at once; the network turns lossy. At the end (after healing and a
+drain) the run fails unless the checker finds no violation (no acknowledged message
+lost, no FIFO order violation, no delivery inside another's visibility lease, ...) and
+these protocol invariants held: one leader per epoch in etcd; only the elected leader
+commits in an epoch; no two commits of one seq differ; no promised epoch went back on
+any disk; the in-sync replicas of each set hold the same state after quiescence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import random
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ferrymq._api import CallContext
+from ferrymq._cluster._controller import Controller, ControllerSettings
+from ferrymq._cluster._layout import Layout, NodeInfo, decode_state, encode_node, encode_state
+from ferrymq._cluster._partition import ReplicatedStore
+from ferrymq._coordination import (
+    CoordinationError,
+    EventKind,
+    Lease,
+    LocalCoordinationServer,
+    LocalCoordinator,
+    ManualClock,
+    Op,
+    Put,
+    Snapshot,
+    TxnResult,
+    WatchStream,
+)
+from ferrymq._coordination._types import KeyValue
+from ferrymq._core._broker import Broker, Replication
+from ferrymq._core._errors import InternalError, SqsError
+from ferrymq._replication._election import PartitionState
+from ferrymq._replication._messages import FenceReply
+from ferrymq._replication._replica import ChangeIsr, Persist, Role
+from ferrymq._service import QueueService, restore_into
+from ferrymq._sim._disk import SimDisk
+from ferrymq._sim._loop import Actor, VirtualTimeLoop
+from ferrymq._sim._replication import SimulationFailure
+from ferrymq._verify import CONTROL, NEMESIS, Recorder, check, make_body
+
+__all__ = ["ClusterScenario", "SimulationFailure", "run_cluster_seed"]
+
+log = logging.getLogger("ferrymq.sim")
+
+# Virtual time starts at a plausible wall-clock time: the core stores deadlines as
+# absolute milliseconds, and some checks compare them with "now".
+_EPOCH_MS = 1_700_000_000_000
+_ACCOUNT = "000000000000"
+_BASE_URL = "http://sim"
+# Replica sets and their queues: one standard, one FIFO.
+_QUEUES = {"std": "std", "fifo": "fifo.fifo"}
+# Node loops, as the real node runs them (``_node``'s constants).
+_TICK_S = 0.1
+_STATE_POLL_S = 1.0
+_REREGISTER_S = 0.5
+# A coordinator round trip (an etcd request on a LAN), ms.
+_COORDINATOR_MS = (1, 4)
+# A frame between nodes, and a client request or answer, ms; while lossy, frames may
+# take longer and overtake each other.
+_NETWORK_MS = (1, 5)
+_LOSSY_NETWORK_MS = (1, 40)
+_LOSSY_DROP = 0.2
+_LOSSY_DUPLICATE = 0.1
+# A client gives up on an answer after this long (an SDK's read timeout, shortened to
+# keep runs short; still above a failover's ~2-3 s).
+_REQUEST_TIMEOUT_S = 6.0
+# Client pacing.
+_SEND_EVERY_MS = (20, 80)
+_BACKOFF_MS = 50
+_VISIBILITY_S = 3
+_WAIT_S = 1
+_RECEIVE_MAX = 10
+_CRASH_FRACTION = 0.1  # a consumer that "crashes" leaves the message to its lease
+_RELEASE_FRACTION = 0.05  # one that gives it back (visibility 0)
+_RECEIVE_RETRIES_MAX = 3
+# Lines of the trace kept for a failure's report (the tail explains it).
+_TRACE_LINES_MAX = 400
+# Of those, the lines a failure report shows.
+_REPORT_LINES = 80
+
+
+@dataclass(frozen=True)
+class ClusterScenario:
+    """What one seed runs (virtual ms)."""
+
+    nodes: tuple[str, ...] = ("n1", "n2", "n3")
+    min_isr: int = 2
+    fault_ms: int = 8_000
+    # After healing: producers go on this long, then stop, and the drain has until
+    # ``drain_ms`` to receive and delete every acknowledged message.
+    traffic_after_heal_ms: int = 2_000
+    drain_ms: int = 20_000
+    faults: tuple[str, ...] = ("crash", "pause", "isolate", "power", "lossy")
+    fault_gap_ms: tuple[int, int] = (400, 1_800)
+    fault_length_ms: tuple[int, int] = (300, 3_000)
+    lease_ttl_s: int = 2
+    producers: int = 2
+    consumers: int = 2
+
+
+class SimEntropy:
+    """The core's randomness from a seeded source, with UUIDv7 message ids whose time
+    is the virtual clock's (as ``SystemEntropy``'s is the wall clock's)."""
+
+    def __init__(self, rng: random.Random, clock_ms: Callable[[], int]) -> None:
+        self._rng = rng
+        self._clock_ms = clock_ms
+
+    def message_id(self) -> str:
+        rand_a, rand_b = self._rng.getrandbits(12), self._rng.getrandbits(62)
+        value = ((self._clock_ms() & (2**48 - 1)) << 80) | (7 << 76) | (rand_a << 64) \
+            | (2 << 62) | rand_b
+        return str(uuid.UUID(int=value))
+
+    def token(self) -> str:
+        return base64.urlsafe_b64encode(self._rng.getrandbits(144).to_bytes(18, "big")
+                                        ).decode("ascii")
+
+
+class _DelayedCoordinator:
+    """A ``LocalCoordinator`` one network round trip away: every request waits a seeded
+    delay first (in the caller's actor, so a paused caller's request waits too)."""
+
+    def __init__(self, inner: LocalCoordinator, rng: random.Random) -> None:
+        self.inner = inner
+        self._rng = rng
+
+    async def _trip(self) -> None:
+        await asyncio.sleep(self._rng.randint(*_COORDINATOR_MS) / 1000)
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        await self._trip()
+        return await self.inner.get(key)
+
+    async def get_prefix(self, prefix: bytes) -> Snapshot:
+        await self._trip()
+        return await self.inner.get_prefix(prefix)
+
+    async def put(self, key: bytes, value: bytes, *, lease: Lease | None = None) -> int:
+        await self._trip()
+        return await self.inner.put(key, value, lease=lease)
+
+    async def delete(self, key: bytes) -> int:
+        await self._trip()
+        return await self.inner.delete(key)
+
+    async def transact(self, compare: Mapping[bytes, int], ops: Sequence[Op]) -> TxnResult:
+        await self._trip()
+        return await self.inner.transact(compare, ops)
+
+    async def grant_lease(self, ttl_s: int) -> Lease:
+        await self._trip()
+        return await self.inner.grant_lease(ttl_s)
+
+    async def revoke_lease(self, lease: Lease) -> None:
+        await self._trip()
+        await self.inner.revoke_lease(lease)
+
+    def watch_prefix(self, prefix: bytes, *, start_revision: int) -> WatchStream:
+        return self.inner.watch_prefix(prefix, start_revision=start_revision)
+
+    async def close(self, *, revoke_leases: bool = True) -> None:
+        await self.inner.close(revoke_leases=revoke_leases)
+
+
+class _ObservedStore(ReplicatedStore):
+    """The real ``ReplicatedStore``, telling the simulation what it logs and commits
+    (for the protocol invariants; nothing is changed)."""
+
+    def __init__(self, *, world: _World, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._world = world
+        # seq -> (epoch, payload) of this store's log as this incarnation saw it; emptied
+        # when a snapshot replaces the store (a new generation).
+        self.entries: dict[int, tuple[int, bytes]] = {}
+        self._entries_generation = self.replica.generation
+        self.checked_seq = 0
+
+    def _persist(self, p: Persist) -> None:
+        if p.generation != self._entries_generation:
+            self.entries.clear()
+            self._entries_generation = p.generation
+            self.checked_seq = 0
+        for entry in p.entries:
+            self.entries[entry.seq] = (entry.epoch, entry.payload)
+        super()._persist(p)
+
+    def _committed(self, seq: int) -> None:
+        self._world.on_commit(self, seq)
+        super()._committed(seq)
+
+
+class _SimHost:
+    """``_node._Host`` for one replica set on one simulated node (module docstring)."""
+
+    def __init__(self, inc: _Incarnation, partition: str, state: PartitionState) -> None:
+        world = inc.world
+        self.inc = inc
+        self.partition = partition
+        self.store = _ObservedStore(
+            world=world, partition=partition, node=inc.name,
+            path=Path(f"/sim/{inc.name}/{partition}"), free_bytes_min=0, send=inc.send,
+            change_isr=self._on_change_isr, clock_ms=world.clock.now_ms,
+            on_fatal=inc.on_fatal, disk=inc.disk)
+        replication = Replication(replicas=len(state.replicas), min_isr=state.min_isr,
+                                  sync=state.sync, cluster=True)
+
+        def make_broker() -> Broker:
+            return Broker(account_id=_ACCOUNT, replication=replication)
+
+        broker = make_broker()
+        restore_into(broker, self.store.load())
+        self.service = QueueService(
+            broker, self.store, clock_ms=world.clock.now_ms,
+            entropy=SimEntropy(inc.rng, world.clock.now_ms), broker_factory=make_broker,
+            write_gate=self._write_refusal)
+        self.service.on_fatal = inc.on_fatal
+        self.store.attach(self.service, make_broker)
+        self.state: PartitionState | None = None
+        self.revision = 0
+
+    def start(self) -> None:
+        self.service.start()
+
+    def _write_refusal(self) -> str | None:
+        lease = self.inc.lease
+        state = self.state
+        if state is not None and not state.sync and (lease is None or lease.lost):
+            return "This node lost its membership in the cluster; retry."
+        return self.store.refusal()
+
+    def on_state(self, state: PartitionState, revision: int) -> None:
+        if revision < self.revision:
+            return
+        previous = self.state
+        self.state, self.revision = state, revision
+        r = self.store.replica
+        now = self.inc.world.clock.now_ms()
+        me = self.inc.name
+        if previous is None and state.epoch > 0 and r.position().seq == 0:
+            r.needs_copy = True
+        if state.leader == me:
+            if r.role is Role.LEADER and r.epoch == state.epoch:
+                if frozenset(state.isr) != r.isr:
+                    self.store.run(r.isr_changed(state.isr, now))
+            elif r.may_lead(state.epoch):
+                self.inc.world.log(f"{me} leads {self.partition} epoch {state.epoch} "
+                                   f"isr {','.join(state.isr)}")
+                self.store.run(r.lead(state.epoch, replicas=state.replicas, isr=state.isr,
+                                      min_isr=state.min_isr, sync=state.sync, now_ms=now))
+            elif not (r.role is Role.LEADER and r.epoch > state.epoch):
+                self.inc.spawn(self._resign(state, revision), "resignation")
+        elif state.leader is not None:
+            self.store.run(r.follow(state.epoch, state.leader))
+
+    async def _resign(self, state: PartitionState, revision: int) -> None:
+        self.inc.world.log(f"{self.inc.name} resigns {self.partition} epoch {state.epoch}")
+        key = self.inc.world.layout.partition(self.partition)
+        with contextlib.suppress(CoordinationError):
+            await self.inc.coordinator.transact(
+                {key: revision}, [Put(key, encode_state(replace(state, leader=None)))])
+            self.inc.controller.poke()
+
+    def _on_change_isr(self, action: ChangeIsr) -> None:
+        self.inc.spawn(self._change_isr(action), "in-sync change")
+
+    async def _change_isr(self, action: ChangeIsr) -> None:
+        r = self.store.replica
+        key = self.inc.world.layout.partition(self.partition)
+        coord = self.inc.coordinator
+        try:
+            kv = await coord.get(key)
+            state = decode_state(kv.value) if kv is not None else None
+            if (kv is None or state is None or state.epoch != action.epoch
+                    or state.leader != self.inc.name):
+                self.store.run(r.isr_change_failed())
+                return
+            new = state.with_isr(action.isr)
+            result = await coord.transact({key: kv.mod_revision},
+                                          [Put(key, encode_state(new))])
+        except CoordinationError:
+            self.store.run(r.isr_change_failed())
+            return
+        if not result.succeeded:
+            self.store.run(r.isr_change_failed())
+            return
+        self.inc.world.log(f"{self.partition}: in sync now {','.join(new.isr)}")
+        if r.role is Role.LEADER and r.epoch == action.epoch:
+            self.on_state(new, result.revision)
+
+
+class _Incarnation:
+    """One life of a node's process: from (re)start to crash."""
+
+    def __init__(self, world: _World, name: str, number: int, disk: SimDisk) -> None:
+        self.world = world
+        self.name = name
+        self.disk = disk
+        self.actor = Actor(world.loop, f"{name}#{number}")
+        self.rng = random.Random(f"{world.seed}:{name}:{number}")
+        self.client = world.server.connect(f"{name}#{number}")
+        self.coordinator = _DelayedCoordinator(self.client, self.rng)
+        self.lease: Lease | None = None
+        self.hosts: dict[str, _SimHost] = {}
+        self.controller = Controller(
+            self.coordinator, world.layout, name,
+            ControllerSettings(lease_ttl_s=world.scenario.lease_ttl_s), send_fence=self.send)
+
+    # -- running ------------------------------------------------------------------
+
+    def start(self) -> None:
+        loops: dict[str, Coroutine[Any, Any, None]] = {
+            "registration": self._keep_registered(), "controller": self.controller.run(),
+            "state watch": self._watch_states(), "state poll": self._poll_states(),
+            "tick": self._tick()}
+        for name, coro in loops.items():
+            self.spawn(coro, name)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self.actor.spawn(self._guarded(coro, name))
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.world.fail(f"{self.name}: {name} failed: {exc!r}", exc)
+
+    def on_fatal(self, exc: BaseException) -> None:
+        self.world.fail(f"{self.name}: fatal: {exc!r}", exc)
+
+    async def _keep_registered(self) -> None:
+        while True:
+            lease = self.lease
+            if lease is not None:
+                await lease.wait_lost()
+                self.world.log(f"{self.name} lost its lease")
+            try:
+                lease = await self.coordinator.grant_lease(self.world.scenario.lease_ttl_s)
+                info = NodeInfo(self.name, f"{_BASE_URL}/{self.name}", ("sim", 0), 0)
+                await self.coordinator.put(self.world.layout.node(self.name),
+                                           encode_node(info), lease=lease)
+                self.lease = lease
+            except CoordinationError:
+                self.lease = None
+                await asyncio.sleep(_REREGISTER_S)
+
+    async def _watch_states(self) -> None:
+        layout = self.world.layout
+        prefix = layout.partitions
+        while True:
+            try:
+                snap = await self.coordinator.get_prefix(prefix)
+                for kv in snap.items:
+                    self.on_state(layout.name_of(prefix, kv.key), decode_state(kv.value),
+                                  kv.mod_revision)
+                stream = self.coordinator.watch_prefix(prefix,
+                                                       start_revision=snap.revision + 1)
+                try:
+                    async for event in stream:
+                        if event.kind is EventKind.PUT:
+                            self.on_state(layout.name_of(prefix, event.key),
+                                          decode_state(event.value), event.revision)
+                        self.controller.poke()
+                finally:
+                    await stream.aclose()
+            except CoordinationError:
+                await asyncio.sleep(_REREGISTER_S)
+
+    async def _poll_states(self) -> None:
+        layout = self.world.layout
+        prefix = layout.partitions
+        while True:
+            await asyncio.sleep(_STATE_POLL_S)
+            try:
+                snap = await self.coordinator.get_prefix(prefix)
+            except CoordinationError:
+                continue
+            for kv in snap.items:
+                name = layout.name_of(prefix, kv.key)
+                host = self.hosts.get(name)
+                if host is None or kv.mod_revision > host.revision:
+                    self.on_state(name, decode_state(kv.value), kv.mod_revision)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            for host in list(self.hosts.values()):
+                host.store.tick()
+
+    def on_state(self, partition: str, state: PartitionState, revision: int) -> None:
+        if self.name not in state.replicas:
+            return
+        host = self.hosts.get(partition)
+        if host is None:
+            host = self.hosts[partition] = _SimHost(self, partition, state)
+            host.start()
+        host.on_state(state, revision)
+
+    # -- frames -------------------------------------------------------------------
+
+    def send(self, peer: str, frame: object) -> None:
+        self.world.send(self.name, peer, frame)
+
+    def deliver(self, peer: str, frame: object) -> None:
+        if not self.world.reachable(peer, self.name):
+            return  # cut while in flight
+        if isinstance(frame, FenceReply):
+            self.controller.on_fence_reply(frame)
+            return
+        partition = getattr(frame, "partition", None)
+        host = self.hosts.get(partition) if isinstance(partition, str) else None
+        if host is not None:
+            host.store.on_frame(peer, frame)
+        # Else the set's state was not read yet: dropped; the protocol resends.
+
+
+@dataclass
+class _Node:
+    name: str
+    disk: SimDisk
+    current: _Incarnation | None = None
+    lives: int = 0
+    cut_reasons: set[str] = field(default_factory=set)  # why it cannot reach etcd
+
+
+class _World:
+    def __init__(self, seed: int, scenario: ClusterScenario) -> None:
+        self.seed = seed
+        self.scenario = scenario
+        self.rng = random.Random(seed)
+        self.clock = ManualClock(_EPOCH_MS)
+        self.loop = VirtualTimeLoop(self.clock)
+        self.loop.set_exception_handler(self._loop_exception)
+        self.server = LocalCoordinationServer(self.clock,
+                                              min_lease_ttl_s=scenario.lease_ttl_s)
+        self.layout = Layout("sim")
+        self.recorder = Recorder(clock_ns=lambda: self.clock.now_ms() * 1_000_000)
+        self.sim = Actor(self.loop, "sim")  # clients, faults, observers: never faulted
+        self.nodes = {n: _Node(n, SimDisk(n, random.Random(f"{seed}:{n}:disk"),
+                                          self.clock.now_ms, self.fail))
+                      for n in scenario.nodes}
+        # The network: cut pairs; while lossy, drops, duplicates and reorders.
+        self.cut: set[frozenset[str]] = set()
+        self.lossy = False
+        self._link_free_ms: dict[tuple[str, str], int] = {}
+        self.schedule: list[str] = []
+        self.trace: list[str] = []
+        self._digest = hashlib.sha256()
+        self.failure: str | None = None
+        self.ending = False
+        self._failure_cause: BaseException | None = None
+        self._main: asyncio.Task[None] | None = None
+        # Invariants: (partition, epoch) -> leader written in etcd; commits claimed;
+        # seq -> (epoch, payload) committed, per partition.
+        self.leaders: dict[tuple[str, int], str] = {}
+        self.claims: set[tuple[str, int, str]] = set()
+        self.committed: dict[str, dict[int, tuple[int, bytes]]] = {p: {} for p in _QUEUES}
+        self.healed = False
+        self.ok_sends_after_heal = 0
+        self.producing = True
+        self.draining = False
+        self.acked: dict[str, set[str]] = {p: set() for p in _QUEUES}
+        self.deleted: dict[str, set[str]] = {p: set() for p in _QUEUES}
+
+    # -- reporting -----------------------------------------------------------------
+
+    def now(self) -> int:
+        return self.clock.now_ms() - _EPOCH_MS
+
+    def log(self, text: str) -> None:
+        line = f"{self.now():>7} ms  {text}"
+        self._digest.update(line.encode())
+        self.trace.append(line)
+        if len(self.trace) > _TRACE_LINES_MAX:
+            del self.trace[:_TRACE_LINES_MAX // 4]
+
+    def digest(self) -> str:
+        return self._digest.hexdigest()[:16]
+
+    def fail(self, what: str, cause: BaseException | None = None) -> None:
+        if self.ending:
+            return  # the run is over: what its tasks do as they unwind is no verdict
+        if self.failure is None:
+            self.failure = what
+            self._failure_cause = cause
+            self.log(f"FAILURE: {what}")
+            if self._main is not None:
+                self._main.cancel()
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop,
+                        context: dict[str, Any]) -> None:
+        message = str(context.get("message", ""))
+        exc = context.get("exception")
+        self.fail(f"unhandled in the loop: {message} {exc!r}",
+                  exc if isinstance(exc, BaseException) else None)
+
+    def report(self, what: str) -> SimulationFailure:
+        trace = "\n".join(self.trace[-_REPORT_LINES:])
+        return SimulationFailure(
+            f"seed {self.seed}: {what}\nfaults: {self.schedule}\n"
+            f"replay: python -m ferrymq._sim --cluster --seed {self.seed} "
+            "--verbose\n"
+            f"last events:\n{trace}")
+
+    # -- the network ----------------------------------------------------------------
+
+    def reachable(self, a: str, b: str) -> bool:
+        return a == b or frozenset((a, b)) not in self.cut
+
+    def send(self, src: str, dst: str, frame: object) -> None:
+        node = self.nodes.get(dst)
+        inc = node.current if node is not None else None
+        if inc is None or not self.reachable(src, dst):
+            return
+        rng = self.rng
+        copies = 1
+        if self.lossy:
+            if rng.random() < _LOSSY_DROP:
+                return
+            if rng.random() < _LOSSY_DUPLICATE:
+                copies = 2
+        now = self.now()
+        for _ in range(copies):
+            if self.lossy:
+                at = now + rng.randint(*_LOSSY_NETWORK_MS)  # may overtake
+            else:
+                # One connection per pair: in order.
+                at = max(now + rng.randint(*_NETWORK_MS), self._link_free_ms.get((src, dst), 0))
+                self._link_free_ms[(src, dst)] = at
+            inc.actor.call_later(at - now, inc.deliver, src, frame)
+
+    # -- commits ---------------------------------------------------------------------
+
+    def on_commit(self, store: _ObservedStore, seq: int) -> None:
+        partition = store.partition
+        self.claims.add((partition, store.replica.epoch, store.node))
+        known = self.committed[partition]
+        for s in range(store.checked_seq + 1, seq + 1):
+            entry = store.entries.get(s)
+            if entry is None:
+                continue  # before this incarnation's log (a restart, a snapshot)
+            held = known.setdefault(s, entry)
+            if held != entry:
+                self.fail(f"{partition}: seq {s} committed as epoch {held[0]} and as "
+                          f"epoch {entry[0]} (by {store.node}), with different entries")
+        store.checked_seq = max(store.checked_seq, seq)
+
+    async def _observe(self) -> None:
+        """Every leader etcd names, per epoch: two for one epoch is a failure."""
+        client = self.server.connect("observer")
+        prefix = self.layout.partitions
+        stream = client.watch_prefix(prefix, start_revision=1)
+        async for event in stream:
+            if event.kind is not EventKind.PUT:
+                continue
+            partition = self.layout.name_of(prefix, event.key)
+            state = decode_state(event.value)
+            if state.leader is None:
+                continue
+            held = self.leaders.setdefault((partition, state.epoch), state.leader)
+            if held != state.leader:
+                self.fail(f"{partition}: etcd named {held} and {state.leader} leaders of "
+                          f"epoch {state.epoch}")
+
+    # -- nodes ------------------------------------------------------------------------
+
+    def boot(self, node: _Node) -> None:
+        node.lives += 1
+        inc = _Incarnation(self, node.name, node.lives, node.disk)
+        node.current = inc
+        if node.cut_reasons:
+            self.server.partition(inc.client)
+        inc.actor.context.run(inc.start)
+
+    def crash(self, node: _Node) -> None:
+        inc = node.current
+        if inc is None:
+            return
+        node.current = None
+        inc.actor.kill()
+        # The process is gone: its leases run out their TTL, its watches end.
+        self.sim.spawn(inc.client.close(revoke_leases=False))
+
+    def set_cut(self, node: _Node, reason: str, on: bool) -> None:
+        before = bool(node.cut_reasons)
+        (node.cut_reasons.add if on else node.cut_reasons.discard)(reason)
+        inc = node.current
+        if inc is None or before == bool(node.cut_reasons):
+            return
+        if node.cut_reasons:
+            self.server.partition(inc.client)
+        else:
+            self.server.heal(inc.client)
+
+    # -- faults ----------------------------------------------------------------------
+
+    def plan_faults(self) -> list[tuple[int, str, str, int]]:
+        sc = self.scenario
+        rng = self.rng
+        plan = []
+        t = rng.randint(300, 900)
+        while t < sc.fault_ms:
+            kind = rng.choice(sc.faults)
+            name = rng.choice(sc.nodes)
+            length = rng.randint(*sc.fault_length_ms)
+            plan.append((t, kind, name, length))
+            self.schedule.append(f"{t}ms {kind} {name} for {length}ms")
+            t += rng.randint(*sc.fault_gap_ms)
+        return plan
+
+    async def _fault(self, start_ms: int, kind: str, name: str, length_ms: int) -> None:
+        await asyncio.sleep(start_ms / 1000)
+        if self.healed:
+            return
+        node = self.nodes[name]
+        pending = self.recorder.invoke(NEMESIS, kind, {"length_ms": length_ms}, name)
+        self.log(f"fault: {kind} {name} for {length_ms} ms")
+        if kind == "crash":
+            self.crash(node)
+            await asyncio.sleep(length_ms / 1000)
+            if node.current is None:
+                self.log(f"{name} restarts")
+                self.boot(node)
+        elif kind == "power":
+            for other in self.nodes.values():
+                self.crash(other)
+            await asyncio.sleep(length_ms / 1000)
+            for other in self.nodes.values():
+                if other.current is None:
+                    self.boot(other)
+        elif kind == "pause":
+            inc = node.current
+            if inc is not None:
+                inc.actor.pause()
+                self.set_cut(node, "pause", True)  # no keep-alives either
+                await asyncio.sleep(length_ms / 1000)
+                self.set_cut(node, "pause", False)
+                inc.actor.resume()
+        elif kind == "isolate":
+            pairs = {frozenset((name, other)) for other in self.nodes if other != name}
+            self.cut |= pairs
+            self.set_cut(node, "isolate", True)
+            await asyncio.sleep(length_ms / 1000)
+            self.cut -= pairs
+            self.set_cut(node, "isolate", False)
+        elif kind == "lossy":
+            self.lossy = True
+            await asyncio.sleep(length_ms / 1000)
+            self.lossy = False
+        else:
+            raise InternalError(f"unknown fault {kind!r}")
+        self.recorder.complete(pending, "ok")
+
+    def heal(self) -> None:
+        self.log("heal")
+        self.healed = True
+        self.lossy = False
+        self.cut.clear()
+        for node in self.nodes.values():
+            for reason in list(node.cut_reasons):
+                self.set_cut(node, reason, False)
+            inc = node.current
+            if inc is None:
+                self.boot(node)
+            elif inc.actor.paused:
+                inc.actor.resume()
+
+    # -- the run -----------------------------------------------------------------------
+
+    async def main(self) -> None:
+        sc = self.scenario
+        setup = self.server.connect("setup")
+        for partition in _QUEUES:
+            state = PartitionState(leader=None, epoch=0, replicas=sc.nodes, isr=sc.nodes,
+                                   min_isr=sc.min_isr, sync=True)
+            key = self.layout.partition(partition)
+            await setup.transact({key: 0}, [Put(key, encode_state(state))])
+        self.sim.spawn(self._observe())
+        for node in self.nodes.values():
+            self.boot(node)
+        clients = _Clients(self)
+        await clients.create_queues()
+        start_ms = self.now()
+        faults = [self.sim.spawn(self._fault(t, kind, name, length))
+                  for t, kind, name, length in self.plan_faults()]
+        workers = clients.start()
+        await asyncio.sleep(sc.fault_ms / 1000)
+        for task in faults:
+            task.cancel()
+        self.heal()
+        await asyncio.sleep(sc.traffic_after_heal_ms / 1000)
+        self.producing = False
+        self.draining = True
+        drain = self.recorder.invoke(CONTROL, "drain", {"queue": "*"})
+        deadline_ms = start_ms + sc.fault_ms + sc.traffic_after_heal_ms + sc.drain_ms
+        while self.now() < deadline_ms and not clients.caught_up():
+            await asyncio.sleep(0.2)
+        caught_up = clients.caught_up()
+        for partition, queue in _QUEUES.items():
+            self.recorder.complete(
+                self.recorder.invoke(CONTROL, "drain", {"queue": queue}),
+                "ok" if caught_up else "info")
+            del partition
+        self.recorder.complete(drain, "ok" if caught_up else "info")
+        clients.stop()
+        for task in workers:
+            task.cancel()
+        # Quiescence: no client traffic; followers catch up on heartbeats.
+        await asyncio.sleep(2.0)
+        self.check_replicas()
+
+    def check_replicas(self) -> None:
+        """The in-sync replicas of each set hold the same state, at the same position."""
+        for partition in _QUEUES:
+            held: dict[str, tuple[str, list[Any]]] = {}
+            kv = self.server._kv.get(self.layout.partition(partition))
+            if kv is None:
+                self.fail(f"{partition}: its state is gone from etcd")
+                return
+            state = decode_state(kv.value)
+            if state.leader is None:
+                self.fail(f"{partition}: no leader after healing")
+                return
+            for name in state.isr:
+                file = self.nodes[name].disk.files.get(f"/sim/{name}/{partition}")
+                if file is None:
+                    self.fail(f"{partition}: in-sync replica {name} has no store")
+                    return
+                position = f"{file.meta.get('repl.last_epoch')}.{file.meta.get('repl.last_seq')}"
+                held[name] = (position, list(file.store.load()))
+            leader = held.get(state.leader)
+            for name, (position, effects) in held.items():
+                if leader is not None and (position, effects) != leader:
+                    self.fail(f"{partition}: in-sync replica {name} at {position} holds "
+                              f"{len(effects)} effects, its leader {state.leader} at "
+                              f"{leader[0]} {len(leader[1])} (or different ones)")
+                    return
+
+    def check_end(self) -> dict[str, Any]:
+        for partition, epoch, node in sorted(self.claims):
+            leader = self.leaders.get((partition, epoch))
+            if leader != node:
+                self.fail(f"{partition}: {node} committed in epoch {epoch}, whose elected "
+                          f"leader is {leader}")
+        events = self.recorder.events()
+        # The digest covers what clients saw too: ids, handles, bodies, times.
+        self._digest.update(orjson.dumps(events))
+        report = check(events)
+        violations = report.violations()
+        if violations:
+            self.fail("the history checker found: " + "; ".join(violations[:6]))
+        if self.ok_sends_after_heal == 0:
+            self.fail("no send was acknowledged after healing")
+        acked = sum(q.acked for q in report.queues)
+        return {"acked": acked, "faults": len(self.schedule),
+                "deliveries": sum(q.deliveries for q in report.queues),
+                "epochs": max((e for _, e in self.leaders), default=0),
+                "digest": self.digest()}
+
+
+class _Clients:
+    """The seeded workload (``ferrymq._verify._workload``'s W1 and W2, as tasks of the
+    simulation): per queue, producers and consumers calling the leader's service."""
+
+    def __init__(self, world: _World) -> None:
+        self.world = world
+        self.router = world.server.connect("clients")
+        self.rng = random.Random(f"{world.seed}:clients")
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.empty_receives: dict[str, int] = {p: 0 for p in _QUEUES}
+        self._stopped = False
+
+    def url(self, partition: str) -> str:
+        return f"{_BASE_URL}/{_ACCOUNT}/{_QUEUES[partition]}"
+
+    async def leader_of(self, partition: str) -> str | None:
+        kv = await self.router.get(self.world.layout.partition(partition))
+        return decode_state(kv.value).leader if kv is not None else None
+
+    async def request(self, partition: str, action: str, params: dict[str, Any]
+                      ) -> tuple[str, dict[str, Any]]:
+        """One request to the set's current leader: ``(type, response)``, type as the
+        history records it (fail: surely not done; info: unknown)."""
+        world = self.world
+        leader = await self.leader_of(partition)
+        await asyncio.sleep(self.rng.randint(*_NETWORK_MS) / 1000)
+        node = world.nodes.get(leader) if leader is not None else None
+        inc = node.current if node is not None else None
+        host = inc.hosts.get(partition) if inc is not None else None
+        if inc is None or host is None:
+            return "fail", {"error": "connection refused"}
+        ctx = CallContext(request_id="sim", base_url=_BASE_URL, account_id=_ACCOUNT)
+        call = inc.actor.spawn(host.service.call(action, params, ctx))
+        try:
+            response = await asyncio.wait_for(asyncio.shield(call), _REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            return "info", {"error": "timeout"}
+        except SqsError as exc:
+            return ("fail" if exc.status < 500 else "info"), {"error": exc.shape}
+        await asyncio.sleep(self.rng.randint(*_NETWORK_MS) / 1000)
+        return "ok", response
+
+    async def create_queues(self) -> None:
+        for partition, queue in _QUEUES.items():
+            params: dict[str, Any] = {"QueueName": queue}
+            if queue.endswith(".fifo"):
+                params["Attributes"] = {"FifoQueue": "true"}
+            while True:
+                type_, _ = await self.request(partition, "CreateQueue", params)
+                if type_ == "ok":
+                    break
+                await asyncio.sleep(0.1)
+        self.world.log("queues created")
+
+    def start(self) -> list[asyncio.Task[Any]]:
+        sc = self.world.scenario
+        spawn = self.world.sim.spawn
+        for partition in _QUEUES:
+            fifo = partition == "fifo"
+            for i in range(sc.producers):
+                process = self.world.recorder.new_process()
+                self.tasks.append(spawn(self._fifo_producer(process, f"g{i}") if fifo
+                                        else self._producer(process)))
+            for _ in range(sc.consumers):
+                process = self.world.recorder.new_process()
+                self.tasks.append(spawn(self._consumer(partition, process)))
+        return self.tasks
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def caught_up(self) -> bool:
+        w = self.world
+        return all(not (w.acked[p] - w.deleted[p]) and self.empty_receives[p] >= 2
+                   for p in _QUEUES)
+
+    async def op(self, process: int, partition: str, f: str, value: dict[str, Any],
+                 action: str, params: dict[str, Any],
+                 result: Callable[[dict[str, Any]], dict[str, Any]]
+                 ) -> tuple[str, dict[str, Any]]:
+        queue = _QUEUES[partition]
+        value = {"queue": queue, "fifo": queue.endswith(".fifo"), **value}
+        recorder = self.world.recorder
+        pending = recorder.invoke(process, f, value, None)
+        type_, response = await self.request(partition, action, params)
+        recorder.complete(pending, type_, result(response) if type_ == "ok" else response)
+        return type_, response
+
+    async def _pace(self, type_: str) -> None:
+        if type_ == "ok":
+            await asyncio.sleep(self.rng.randint(*_SEND_EVERY_MS) / 1000)
+        else:
+            await asyncio.sleep(_BACKOFF_MS / 1000)
+
+    def _sent(self, partition: str, key: str) -> None:
+        self.world.acked[partition].add(key)
+        if self.world.healed:
+            self.world.ok_sends_after_heal += 1
+
+    async def _producer(self, process: int) -> None:
+        counter = 0
+        while self.world.producing:
+            key = f"{process}-{counter}"
+            counter += 1
+            body = make_body(key)
+            type_, _ = await self.op(
+                process, "std", "send", {"id": key, "body": body, "attempt": 0},
+                "SendMessage", {"QueueUrl": self.url("std"), "MessageBody": body},
+                _send_result)
+            if type_ == "ok":
+                self._sent("std", key)
+            await self._pace(type_)
+
+    async def _fifo_producer(self, process: int, group: str) -> None:
+        seq = 0
+        while self.world.producing:
+            key = f"{group}:{seq}"
+            body = make_body(key)
+            attempt = 0
+            while True:
+                type_, _ = await self.op(
+                    process, "fifo", "send", {"id": key, "body": body, "group": group,
+                                              "dedup": key, "attempt": attempt},
+                    "SendMessage", {"QueueUrl": self.url("fifo"), "MessageBody": body,
+                                    "MessageGroupId": group,
+                                    "MessageDeduplicationId": key}, _send_result)
+                attempt += 1
+                if type_ == "ok":
+                    self._sent("fifo", key)
+                    break
+                if not self.world.producing and type_ == "fail":
+                    return  # surely not sent, and no more sends wanted
+                await self._pace(type_)
+            seq += 1
+            await self._pace("ok")
+
+    async def _consumer(self, partition: str, process: int) -> None:
+        fifo = partition == "fifo"
+        attempt_id: str | None = None
+        retries = 0
+        while not self._stopped:
+            if fifo and attempt_id is None:
+                attempt_id = f"{process}-{self.rng.getrandbits(64):016x}"
+            params: dict[str, Any] = {
+                "QueueUrl": self.url(partition), "MaxNumberOfMessages": _RECEIVE_MAX,
+                "WaitTimeSeconds": _WAIT_S, "VisibilityTimeout": _VISIBILITY_S,
+                "MessageSystemAttributeNames": ["MessageGroupId", "SequenceNumber",
+                                                "ApproximateReceiveCount"]}
+            if attempt_id is not None:
+                params["ReceiveRequestAttemptId"] = attempt_id
+            type_, response = await self.op(
+                process, partition, "receive",
+                {"max": _RECEIVE_MAX, "wait_s": _WAIT_S, "vt_s": _VISIBILITY_S,
+                 "attempt_id": attempt_id}, "ReceiveMessage", params, _receive_result)
+            if type_ != "ok":
+                retries += 1
+                if type_ == "fail" or retries > _RECEIVE_RETRIES_MAX:
+                    attempt_id, retries = None, 0
+                await asyncio.sleep(_BACKOFF_MS / 1000)
+                continue
+            attempt_id, retries = None, 0
+            messages = list(response.get("Messages", []))
+            if self.world.draining:
+                self.empty_receives[partition] = 0 if messages else \
+                    self.empty_receives[partition] + 1
+            delete, release = self._decide(messages, fifo)
+            await self._batch(process, partition, "delete", delete)
+            await self._batch(process, partition, "change_visibility", release)
+
+    def _decide(self, messages: list[dict[str, Any]], fifo: bool
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        if self.world.draining:
+            return messages, []
+        delete: list[dict[str, Any]] = []
+        release: list[dict[str, Any]] = []
+        if not fifo:
+            for m in messages:
+                roll = self.rng.random()
+                if roll < _CRASH_FRACTION:
+                    continue
+                (release if roll < _CRASH_FRACTION + _RELEASE_FRACTION else delete).append(m)
+            return delete, release
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for m in messages:
+            runs.setdefault(m.get("Attributes", {}).get("MessageGroupId", ""), []).append(m)
+        for run in runs.values():
+            for i, m in enumerate(run):
+                roll = self.rng.random()
+                if roll < _CRASH_FRACTION:
+                    break
+                if roll < _CRASH_FRACTION + _RELEASE_FRACTION:
+                    release.extend(run[i:])
+                    break
+                delete.append(m)
+        return delete, release
+
+    async def _batch(self, process: int, partition: str, f: str,
+                     messages: list[dict[str, Any]]) -> None:
+        if not messages:
+            return
+        entries = [{"id": str(m.get("Body", "")).rpartition("|")[0],
+                    "handle": m["ReceiptHandle"]} for m in messages]
+        wire: list[dict[str, Any]] = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                                      for i, m in enumerate(messages)]
+        value: dict[str, Any] = {"entries": entries}
+        if f == "change_visibility":
+            value["vt_s"] = 0
+            for entry in wire:
+                entry["VisibilityTimeout"] = 0
+        action = "DeleteMessageBatch" if f == "delete" else "ChangeMessageVisibilityBatch"
+
+        def result(response: dict[str, Any]) -> dict[str, Any]:
+            outcome = [dict(e) for e in entries]
+            for ok in response.get("Successful", []):
+                outcome[int(ok["Id"])]["type"] = "ok"
+            for bad in response.get("Failed", []):
+                outcome[int(bad["Id"])].update(
+                    type="fail" if bad.get("SenderFault") else "info", error=bad.get("Code"))
+            return {"entries": outcome}
+
+        type_, response = await self.op(process, partition, f, value, action,
+                                        {"QueueUrl": self.url(partition), "Entries": wire},
+                                        result)
+        if f != "delete":
+            return
+        done = self.world.deleted[partition]
+        if type_ == "ok":
+            for ok in response.get("Successful", []):
+                done.add(entries[int(ok["Id"])]["id"])
+            for bad in response.get("Failed", []):
+                if not bad.get("SenderFault"):
+                    done.add(entries[int(bad["Id"])]["id"])  # may have been deleted
+        elif type_ == "info":
+            done.update(e["id"] for e in entries)  # may have been deleted
+
+
+def _send_result(response: dict[str, Any]) -> dict[str, Any]:
+    return {"message_id": response.get("MessageId"), "md5": response.get("MD5OfMessageBody"),
+            "sequence_number": response.get("SequenceNumber")}
+
+
+def _receive_result(response: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [{
+        "body": m.get("Body"), "md5": m.get("MD5OfBody"), "message_id": m.get("MessageId"),
+        "handle": m.get("ReceiptHandle"),
+        "group": m.get("Attributes", {}).get("MessageGroupId"),
+        "sequence_number": m.get("Attributes", {}).get("SequenceNumber"),
+        "receive_count": m.get("Attributes", {}).get("ApproximateReceiveCount"),
+    } for m in response.get("Messages", [])]}
+
+
+class _TraceHandler(logging.Handler):
+    """Warnings of the real parts (who leads, who stepped down) into the trace."""
+
+    def __init__(self, world: _World) -> None:
+        super().__init__(logging.WARNING)
+        self._world = world
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._world.log(f"[{record.name.rpartition('.')[2]}] {record.getMessage()}")
+
+
+def run_cluster_seed(seed: int, scenario: ClusterScenario | None = None, *,
+                     verbose: bool = False) -> dict[str, Any]:
+    """Run one seed; raises ``SimulationFailure``. Returns counts and the trace digest."""
+    world = _World(seed, scenario or ClusterScenario())
+    logger = logging.getLogger("ferrymq")
+    handler = _TraceHandler(world)
+    saved_propagate = logger.propagate
+    logger.addHandler(handler)
+    # The run's warnings belong to its trace, not to the test's log capture (thousands
+    # of runs would fill it).
+    logger.propagate = False
+    try:
+        main = world._main = world.loop.create_task(world.main(), context=world.sim.context)
+        with contextlib.suppress(asyncio.CancelledError):
+            world.loop.run_until_complete(main)
+        if world.failure is None:
+            counts = world.check_end()
+    except Exception as exc:  # noqa: BLE001 - an invariant's InternalError, or a bug
+        world.fail(f"{type(exc).__name__}: {exc}", exc)
+    finally:
+        world.ending = True
+        try:
+            world.loop.finish()
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = saved_propagate
+            world.loop.close()
+    if world.failure is not None:
+        raise world.report(world.failure) from world._failure_cause
+    if verbose:
+        print("\n".join(world.trace))
+    return counts
