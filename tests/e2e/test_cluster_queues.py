@@ -205,9 +205,15 @@ def test_delete_removes_the_queue_and_its_replica_set_everywhere(
     url = a.create_queue(QueueName="short-lived")["QueueUrl"]
     part = _sets_of(cluster, "short-lived")["short-lived"]
     b.delete_queue(QueueUrl=url)
-    for client in (a, b, c):
+
+    def unlisted(client: Any) -> bool | None:
+        # Every node lists from its watched copy of the catalog, so a deletion shows
+        # within the watch's delay (SQS: "up to 60 seconds").
         names = [u.rsplit("/", 1)[-1] for u in client.list_queues().get("QueueUrls", [])]
-        assert "short-lived" not in names
+        return True if "short-lived" not in names else None
+
+    for client in (a, b, c):
+        _until("the queue to leave the listing", lambda: unlisted(client), 5.0)  # noqa: B023
     with pytest.raises(ClientError) as info:
         c.send_message(QueueUrl=url, MessageBody="x")
     assert info.value.response["Error"]["Code"] == "AWS.SimpleQueueService.NonExistentQueue"

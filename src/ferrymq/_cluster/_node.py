@@ -771,8 +771,10 @@ class Node:
         is only being created) read from etcd, so a queue created through another node
         a moment ago is found."""
         held = self.catalog.get(name)
-        if held is not None and held[0].status == LIVE:
+        if held is not None and held[0].status == LIVE and held[0].partition in self._states:
             return held
+        # Not live here, or its replica set is gone already (deleted a moment ago, and
+        # the catalog's event not watched yet): etcd says.
         try:
             kv = await self.coordinator.get(self.layout.queue(name))
         except CoordinationError as exc:
