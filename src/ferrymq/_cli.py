@@ -390,6 +390,10 @@ def _node(args: argparse.Namespace) -> int:
         recreate_delay_ms=args.recreate_delay_seconds * 1000)
     from ferrymq._storage import StorageError
 
+    # As serve's (_GC_THRESHOLDS says why): a node holds its queues' messages live too,
+    # and with the default thresholds its full collections paused it for up to a
+    # second under load, stalling every commit that waited on it.
+    gc.set_threshold(*_GC_THRESHOLDS)
     try:
         try:
             import uvloop
