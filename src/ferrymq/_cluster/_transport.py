@@ -82,6 +82,9 @@ class Transport:
         self._inbound: set[asyncio.Task[None]] = set()
         self._closed = False
         self.dropped_frames = 0  # for metrics and tests
+        # The frame encoded last and its bytes (see send).
+        self._last_frame: object = None
+        self._last_data = b""
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._accept, host, port)
@@ -92,7 +95,13 @@ class Transport:
         """Queue ``frame`` for ``peer``; never blocks, may drop (see module docstring)."""
         if self._closed or peer == self.node:
             return
-        data = encode(frame)  # type: ignore[arg-type]
+        if frame is self._last_frame:
+            # The same frame for another peer (the leader's Append to followers in
+            # step): encoded once.
+            data = self._last_data
+        else:
+            data = encode(frame)  # type: ignore[arg-type]
+            self._last_frame, self._last_data = frame, data
         p = self._peers.get(peer)
         if p is None:
             p = self._peers[peer] = _Peer(peer)

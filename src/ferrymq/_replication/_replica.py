@@ -442,6 +442,9 @@ class Replica:
         if st is None:
             return []
         actions: list[Action] = []
+        # Followers in step are sent the same Append object, which the transport then
+        # encodes once for all of them (keyed by the span it carries).
+        shared: dict[tuple[int, int], Append] = {}
         for peer, prog in st.followers.items():
             if only is not None and peer != only:
                 continue
@@ -462,10 +465,14 @@ class Replica:
                 size = sum(len(e.payload) for e in entries)
                 prog.in_flight.append((entries[-1].seq, size))
                 prog.in_flight_bytes += size
-                actions.append(Send(peer, Append(
-                    self.partition, self.epoch, self.node,
-                    Position(self.history.epoch_at(prev_seq), prev_seq), entries,
-                    st.commit_seq)))
+                span = (prev_seq, entries[-1].seq)
+                append = shared.get(span)
+                if append is None:
+                    append = shared[span] = Append(
+                        self.partition, self.epoch, self.node,
+                        Position(self.history.epoch_at(prev_seq), prev_seq), entries,
+                        st.commit_seq)
+                actions.append(Send(peer, append))
                 prog.next_seq = entries[-1].seq + 1
         return actions
 
