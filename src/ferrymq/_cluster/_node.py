@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ferrymq._api import CallContext
@@ -64,9 +64,9 @@ from ferrymq._cluster._layout import (
     encode_node,
     encode_state,
 )
-from ferrymq._cluster._partition import ReplicatedStore
+from ferrymq._cluster._partition import SQLITE_DISK, ReplicaDisk, ReplicatedStore
 from ferrymq._cluster._proxy import FORWARDED_HEADER, Proxy, ProxyError
-from ferrymq._cluster._transport import Transport
+from ferrymq._cluster._transport import AddressOf, FrameHandler, Transport
 from ferrymq._coordination import (
     CoordinationError,
     Coordinator,
@@ -80,7 +80,7 @@ from ferrymq._core import _attributes as attrs
 from ferrymq._core._broker import Broker, Replication, RequestInfo
 from ferrymq._core._effects import EffectDecodeError, MessageStored, decode_effects, encode_effects
 from ferrymq._core._errors import SqsError, invalid_parameter, missing_parameter
-from ferrymq._core._records import MessageRecord
+from ferrymq._core._records import Entropy, MessageRecord
 from ferrymq._gateway import Gateway, Request, Response, close_server, start_gateway
 from ferrymq._gateway._http import HttpLimits
 from ferrymq._replication._election import PartitionState
@@ -88,7 +88,7 @@ from ferrymq._replication._messages import FenceReply
 from ferrymq._replication._replica import ChangeIsr, Role
 from ferrymq._service import QueueService, SystemEntropy, restore_into, wall_clock_ms
 
-__all__ = ["STATUS_PATH", "NodeConfig", "run_node"]
+__all__ = ["STATUS_PATH", "FrameTransport", "Node", "NodeConfig", "run_node"]
 
 log = logging.getLogger("ferrymq.cluster.node")
 
@@ -173,6 +173,15 @@ def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+class FrameTransport(Protocol):
+    """What a node's replication frames travel by: the real ``Transport`` (sockets), or
+    the simulated network of ``ferrymq._sim``."""
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]: ...
+    def send(self, peer: str, frame: object) -> None: ...
+    async def close(self) -> None: ...
+
+
 def _target_of(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 80
@@ -243,12 +252,11 @@ class _Host:
         self.partition = partition
         cfg = node.cfg
         path = node.partition_path(partition)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = ReplicatedStore(
+        self.store = node.store_factory(
             partition=partition, node=cfg.node_id, path=path,
             free_bytes_min=cfg.free_bytes_min, send=node.send,
-            change_isr=self._on_change_isr, clock_ms=_monotonic_ms,
-            on_fatal=node.on_fatal, power_loss_seam=cfg.power_loss_seam)
+            change_isr=self._on_change_isr, clock_ms=node.clock_ms,
+            on_fatal=node.on_fatal, power_loss_seam=cfg.power_loss_seam, disk=node.disk)
         replication = Replication(replicas=len(state.replicas), min_isr=state.min_isr,
                                   sync=state.sync, cluster=True)
 
@@ -257,7 +265,8 @@ class _Host:
 
         broker = make_broker()
         restore_into(broker, self.store.load())
-        self.service = QueueService(broker, self.store, broker_factory=make_broker,
+        self.service = QueueService(broker, self.store, clock_ms=node.wall_ms,
+                                    entropy=node.new_entropy(), broker_factory=make_broker,
                                     write_gate=self._write_refusal)
         self.service.on_fatal = node.on_fatal
         self.service.on_exports = self._on_exports
@@ -307,7 +316,7 @@ class _Host:
         previous = self.state
         self.state, self.revision = state, revision
         r = self.store.replica
-        now = _monotonic_ms()
+        now = self.node.clock_ms()
         me = self.node.cfg.node_id
         if previous is None and state.epoch > 0 and r.position().seq == 0:
             # The first word from etcd, and this store is empty while the replica set
@@ -441,12 +450,32 @@ class _Host:
 
 
 class Node:
-    """See the module docstring. Implements ``ferrymq._api.Service`` for the gateway."""
+    """See the module docstring. Implements ``ferrymq._api.Service`` for the gateway.
+
+    The keyword arguments are seams for the simulation (``ferrymq._sim``), which runs
+    nodes on virtual time; each defaults to what a real node uses: ``clock_ms`` is a
+    monotonic clock (replication's heartbeats and lag), ``wall_ms`` the wall clock (the
+    core's deadlines), ``entropy`` makes each core's randomness, ``disk`` holds the
+    replica sets' stores, ``transport(on_frame, address_of)`` makes what frames travel
+    by, ``store_factory`` makes a replica set's store (``ReplicatedStore``'s keywords),
+    and ``token_hex`` names new replica sets."""
 
     def __init__(self, cfg: NodeConfig, coordinator: Coordinator,
-                 make_broker: Callable[..., Broker], on_fatal: Callable[[BaseException], None]
-                 ) -> None:
+                 make_broker: Callable[..., Broker], on_fatal: Callable[[BaseException], None],
+                 *, clock_ms: Callable[[], int] = _monotonic_ms,
+                 wall_ms: Callable[[], int] = wall_clock_ms,
+                 entropy: Callable[[], Entropy] = SystemEntropy,
+                 disk: ReplicaDisk = SQLITE_DISK,
+                 transport: Callable[[FrameHandler, AddressOf], FrameTransport] | None = None,
+                 store_factory: Callable[..., ReplicatedStore] = ReplicatedStore,
+                 token_hex: Callable[[int], str] = secrets.token_hex) -> None:
         self.cfg = cfg
+        self.clock_ms = clock_ms
+        self.wall_ms = wall_ms
+        self.new_entropy = entropy
+        self.disk = disk
+        self.store_factory = store_factory
+        self._token_hex = token_hex
         self.coordinator = coordinator
         self.layout = Layout(cfg.cluster)
         self.make_broker = make_broker
@@ -467,10 +496,14 @@ class Node:
         self.lease: Lease | None = None
         self._url = ""
         self._replication: tuple[str, int] = ("", 0)
-        self._entropy = SystemEntropy()
+        self._entropy = entropy()
         self._closing = False
-        self.transport = Transport(node=cfg.node_id, cluster=cfg.cluster,
-                                   on_frame=self._on_frame, address_of=self._address_of)
+        self.transport: FrameTransport
+        if transport is None:
+            self.transport = Transport(node=cfg.node_id, cluster=cfg.cluster,
+                                       on_frame=self._on_frame, address_of=self._address_of)
+        else:
+            self.transport = transport(self._on_frame, self._address_of)
         self.controller = Controller(
             coordinator, self.layout, cfg.node_id,
             ControllerSettings(lease_ttl_s=cfg.lease_ttl_s), send_fence=self.send)
@@ -487,12 +520,24 @@ class Node:
     # ---- start and stop ---------------------------------------------------------
 
     async def start(self) -> asyncio.Server:
+        server = await self.bind()
+        await self.start_loops()
+        return server
+
+    async def bind(self) -> asyncio.Server:
+        """Listen: the replication transport, then the gateway."""
         listening = await self.transport.listen(self.cfg.host, self.cfg.replication_port)
         self._replication = self.cfg.replication_advertise or listening
         server = await start_gateway(self, self.cfg.host, self.cfg.port,
                                      http_limits=self.cfg.http_limits, gateway=self.gateway)
         host, port = server.sockets[0].getsockname()[:2]
         self._url = self.cfg.advertise_url or f"http://{host}:{port}"
+        return server
+
+    async def start_loops(self) -> None:
+        """Join the cluster (register on a lease) and start the node's loops. ``start``
+        runs this after ``bind``; the simulation, which has no sockets, runs only this
+        (its clients call ``call``)."""
         await self._register()
         loops = {"controller": self.controller.run(), "registration": self._keep_registered(),
                  "node watch": self._watch_nodes(), "state watch": self._watch_states(),
@@ -500,7 +545,6 @@ class Node:
                  "tick": self._tick()}
         for name, coro in loops.items():
             self._tasks.append(self._loop.create_task(self.guarded(coro, name)))
-        return server
 
     async def stop(self, server: asyncio.Server) -> None:
         self._closing = True
@@ -801,7 +845,7 @@ class Node:
             held = await self._entry(name)
             if held is not None and held[0].status != DELETED and held[0].partition:
                 return held[0].partition
-            now_ms = wall_clock_ms()
+            now_ms = self.wall_ms()
             if held is not None and held[0].deleted_ms is not None \
                     and now_ms - held[0].deleted_ms < self.cfg.recreate_delay_ms:
                 raise SqsError(
@@ -821,7 +865,7 @@ class Node:
                     if n in load:
                         load[n] += 2 if n == state.leader else 1
             replicas = tuple(sorted(alive, key=lambda n: (load[n], n))[:replication.replicas])
-            partition = f"{name}-{secrets.token_hex(4)}"
+            partition = f"{name}-{self._token_hex(4)}"
             state = PartitionState(leader=None, epoch=0, replicas=replicas, isr=replicas,
                                    min_isr=replication.min_isr, sync=replication.sync)
             key, pkey = self.layout.queue(name), self.layout.partition(partition)
@@ -873,7 +917,7 @@ class Node:
             current = decode_entry(name, kv.value) if kv is not None else None
             if current is None or current.partition != host.partition:
                 return
-            gone = tombstone(current, wall_clock_ms())
+            gone = tombstone(current, self.wall_ms())
             result = await self.coordinator.transact(
                 {key: kv.mod_revision if kv is not None else 0},
                 [Put(key, encode_entry(gone)),
@@ -1000,7 +1044,7 @@ class Node:
             # No such queue, or no queue named at all: an empty core answers exactly as
             # the single node does (QueueDoesNotExist, a missing parameter, ...).
             scratch = self.make_broker(directory=self.catalog)
-            return scratch.execute(action, params, wall_clock_ms(), self._entropy,
+            return scratch.execute(action, params, self.wall_ms(), self._entropy,
                                    RequestInfo(ctx.base_url, ctx.account_id)).response
         host = self._hosts.get(partition)
         if host is None or not host.leads():

@@ -170,6 +170,8 @@ class ReplicaDisk(Protocol):
 
 class _SqliteDisk:
     def open(self, path: Path, *, free_bytes_min: int, power_loss_seam: bool) -> InnerStore:
+        # SQLite makes the file, not its directory (one per node for its replica sets).
+        path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteStore(path, free_bytes_min=free_bytes_min,
                            power_loss_seam=power_loss_seam)
 

@@ -3,10 +3,10 @@
 
 - ``run_seed``: the real replication protocol (``Replica``, the election rule) over a
   simulated network, disk, clock and coordinator (``_replication``, ``_world``);
-- ``run_cluster_seed``: the real service, controller and replicated store of every
-  node, on a virtual-time event loop (``_loop``), a simulated disk (``_disk``) and the
-  contract-tested in-process coordinator, judged by ``ferrymq._verify``'s checker
-  (``_cluster``).
+- ``run_cluster_seed``: real cluster nodes (``ferrymq._cluster._node.Node``, with their
+  controller, replicated stores and services) on a virtual-time event loop (``_loop``),
+  a simulated disk (``_disk``) and network, and the contract-tested in-process
+  coordinator, judged by ``ferrymq._verify``'s checker (``_cluster``).
 """
 
 from ferrymq._sim._cluster import ClusterScenario, run_cluster_seed

@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="run this seed")
     parser.add_argument("--seeds", default=None, help="run seeds A:B (B excluded)")
     parser.add_argument("--cluster", action="store_true",
-                        help="the service-level simulation (real service, controller "
-                             "and replicated store on every node)")
+                        help="the service-level simulation (real cluster nodes on "
+                             "virtual time)")
     parser.add_argument("--verbose", action="store_true", help="print the whole trace")
     args = parser.parse_args(argv)
     if args.seed is not None:

@@ -1,22 +1,27 @@
-"""The service-level simulation: real nodes' parts, on virtual time, under faults.
+"""The service-level simulation: real nodes, on virtual time, under faults.
 
-What runs real: on every simulated node, the ``Controller`` (campaigning and fencing
-through a client of one ``LocalCoordinationServer``, the fake that passes etcd's
-contract suite), and per replica set a ``ReplicatedStore`` (the real shell around the
-real ``Replica``) holding a ``Broker`` and its ``QueueService``, with the virtual clock
-and seeded entropy. The queue's requests are ``QueueService.call`` on the leader, as
-a node's gateway makes them; the history is recorded with ``ferrymq._verify`` and
-judged by its checker. What is simulated: the event loop's time
-(``_loop.VirtualTimeLoop``), the disk (``_disk.SimDisk``: what is not fsynced is lost
-in a crash), the network between nodes (seeded delay; loss, duplication and
-reordering while "lossy"; cuts), and processes (``_loop.Actor``: kill, pause).
+What runs real: every simulated node is a ``ferrymq._cluster._node.Node`` built
+through its seams, so what it does between etcd and its replicas is the production
+code: registration on a lease, the watches of the nodes, the replica sets' state and
+the queue catalog, the state poll, the tick, frame routing, and per replica set the
+``_Host`` that leads, follows, resigns and changes the in-sync set. Under it, the
+``Controller`` (campaigning and fencing through a client of one
+``LocalCoordinationServer``, the fake that passes etcd's contract suite), and per
+replica set a ``ReplicatedStore`` (the real shell around the real ``Replica``) holding
+a ``Broker`` and its ``QueueService``. Queues are created as a node's gateway creates
+them: ``Node._place`` writes the catalog entry and the replica set in one
+transaction, the controller elects, and the leader's ``Node.call`` executes the
+CreateQueue and publishes the queue in the catalog. Clients call ``Node.call`` on the
+node etcd names the leader (the gateway and the forwarding ``Proxy`` are HTTP, which
+the simulation leaves out). The history is recorded with ``ferrymq._verify`` and judged
+by its checker.
 
-What is duplicated, because ``_cluster/_node.py`` builds its replica sets on SQLite,
-the wall clock and real sockets with no seam to inject these (see the report that
-came with this module): ``_Host.on_state``/``_resign``/``_change_isr``/``_write_refusal``
-(``_SimHost`` below, line for line, minus the catalog and the moves between replica
-sets), and the node's loops that feed it (registration on a lease, the watch and poll
-of the replica sets' state, the tick, frame routing).
+What is simulated: the event loop's time (``_loop.VirtualTimeLoop``: both of the
+node's clocks are its clock), the disk (``_disk.SimDisk``, the node's ``disk``: what is
+not fsynced is lost in a crash), the network between nodes (the node's ``transport``:
+seeded delay; loss, duplication and reordering while "lossy"; cuts), the entropy
+(seeded), and processes (``_loop.Actor``: kill, pause). ``_ObservedStore``, the node's
+``store_factory``, is the real store telling the invariants what it logs and commits.
 
 Faults, seeded per run: a node crashes with power loss and restarts from its disk;
 pauses past its lease; is cut off from the other nodes and from the coordinator; every
@@ -33,21 +38,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import logging
 import random
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from ferrymq._api import CallContext
-from ferrymq._cluster._controller import Controller, ControllerSettings
-from ferrymq._cluster._layout import Layout, NodeInfo, decode_state, encode_node, encode_state
+from ferrymq._cluster._layout import Layout, decode_state
+from ferrymq._cluster._node import Node, NodeConfig
 from ferrymq._cluster._partition import ReplicatedStore
+from ferrymq._cluster._transport import AddressOf, FrameHandler
 from ferrymq._coordination import (
     CoordinationError,
     EventKind,
@@ -56,18 +63,15 @@ from ferrymq._coordination import (
     LocalCoordinator,
     ManualClock,
     Op,
-    Put,
     Snapshot,
     TxnResult,
     WatchStream,
 )
 from ferrymq._coordination._types import KeyValue
-from ferrymq._core._broker import Broker, Replication
+from ferrymq._core._broker import Broker
 from ferrymq._core._errors import InternalError, SqsError
-from ferrymq._replication._election import PartitionState
-from ferrymq._replication._messages import FenceReply
-from ferrymq._replication._replica import ChangeIsr, Persist, Role
-from ferrymq._service import QueueService, restore_into
+from ferrymq._gateway._http import HttpLimits
+from ferrymq._replication._replica import Persist
 from ferrymq._sim._disk import SimDisk
 from ferrymq._sim._loop import Actor, VirtualTimeLoop
 from ferrymq._sim._replication import SimulationFailure
@@ -81,13 +85,14 @@ log = logging.getLogger("ferrymq.sim")
 # absolute milliseconds, and some checks compare them with "now".
 _EPOCH_MS = 1_700_000_000_000
 _ACCOUNT = "000000000000"
+_REGION = "us-east-1"
 _BASE_URL = "http://sim"
-# Replica sets and their queues: one standard, one FIFO.
+_CLUSTER = "sim"
+# The workload's queues, each on its own replica set: one standard, one FIFO.
 _QUEUES = {"std": "std", "fifo": "fifo.fifo"}
-# Node loops, as the real node runs them (``_node``'s constants).
-_TICK_S = 0.1
-_STATE_POLL_S = 1.0
-_REREGISTER_S = 0.5
+# A node that could not join the cluster at start (cut off from etcd) exits; its
+# supervisor starts it again after this long.
+_RESTART_S = 0.5
 # A coordinator round trip (an etcd request on a LAN), ms.
 _COORDINATOR_MS = (1, 4)
 # A frame between nodes, and a client request or answer, ms; while lossy, frames may
@@ -225,230 +230,82 @@ class _ObservedStore(ReplicatedStore):
         super()._committed(seq)
 
 
-class _SimHost:
-    """``_node._Host`` for one replica set on one simulated node (module docstring)."""
+class _SimTransport:
+    """A node's ``transport``: frames go through the world's network (``_World.send``)
+    and arrive as callbacks of the receiving incarnation's actor."""
 
-    def __init__(self, inc: _Incarnation, partition: str, state: PartitionState) -> None:
-        world = inc.world
-        self.inc = inc
-        self.partition = partition
-        self.store = _ObservedStore(
-            world=world, partition=partition, node=inc.name,
-            path=Path(f"/sim/{inc.name}/{partition}"), free_bytes_min=0, send=inc.send,
-            change_isr=self._on_change_isr, clock_ms=world.clock.now_ms,
-            on_fatal=inc.on_fatal, disk=inc.disk)
-        replication = Replication(replicas=len(state.replicas), min_isr=state.min_isr,
-                                  sync=state.sync, cluster=True)
+    def __init__(self, world: _World, name: str, on_frame: FrameHandler) -> None:
+        self._world = world
+        self._name = name
+        self._on_frame = on_frame
 
-        def make_broker() -> Broker:
-            return Broker(account_id=_ACCOUNT, replication=replication)
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        del host, port
+        return "sim", 0  # never called: the simulation does not bind
 
-        broker = make_broker()
-        restore_into(broker, self.store.load())
-        self.service = QueueService(
-            broker, self.store, clock_ms=world.clock.now_ms,
-            entropy=SimEntropy(inc.rng, world.clock.now_ms), broker_factory=make_broker,
-            write_gate=self._write_refusal)
-        self.service.on_fatal = inc.on_fatal
-        self.store.attach(self.service, make_broker)
-        self.state: PartitionState | None = None
-        self.revision = 0
+    def send(self, peer: str, frame: object) -> None:
+        self._world.send(self._name, peer, frame)
 
-    def start(self) -> None:
-        self.service.start()
+    async def close(self) -> None:
+        pass
 
-    def _write_refusal(self) -> str | None:
-        lease = self.inc.lease
-        state = self.state
-        if state is not None and not state.sync and (lease is None or lease.lost):
-            return "This node lost its membership in the cluster; retry."
-        return self.store.refusal()
-
-    def on_state(self, state: PartitionState, revision: int) -> None:
-        if revision < self.revision:
-            return
-        previous = self.state
-        self.state, self.revision = state, revision
-        r = self.store.replica
-        now = self.inc.world.clock.now_ms()
-        me = self.inc.name
-        if previous is None and state.epoch > 0 and r.position().seq == 0:
-            r.needs_copy = True
-        if state.leader == me:
-            if r.role is Role.LEADER and r.epoch == state.epoch:
-                if frozenset(state.isr) != r.isr:
-                    self.store.run(r.isr_changed(state.isr, now))
-            elif r.may_lead(state.epoch):
-                self.inc.world.log(f"{me} leads {self.partition} epoch {state.epoch} "
-                                   f"isr {','.join(state.isr)}")
-                self.store.run(r.lead(state.epoch, replicas=state.replicas, isr=state.isr,
-                                      min_isr=state.min_isr, sync=state.sync, now_ms=now))
-            elif not (r.role is Role.LEADER and r.epoch > state.epoch):
-                self.inc.spawn(self._resign(state, revision), "resignation")
-        elif state.leader is not None:
-            self.store.run(r.follow(state.epoch, state.leader))
-
-    async def _resign(self, state: PartitionState, revision: int) -> None:
-        self.inc.world.log(f"{self.inc.name} resigns {self.partition} epoch {state.epoch}")
-        key = self.inc.world.layout.partition(self.partition)
-        with contextlib.suppress(CoordinationError):
-            await self.inc.coordinator.transact(
-                {key: revision}, [Put(key, encode_state(replace(state, leader=None)))])
-            self.inc.controller.poke()
-
-    def _on_change_isr(self, action: ChangeIsr) -> None:
-        self.inc.spawn(self._change_isr(action), "in-sync change")
-
-    async def _change_isr(self, action: ChangeIsr) -> None:
-        r = self.store.replica
-        key = self.inc.world.layout.partition(self.partition)
-        coord = self.inc.coordinator
-        try:
-            kv = await coord.get(key)
-            state = decode_state(kv.value) if kv is not None else None
-            if (kv is None or state is None or state.epoch != action.epoch
-                    or state.leader != self.inc.name):
-                self.store.run(r.isr_change_failed())
-                return
-            new = state.with_isr(action.isr)
-            result = await coord.transact({key: kv.mod_revision},
-                                          [Put(key, encode_state(new))])
-        except CoordinationError:
-            self.store.run(r.isr_change_failed())
-            return
-        if not result.succeeded:
-            self.store.run(r.isr_change_failed())
-            return
-        self.inc.world.log(f"{self.partition}: in sync now {','.join(new.isr)}")
-        if r.role is Role.LEADER and r.epoch == action.epoch:
-            self.on_state(new, result.revision)
+    def deliver(self, peer: str, frame: object) -> None:
+        if self._world.reachable(peer, self._name):  # else cut while in flight
+            self._on_frame(peer, frame)
 
 
 class _Incarnation:
-    """One life of a node's process: from (re)start to crash."""
+    """One life of a node's process, from (re)start to crash: a real ``Node`` on the
+    simulated clocks, disk, network and entropy, in its own actor."""
 
     def __init__(self, world: _World, name: str, number: int, disk: SimDisk) -> None:
         self.world = world
         self.name = name
-        self.disk = disk
         self.actor = Actor(world.loop, f"{name}#{number}")
         self.rng = random.Random(f"{world.seed}:{name}:{number}")
         self.client = world.server.connect(f"{name}#{number}")
-        self.coordinator = _DelayedCoordinator(self.client, self.rng)
-        self.lease: Lease | None = None
-        self.hosts: dict[str, _SimHost] = {}
-        self.controller = Controller(
-            self.coordinator, world.layout, name,
-            ControllerSettings(lease_ttl_s=world.scenario.lease_ttl_s), send_fence=self.send)
+        self.transport: _SimTransport | None = None
+        clock_ms = world.clock.now_ms
+        sc = world.scenario
+        cfg = NodeConfig(
+            node_id=name, host="sim", port=0, data_dir=Path("/sim") / name,
+            etcd_endpoints=(), cluster=_CLUSTER, advertise_url=None,
+            replicas=len(sc.nodes), min_isr=sc.min_isr, sync=True,
+            lease_ttl_s=sc.lease_ttl_s, free_bytes_min=0, account_id=_ACCOUNT,
+            region=_REGION, http_limits=HttpLimits())
+        self.node = Node(
+            cfg, _DelayedCoordinator(self.client, self.rng),
+            functools.partial(Broker, account_id=_ACCOUNT, region=_REGION), self.on_fatal,
+            clock_ms=clock_ms, wall_ms=clock_ms,
+            entropy=lambda: SimEntropy(self.rng, clock_ms), disk=disk,
+            transport=self._transport,
+            store_factory=functools.partial(_ObservedStore, world=world),
+            token_hex=lambda n: self.rng.getrandbits(8 * n).to_bytes(n, "big").hex())
 
-    # -- running ------------------------------------------------------------------
+    def _transport(self, on_frame: FrameHandler, address_of: AddressOf) -> _SimTransport:
+        del address_of  # the world's network needs no addresses
+        self.transport = _SimTransport(self.world, self.name, on_frame)
+        return self.transport
 
     def start(self) -> None:
-        loops: dict[str, Coroutine[Any, Any, None]] = {
-            "registration": self._keep_registered(), "controller": self.controller.run(),
-            "state watch": self._watch_states(), "state poll": self._poll_states(),
-            "tick": self._tick()}
-        for name, coro in loops.items():
-            self.spawn(coro, name)
+        self.actor.spawn(self._start())
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self.actor.spawn(self._guarded(coro, name))
-
-    async def _guarded(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.world.fail(f"{self.name}: {name} failed: {exc!r}", exc)
+    async def _start(self) -> None:
+        while True:
+            try:
+                await self.node.start_loops()
+                return
+            except CoordinationError as exc:
+                self.world.log(f"{self.name} cannot join the cluster ({exc}); restarts")
+                await asyncio.sleep(_RESTART_S)
 
     def on_fatal(self, exc: BaseException) -> None:
         self.world.fail(f"{self.name}: fatal: {exc!r}", exc)
 
-    async def _keep_registered(self) -> None:
-        while True:
-            lease = self.lease
-            if lease is not None:
-                await lease.wait_lost()
-                self.world.log(f"{self.name} lost its lease")
-            try:
-                lease = await self.coordinator.grant_lease(self.world.scenario.lease_ttl_s)
-                info = NodeInfo(self.name, f"{_BASE_URL}/{self.name}", ("sim", 0), 0)
-                await self.coordinator.put(self.world.layout.node(self.name),
-                                           encode_node(info), lease=lease)
-                self.lease = lease
-            except CoordinationError:
-                self.lease = None
-                await asyncio.sleep(_REREGISTER_S)
-
-    async def _watch_states(self) -> None:
-        layout = self.world.layout
-        prefix = layout.partitions
-        while True:
-            try:
-                snap = await self.coordinator.get_prefix(prefix)
-                for kv in snap.items:
-                    self.on_state(layout.name_of(prefix, kv.key), decode_state(kv.value),
-                                  kv.mod_revision)
-                stream = self.coordinator.watch_prefix(prefix,
-                                                       start_revision=snap.revision + 1)
-                try:
-                    async for event in stream:
-                        if event.kind is EventKind.PUT:
-                            self.on_state(layout.name_of(prefix, event.key),
-                                          decode_state(event.value), event.revision)
-                        self.controller.poke()
-                finally:
-                    await stream.aclose()
-            except CoordinationError:
-                await asyncio.sleep(_REREGISTER_S)
-
-    async def _poll_states(self) -> None:
-        layout = self.world.layout
-        prefix = layout.partitions
-        while True:
-            await asyncio.sleep(_STATE_POLL_S)
-            try:
-                snap = await self.coordinator.get_prefix(prefix)
-            except CoordinationError:
-                continue
-            for kv in snap.items:
-                name = layout.name_of(prefix, kv.key)
-                host = self.hosts.get(name)
-                if host is None or kv.mod_revision > host.revision:
-                    self.on_state(name, decode_state(kv.value), kv.mod_revision)
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(_TICK_S)
-            for host in list(self.hosts.values()):
-                host.store.tick()
-
-    def on_state(self, partition: str, state: PartitionState, revision: int) -> None:
-        if self.name not in state.replicas:
-            return
-        host = self.hosts.get(partition)
-        if host is None:
-            host = self.hosts[partition] = _SimHost(self, partition, state)
-            host.start()
-        host.on_state(state, revision)
-
-    # -- frames -------------------------------------------------------------------
-
-    def send(self, peer: str, frame: object) -> None:
-        self.world.send(self.name, peer, frame)
-
     def deliver(self, peer: str, frame: object) -> None:
-        if not self.world.reachable(peer, self.name):
-            return  # cut while in flight
-        if isinstance(frame, FenceReply):
-            self.controller.on_fence_reply(frame)
-            return
-        partition = getattr(frame, "partition", None)
-        host = self.hosts.get(partition) if isinstance(partition, str) else None
-        if host is not None:
-            host.store.on_frame(peer, frame)
-        # Else the set's state was not read yet: dropped; the protocol resends.
+        if self.transport is None:
+            raise InternalError(f"{self.name}'s node made no transport")
+        self.transport.deliver(peer, frame)
 
 
 @dataclass
@@ -470,7 +327,7 @@ class _World:
         self.loop.set_exception_handler(self._loop_exception)
         self.server = LocalCoordinationServer(self.clock,
                                               min_lease_ttl_s=scenario.lease_ttl_s)
-        self.layout = Layout("sim")
+        self.layout = Layout(_CLUSTER)
         self.recorder = Recorder(clock_ns=lambda: self.clock.now_ms() * 1_000_000)
         self.sim = Actor(self.loop, "sim")  # clients, faults, observers: never faulted
         self.nodes = {n: _Node(n, SimDisk(n, random.Random(f"{seed}:{n}:disk"),
@@ -487,11 +344,13 @@ class _World:
         self.ending = False
         self._failure_cause: BaseException | None = None
         self._main: asyncio.Task[None] | None = None
+        # The replica set each of the workload's queues was placed on (``_QUEUES``' keys).
+        self.partitions: dict[str, str] = {}
         # Invariants: (partition, epoch) -> leader written in etcd; commits claimed;
         # seq -> (epoch, payload) committed, per partition.
         self.leaders: dict[tuple[str, int], str] = {}
         self.claims: set[tuple[str, int, str]] = set()
-        self.committed: dict[str, dict[int, tuple[int, bytes]]] = {p: {} for p in _QUEUES}
+        self.committed: dict[str, dict[int, tuple[int, bytes]]] = {}
         self.healed = False
         self.ok_sends_after_heal = 0
         self.producing = True
@@ -571,7 +430,7 @@ class _World:
     def on_commit(self, store: _ObservedStore, seq: int) -> None:
         partition = store.partition
         self.claims.add((partition, store.replica.epoch, store.node))
-        known = self.committed[partition]
+        known = self.committed.setdefault(partition, {})
         for s in range(store.checked_seq + 1, seq + 1):
             entry = store.entries.get(s)
             if entry is None:
@@ -706,12 +565,6 @@ class _World:
 
     async def main(self) -> None:
         sc = self.scenario
-        setup = self.server.connect("setup")
-        for partition in _QUEUES:
-            state = PartitionState(leader=None, epoch=0, replicas=sc.nodes, isr=sc.nodes,
-                                   min_isr=sc.min_isr, sync=True)
-            key = self.layout.partition(partition)
-            await setup.transact({key: 0}, [Put(key, encode_state(state))])
         self.sim.spawn(self._observe())
         for node in self.nodes.values():
             self.boot(node)
@@ -748,7 +601,7 @@ class _World:
 
     def check_replicas(self) -> None:
         """The in-sync replicas of each set hold the same state, at the same position."""
-        for partition in _QUEUES:
+        for partition in self.partitions.values():
             held: dict[str, tuple[str, list[Any]]] = {}
             kv = self.server._kv.get(self.layout.partition(partition))
             if kv is None:
@@ -759,7 +612,9 @@ class _World:
                 self.fail(f"{partition}: no leader after healing")
                 return
             for name in state.isr:
-                file = self.nodes[name].disk.files.get(f"/sim/{name}/{partition}")
+                inc = self.nodes[name].current
+                path = inc.node.partition_path(partition) if inc is not None else None
+                file = self.nodes[name].disk.files.get(str(path))
                 if file is None:
                     self.fail(f"{partition}: in-sync replica {name} has no store")
                     return
@@ -797,7 +652,8 @@ class _World:
 
 class _Clients:
     """The seeded workload (``ferrymq._verify._workload``'s W1 and W2, as tasks of the
-    simulation): per queue, producers and consumers calling the leader's service."""
+    simulation): per queue, producers and consumers calling the leader's node. ``which``
+    is a key of ``_QUEUES``."""
 
     def __init__(self, world: _World) -> None:
         self.world = world
@@ -807,60 +663,90 @@ class _Clients:
         self.empty_receives: dict[str, int] = {p: 0 for p in _QUEUES}
         self._stopped = False
 
-    def url(self, partition: str) -> str:
-        return f"{_BASE_URL}/{_ACCOUNT}/{_QUEUES[partition]}"
+    def url(self, which: str) -> str:
+        return f"{_BASE_URL}/{_ACCOUNT}/{_QUEUES[which]}"
 
-    async def leader_of(self, partition: str) -> str | None:
+    async def leader_of(self, which: str) -> str | None:
+        partition = self.world.partitions.get(which)
+        if partition is None:
+            return None
         kv = await self.router.get(self.world.layout.partition(partition))
         return decode_state(kv.value).leader if kv is not None else None
 
-    async def request(self, partition: str, action: str, params: dict[str, Any]
-                      ) -> tuple[str, dict[str, Any]]:
-        """One request to the set's current leader: ``(type, response)``, type as the
-        history records it (fail: surely not done; info: unknown)."""
-        world = self.world
-        leader = await self.leader_of(partition)
+    async def _on_node(self, name: str | None, coro: Callable[[Node], Any]
+                       ) -> tuple[str, Any]:
+        """Run ``coro(node)`` in node ``name``'s process, across the client's network:
+        ``(type, answer)``, type as the history records it (fail: surely not done;
+        info: unknown)."""
         await asyncio.sleep(self.rng.randint(*_NETWORK_MS) / 1000)
-        node = world.nodes.get(leader) if leader is not None else None
+        node = self.world.nodes.get(name) if name is not None else None
         inc = node.current if node is not None else None
-        host = inc.hosts.get(partition) if inc is not None else None
-        if inc is None or host is None:
+        if inc is None:
             return "fail", {"error": "connection refused"}
-        ctx = CallContext(request_id="sim", base_url=_BASE_URL, account_id=_ACCOUNT)
-        call = inc.actor.spawn(host.service.call(action, params, ctx))
+        call = inc.actor.spawn(coro(inc.node))
         try:
-            response = await asyncio.wait_for(asyncio.shield(call), _REQUEST_TIMEOUT_S)
+            answer = await asyncio.wait_for(asyncio.shield(call), _REQUEST_TIMEOUT_S)
         except TimeoutError:
             return "info", {"error": "timeout"}
         except SqsError as exc:
             return ("fail" if exc.status < 500 else "info"), {"error": exc.shape}
         await asyncio.sleep(self.rng.randint(*_NETWORK_MS) / 1000)
-        return "ok", response
+        return "ok", answer
+
+    def _ctx(self) -> CallContext:
+        return CallContext(request_id="sim", base_url=_BASE_URL, account_id=_ACCOUNT,
+                           region=_REGION)
+
+    async def request(self, which: str, action: str, params: dict[str, Any]
+                      ) -> tuple[str, dict[str, Any]]:
+        """One request to the node etcd names the leader of the queue's replica set."""
+        ctx = self._ctx()
+        leader = await self.leader_of(which)
+        return await self._on_node(leader, lambda node: node.call(action, params, ctx))
 
     async def create_queues(self) -> None:
-        for partition, queue in _QUEUES.items():
-            params: dict[str, Any] = {"QueueName": queue}
-            if queue.endswith(".fifo"):
-                params["Attributes"] = {"FifoQueue": "true"}
-            while True:
-                type_, _ = await self.request(partition, "CreateQueue", params)
-                if type_ == "ok":
-                    break
-                await asyncio.sleep(0.1)
+        for which, queue in _QUEUES.items():
+            await self._create_queue(which, queue)
         self.world.log("queues created")
+
+    async def _create_queue(self, which: str, queue: str) -> None:
+        """As a node's gateway creates a queue: one node places it (the catalog entry
+        and the replica set, in one etcd transaction), the controller elects the set's
+        leader, and the leader executes the CreateQueue."""
+        names = self.world.scenario.nodes
+        # All nodes as replicas: refused (and tried again) until the placing node sees
+        # every node registered.
+        params: dict[str, Any] = {"QueueName": queue,
+                                  "tags": {"ferry:replicas": str(len(names))}}
+        if queue.endswith(".fifo"):
+            params["Attributes"] = {"FifoQueue": "true"}
+        ctx = self._ctx()
+        while which not in self.world.partitions:
+            type_, partition = await self._on_node(
+                self.rng.choice(names), lambda node: node._place(queue, params, ctx))
+            if type_ == "ok":
+                self.world.partitions[which] = partition
+                self.world.log(f"{queue} placed on {partition}")
+            else:
+                await asyncio.sleep(0.1)
+        while True:
+            type_, _ = await self.request(which, "CreateQueue", params)
+            if type_ == "ok":
+                return
+            await asyncio.sleep(0.1)
 
     def start(self) -> list[asyncio.Task[Any]]:
         sc = self.world.scenario
         spawn = self.world.sim.spawn
-        for partition in _QUEUES:
-            fifo = partition == "fifo"
+        for which in _QUEUES:
+            fifo = which == "fifo"
             for i in range(sc.producers):
                 process = self.world.recorder.new_process()
                 self.tasks.append(spawn(self._fifo_producer(process, f"g{i}") if fifo
                                         else self._producer(process)))
             for _ in range(sc.consumers):
                 process = self.world.recorder.new_process()
-                self.tasks.append(spawn(self._consumer(partition, process)))
+                self.tasks.append(spawn(self._consumer(which, process)))
         return self.tasks
 
     def stop(self) -> None:
@@ -871,15 +757,15 @@ class _Clients:
         return all(not (w.acked[p] - w.deleted[p]) and self.empty_receives[p] >= 2
                    for p in _QUEUES)
 
-    async def op(self, process: int, partition: str, f: str, value: dict[str, Any],
+    async def op(self, process: int, which: str, f: str, value: dict[str, Any],
                  action: str, params: dict[str, Any],
                  result: Callable[[dict[str, Any]], dict[str, Any]]
                  ) -> tuple[str, dict[str, Any]]:
-        queue = _QUEUES[partition]
+        queue = _QUEUES[which]
         value = {"queue": queue, "fifo": queue.endswith(".fifo"), **value}
         recorder = self.world.recorder
         pending = recorder.invoke(process, f, value, None)
-        type_, response = await self.request(partition, action, params)
+        type_, response = await self.request(which, action, params)
         recorder.complete(pending, type_, result(response) if type_ == "ok" else response)
         return type_, response
 
@@ -889,8 +775,8 @@ class _Clients:
         else:
             await asyncio.sleep(_BACKOFF_MS / 1000)
 
-    def _sent(self, partition: str, key: str) -> None:
-        self.world.acked[partition].add(key)
+    def _sent(self, which: str, key: str) -> None:
+        self.world.acked[which].add(key)
         if self.world.healed:
             self.world.ok_sends_after_heal += 1
 
@@ -931,22 +817,22 @@ class _Clients:
             seq += 1
             await self._pace("ok")
 
-    async def _consumer(self, partition: str, process: int) -> None:
-        fifo = partition == "fifo"
+    async def _consumer(self, which: str, process: int) -> None:
+        fifo = which == "fifo"
         attempt_id: str | None = None
         retries = 0
         while not self._stopped:
             if fifo and attempt_id is None:
                 attempt_id = f"{process}-{self.rng.getrandbits(64):016x}"
             params: dict[str, Any] = {
-                "QueueUrl": self.url(partition), "MaxNumberOfMessages": _RECEIVE_MAX,
+                "QueueUrl": self.url(which), "MaxNumberOfMessages": _RECEIVE_MAX,
                 "WaitTimeSeconds": _WAIT_S, "VisibilityTimeout": _VISIBILITY_S,
                 "MessageSystemAttributeNames": ["MessageGroupId", "SequenceNumber",
                                                 "ApproximateReceiveCount"]}
             if attempt_id is not None:
                 params["ReceiveRequestAttemptId"] = attempt_id
             type_, response = await self.op(
-                process, partition, "receive",
+                process, which, "receive",
                 {"max": _RECEIVE_MAX, "wait_s": _WAIT_S, "vt_s": _VISIBILITY_S,
                  "attempt_id": attempt_id}, "ReceiveMessage", params, _receive_result)
             if type_ != "ok":
@@ -958,11 +844,11 @@ class _Clients:
             attempt_id, retries = None, 0
             messages = list(response.get("Messages", []))
             if self.world.draining:
-                self.empty_receives[partition] = 0 if messages else \
-                    self.empty_receives[partition] + 1
+                self.empty_receives[which] = 0 if messages else \
+                    self.empty_receives[which] + 1
             delete, release = self._decide(messages, fifo)
-            await self._batch(process, partition, "delete", delete)
-            await self._batch(process, partition, "change_visibility", release)
+            await self._batch(process, which, "delete", delete)
+            await self._batch(process, which, "change_visibility", release)
 
     def _decide(self, messages: list[dict[str, Any]], fifo: bool
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -991,7 +877,7 @@ class _Clients:
                 delete.append(m)
         return delete, release
 
-    async def _batch(self, process: int, partition: str, f: str,
+    async def _batch(self, process: int, which: str, f: str,
                      messages: list[dict[str, Any]]) -> None:
         if not messages:
             return
@@ -1015,12 +901,12 @@ class _Clients:
                     type="fail" if bad.get("SenderFault") else "info", error=bad.get("Code"))
             return {"entries": outcome}
 
-        type_, response = await self.op(process, partition, f, value, action,
-                                        {"QueueUrl": self.url(partition), "Entries": wire},
+        type_, response = await self.op(process, which, f, value, action,
+                                        {"QueueUrl": self.url(which), "Entries": wire},
                                         result)
         if f != "delete":
             return
-        done = self.world.deleted[partition]
+        done = self.world.deleted[which]
         if type_ == "ok":
             for ok in response.get("Successful", []):
                 done.add(entries[int(ok["Id"])]["id"])
