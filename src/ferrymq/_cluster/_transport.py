@@ -56,7 +56,7 @@ AddressOf = Callable[[str], Awaitable[tuple[str, int] | None]]
 
 
 class _Peer:
-    __slots__ = ("bytes_queued", "name", "queue", "task", "wakeup")
+    __slots__ = ("bytes_queued", "name", "queue", "task", "wakeup", "writer")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -64,6 +64,9 @@ class _Peer:
         self.bytes_queued = 0
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        # The connection while it is up and said hello: ``send`` writes to it at once
+        # when nothing is queued before (see there).
+        self.writer: asyncio.StreamWriter | None = None
 
 
 class Transport:
@@ -113,6 +116,19 @@ class Transport:
             log.error("bug: the replication writer to %s ended (%r); restarting it", peer,
                       failure)
             p.task = asyncio.get_running_loop().create_task(self._writer(p))
+        writer = p.writer
+        if (writer is not None and not p.queue and not writer.is_closing()
+                and writer.transport.get_write_buffer_size() <= _READ_BYTES):
+            # Written now rather than by the writer task on a later turn of the loop:
+            # every hop of a commit (the leader's Append, the follower's reply) would
+            # otherwise wait a turn, which under load is milliseconds. Frames queued
+            # before go first, so only an empty queue allows it; a full buffer is left
+            # to the task, which drains it.
+            try:
+                writer.write(data)
+                return
+            except (OSError, RuntimeError):
+                pass  # closed under us (uvloop raises): the task reconnects
         if p.bytes_queued + len(data) > PEER_QUEUE_BYTES_MAX:
             self.dropped_frames += 1
             return
@@ -161,6 +177,7 @@ class Transport:
                                 _USER_TIMEOUT_MS)
             try:
                 writer.write(encode(Hello(PROTOCOL_VERSION, self.cluster, self.node)))
+                peer.writer = writer
                 while not self._closed:
                     if writer.is_closing():
                         # Closed under us (the peer died, a write failed). uvloop then
@@ -180,6 +197,7 @@ class Transport:
             except (OSError, ConnectionError):
                 self._drop_queue(peer)
             finally:
+                peer.writer = None
                 writer.close()
                 with contextlib.suppress(OSError, ConnectionError):
                     await writer.wait_closed()
