@@ -18,8 +18,10 @@ import pytest
 from ferrymq._replication import _replica
 from ferrymq._sim import Scenario, SimulationFailure, run_seed
 
-# Seeds per CI run: ~20 ms each on this machine, so 600 take ~12 s.
-SEEDS = int(os.environ.get("FERRY_SIM_SEEDS", "600"))
+# Seeds per CI run: ~17 ms each on this machine, so 1,500 take ~26 s. With the
+# service-level simulation's seeds (tests/sim/test_cluster_simulation.py) and the
+# scenarios below, a run tries some 2,000 fault schedules.
+SEEDS = int(os.environ.get("FERRY_SIM_SEEDS", "1500"))
 # Seeds a broken protocol is given to fail (the mutations below failed within 30).
 MUTANT_SEEDS = 300
 

@@ -155,6 +155,10 @@ class InnerStore(Protocol):
     async def commit_parts(
         self, parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]], *,
         meta: Mapping[str, str] | None = None) -> list[list[str | None]]: ...
+    def submit_parts(
+        self, parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]], *,
+        meta: Mapping[str, str] | None = None,
+    ) -> tuple[asyncio.Future[Any], Callable[[], list[list[str | None]]]]: ...
 
 
 class ReplicaDisk(Protocol):
@@ -454,17 +458,28 @@ class ReplicatedStore:
             last = group[-1][0]
             fence_epoch = max(p.fence_epoch for p, _, _, _ in group)
             meta = self._meta(fence_epoch, last.through_seq)
-            self._spawn(self._write(group, meta, last.through_seq, fence_epoch, generation))
+            # Handed to the store's writer now, in this turn of the loop (a task would
+            # start it on the next one); the task only waits for it.
+            try:
+                written = self._inner.submit_parts(
+                    [(effects, fetches) for _, effects, fetches, _ in group], meta=meta)
+            except StorageError as exc:
+                if not self._closed:
+                    self._on_fatal(exc)
+                return
+            self._spawn(self._write(group, written, last.through_seq, fence_epoch,
+                                    generation))
         if self.replica.role is Role.LEADER:
             self._run(self.replica.pump(self._clock_ms()))
 
     async def _write(self, group: list[tuple[Persist, list[Effect],
                                              Sequence[tuple[str, str]], _Own | None]],
-                     meta: dict[str, str], through_seq: int, fence_epoch: int,
-                     generation: int) -> None:
+                     written: tuple[asyncio.Future[Any], Callable[[], list[list[str | None]]]],
+                     through_seq: int, fence_epoch: int, generation: int) -> None:
+        done, read_bodies = written
         try:
-            bodies = await self._inner.commit_parts(
-                [(effects, fetches) for _, effects, fetches, _ in group], meta=meta)
+            await asyncio.shield(done)
+            bodies = read_bodies()
         except StorageError as exc:
             if not self._closed:
                 self._on_fatal(exc)

@@ -143,9 +143,16 @@ class SimDiskStore:
         bodies: list[list[str | None]] = await self._enqueue(parts, meta)
         return bodies
 
-    async def _enqueue(self, parts: Sequence[tuple[Sequence[Effect],
-                                                   Sequence[tuple[str, str]]]],
-                       meta: Mapping[str, str] | None, *, image: bool = False) -> Any:
+    def submit_parts(
+        self, parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]], *,
+        meta: Mapping[str, str] | None = None,
+    ) -> tuple[asyncio.Future[Any], Callable[[], list[list[str | None]]]]:
+        """As ``SqliteStore.submit_parts``: queued now, durable when the future is."""
+        write = self._submit(parts, meta)
+        return write.done, write.done.result
+
+    def _submit(self, parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]],
+                meta: Mapping[str, str] | None, *, image: bool = False) -> _Write:
         if self._closed:
             raise StorageError("the store is closed")
         loop = asyncio.get_running_loop()
@@ -153,6 +160,12 @@ class SimDiskStore:
         self._queued.append(write)
         if not self._syncing:
             self._sync()
+        return write
+
+    async def _enqueue(self, parts: Sequence[tuple[Sequence[Effect],
+                                                   Sequence[tuple[str, str]]]],
+                       meta: Mapping[str, str] | None, *, image: bool = False) -> Any:
+        write = self._submit(parts, meta, image=image)
         # Shielded like the SQLite store's: a cancelled caller's write still lands.
         return await asyncio.shield(write.done)
 
