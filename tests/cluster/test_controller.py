@@ -123,3 +123,49 @@ def test_an_election_that_found_no_candidate_is_retried_until_it_completes() -> 
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_a_lost_fence_is_sent_again_and_its_replica_stays_in_sync() -> None:
+    """The first fence to n3 is lost (as one written to a restarted replica's old
+    connection is): sent again within the wait, so n3 answers and stays in the in-sync
+    set instead of leaving the new leader short of min_isr."""
+    async def scenario() -> None:
+        clock = ManualClock()
+        server = LocalCoordinationServer(clock)
+        client = server.connect("n1")
+        for name in ("n1", "n3"):
+            lease = await client.grant_lease(2)
+            await client.put(LAYOUT.node(name), b"{}", lease=lease)
+        # n2 led and is gone; n1 and n3 are in sync.
+        state = PartitionState(leader="n2", epoch=1, replicas=("n1", "n2", "n3"),
+                               isr=("n1", "n2", "n3"), min_isr=2, sync=True)
+        await client.put(LAYOUT.partition("p0"), encode_state(state))
+        replicas = Replicas({"n1": Position(1, 7), "n2": Position(1, 7),
+                             "n3": Position(1, 7)})
+        dropped: list[str] = []
+        send = replicas.send
+
+        def lossy(node: str, fence: Fence) -> None:
+            if node == "n3" and not dropped:
+                dropped.append(node)
+                return
+            send(node, fence)
+
+        settings = ControllerSettings(lease_ttl_s=2, fence_wait_s=0.5, reconcile_s=0.02)
+        controller = Controller(client, LAYOUT, "n1", settings, lossy)
+        replicas.controllers = {"n1": controller}
+        task = asyncio.create_task(controller.run())
+
+        async def elected() -> bool:
+            kv = await client.get(LAYOUT.partition("p0"))
+            return kv is not None and decode_state(kv.value).epoch == 2
+
+        await until(elected)
+        kv = await client.get(LAYOUT.partition("p0"))
+        assert kv is not None
+        assert dropped == ["n3"]
+        assert set(decode_state(kv.value).isr) == {"n1", "n3"}
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())

@@ -170,3 +170,36 @@ def test_a_peer_killed_and_restarted_is_reached_again(loop: str) -> None:
                     await proc.wait()
 
     run(scenario())
+
+
+def test_reset_moves_a_peer_to_its_new_address() -> None:
+    """The old connection still works (as a restarted peer's old one seems to, until a
+    write fails): reset sends the next frames to the address the peer has now."""
+    async def scenario() -> None:
+        got: dict[str, list[object]] = {"old": [], "new": []}
+        addresses: dict[str, tuple[str, int]] = {}
+
+        async def address_of(node: str) -> tuple[str, int] | None:
+            return addresses.get(node)
+
+        def make(inbox: str) -> Transport:
+            return Transport(node="b", cluster="c1", address_of=address_of,
+                             on_frame=lambda peer, frame: got[inbox].append(frame))
+
+        a = Transport(node="a", cluster="c1", address_of=address_of,
+                      on_frame=lambda peer, frame: None)
+        old, new = make("old"), make("new")
+        addresses["b"] = await old.listen("127.0.0.1", 0)
+        a.send("b", Fence("q", 1, "a"))
+        await until(lambda: len(got["old"]) == 1)
+        addresses["b"] = await new.listen("127.0.0.1", 0)
+        a.reset("b")
+        for i in range(2, 6):
+            a.send("b", Fence("q", i, "a"))
+        await until(lambda: len(got["new"]) == 4)
+        assert [f.epoch for f in got["new"]] == [2, 3, 4, 5]  # type: ignore[attr-defined]
+        assert len(got["old"]) == 1
+        for t in (a, old, new):
+            await t.close()
+
+    asyncio.run(scenario())

@@ -42,6 +42,13 @@ log = logging.getLogger("ferrymq.cluster.controller")
 # the answers it has: a live replica answers within a round trip plus an fsync; one that
 # is slower is treated as absent (it rejoins later) rather than delaying failover.
 FENCE_WAIT_S = 0.5
+# A fence not answered this soon is sent again (within FENCE_WAIT_S): long enough for a
+# live replica's answer (a round trip and an fsync), short enough for a few tries.
+_FENCE_RESEND_S = 0.1
+# What is left of a wait below this counts as nothing: a sub-millisecond remainder (a
+# float's rounding) would otherwise be waited for again and again on a clock that does
+# not advance within the loop's resolution (the simulation's virtual one).
+_WAIT_RESOLUTION_S = 0.001
 # How often the controller looks at the cluster even without a watch event: a safety
 # net for missed events and for retrying an election that found no candidate.
 _RECONCILE_S = 0.5
@@ -172,11 +179,19 @@ class Controller:
         try:
             while len([r for r in replies.values() if r.epoch == epoch]) < len(live):
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining < _WAIT_RESOLUTION_S:
                     break
                 answered.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(answered.wait(), remaining)
+                try:
+                    await asyncio.wait_for(answered.wait(), min(remaining, _FENCE_RESEND_S))
+                except TimeoutError:
+                    # A fence can be lost on the way (written to the connection of a
+                    # replica's previous process, which restarted): sent again to the
+                    # replicas that have not answered. A fence is idempotent.
+                    for node in live:
+                        reply = replies.get(node)
+                        if reply is None or reply.epoch != epoch:
+                            self._send_fence(node, Fence(partition, epoch, self._node))
         finally:
             self._replies.pop(partition, None)
             self._answered.pop(partition, None)

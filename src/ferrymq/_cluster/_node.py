@@ -179,6 +179,7 @@ class FrameTransport(Protocol):
 
     async def listen(self, host: str, port: int) -> tuple[str, int]: ...
     def send(self, peer: str, frame: object) -> None: ...
+    def reset(self, peer: str) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -629,8 +630,14 @@ class Node:
                 try:
                     async for event in stream:
                         name = self.layout.name_of(prefix, event.key)
+                        old = self._nodes.get(name)
                         if event.kind is EventKind.PUT:
-                            self._nodes[name] = decode_node(name, event.value)
+                            self._nodes[name] = new = decode_node(name, event.value)
+                            if old is not None and old.pid != new.pid:
+                                # A new process (it restarted): frames must not go on
+                                # down the old one's connection, whose loss only shows
+                                # once a write fails.
+                                self.transport.reset(name)
                         else:
                             self._nodes.pop(name, None)
                         self.controller.poke()

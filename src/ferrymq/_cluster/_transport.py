@@ -136,6 +136,16 @@ class Transport:
         p.bytes_queued += len(data)
         p.wakeup.set()
 
+    def reset(self, peer: str) -> None:
+        """``peer`` is a new process now: close the connection to the old one (the
+        writer reconnects, to the address ``address_of`` gives now). Frames written to
+        a dead peer's connection are lost silently until a write fails."""
+        p = self._peers.get(peer)
+        if p is not None and p.writer is not None:
+            p.writer.close()
+            p.writer = None
+            p.wakeup.set()
+
     async def close(self) -> None:
         self._closed = True
         if self._server is not None:
@@ -180,6 +190,11 @@ class Transport:
                 peer.writer = writer
                 while not self._closed:
                     if writer.is_closing():
+                        if peer.writer is None:
+                            # reset(): reconnect, keeping what is queued for the new
+                            # process.
+                            peer.wakeup.set()
+                            break
                         # Closed under us (the peer died, a write failed). uvloop then
                         # raises RuntimeError on the next write, where asyncio's own
                         # loop drops it silently: either way, reconnect.

@@ -246,6 +246,9 @@ class _SimTransport:
     def send(self, peer: str, frame: object) -> None:
         self._world.send(self._name, peer, frame)
 
+    def reset(self, peer: str) -> None:
+        pass  # the simulated network has no connections to go stale
+
     async def close(self) -> None:
         pass
 
