@@ -71,7 +71,9 @@ from ferrymq._coordination import (
     CoordinationError,
     Coordinator,
     Delete,
+    Event,
     EventKind,
+    KeyValue,
     Lease,
     Put,
 )
@@ -79,7 +81,7 @@ from ferrymq._core import Export
 from ferrymq._core import _attributes as attrs
 from ferrymq._core._broker import Broker, Replication, RequestInfo
 from ferrymq._core._effects import EffectDecodeError, MessageStored, decode_effects, encode_effects
-from ferrymq._core._errors import SqsError, invalid_parameter, missing_parameter
+from ferrymq._core._errors import SqsError, invalid_parameter
 from ferrymq._core._records import Entropy, MessageRecord
 from ferrymq._gateway import Gateway, Request, Response, close_server, start_gateway
 from ferrymq._gateway._http import HttpLimits
@@ -615,92 +617,75 @@ class Node:
 
     # ---- what etcd says ---------------------------------------------------------
 
-    async def _watch_nodes(self) -> None:
-        prefix = self.layout.nodes
+    async def _watch(self, prefix: bytes, what: str,
+                     on_snapshot: Callable[[dict[str, KeyValue]], None],
+                     on_event: Callable[[str, Event], None]) -> None:
+        """Follow ``prefix``: its whole content first (``on_snapshot``, name -> key),
+        then every change after it (``on_event``), from scratch again whenever the
+        watch breaks (etcd unreachable, compacted)."""
         while True:
             try:
                 snap = await self.coordinator.get_prefix(prefix)
-                self._nodes = {
-                    self.layout.name_of(prefix, kv.key):
-                        decode_node(self.layout.name_of(prefix, kv.key), kv.value)
-                    for kv in snap.items}
+                on_snapshot({self.layout.name_of(prefix, kv.key): kv for kv in snap.items})
                 self._changed.set()
                 stream = self.coordinator.watch_prefix(prefix,
                                                        start_revision=snap.revision + 1)
                 try:
                     async for event in stream:
-                        name = self.layout.name_of(prefix, event.key)
-                        old = self._nodes.get(name)
-                        if event.kind is EventKind.PUT:
-                            self._nodes[name] = new = decode_node(name, event.value)
-                            if old is not None and old.pid != new.pid:
-                                # A new process (it restarted): frames must not go on
-                                # down the old one's connection, whose loss only shows
-                                # once a write fails.
-                                self.transport.reset(name)
-                        else:
-                            self._nodes.pop(name, None)
-                        self.controller.poke()
+                        on_event(self.layout.name_of(prefix, event.key), event)
                         self._changed.set()
                 finally:
                     await stream.aclose()
             except CoordinationError as exc:
-                log.info("watching nodes: %r; again", exc)
+                log.info("watching %s: %r; again", what, exc)
                 await asyncio.sleep(_REREGISTER_S)
+
+    async def _watch_nodes(self) -> None:
+        def snapshot(kvs: dict[str, KeyValue]) -> None:
+            self._nodes = {name: decode_node(name, kv.value) for name, kv in kvs.items()}
+
+        def changed(name: str, event: Event) -> None:
+            old = self._nodes.get(name)
+            if event.kind is EventKind.PUT:
+                self._nodes[name] = new = decode_node(name, event.value)
+                if old is not None and old.pid != new.pid:
+                    # A new process (it restarted): frames must not go on down the old
+                    # one's connection, whose loss only shows once a write fails.
+                    self.transport.reset(name)
+            else:
+                self._nodes.pop(name, None)
+            self.controller.poke()
+
+        await self._watch(self.layout.nodes, "nodes", snapshot, changed)
 
     async def _watch_catalog(self) -> None:
-        prefix = self.layout.queues
-        while True:
-            try:
-                snap = await self.coordinator.get_prefix(prefix)
-                self.catalog.reset(
-                    (decode_entry(self.layout.name_of(prefix, kv.key), kv.value),
-                     kv.mod_revision) for kv in snap.items)
-                self._changed.set()
-                stream = self.coordinator.watch_prefix(prefix,
-                                                       start_revision=snap.revision + 1)
-                try:
-                    async for event in stream:
-                        name = self.layout.name_of(prefix, event.key)
-                        if event.kind is EventKind.PUT:
-                            self.catalog.apply(decode_entry(name, event.value),
-                                               event.revision)
-                        else:
-                            self.catalog.forget(name, event.revision)
-                        self._changed.set()
-                finally:
-                    await stream.aclose()
-            except CoordinationError as exc:
-                log.info("watching the catalog: %r; again", exc)
-                await asyncio.sleep(_REREGISTER_S)
+        def snapshot(kvs: dict[str, KeyValue]) -> None:
+            self.catalog.reset((decode_entry(name, kv.value), kv.mod_revision)
+                               for name, kv in kvs.items())
+
+        def changed(name: str, event: Event) -> None:
+            if event.kind is EventKind.PUT:
+                self.catalog.apply(decode_entry(name, event.value), event.revision)
+            else:
+                self.catalog.forget(name, event.revision)
+
+        await self._watch(self.layout.queues, "the catalog", snapshot, changed)
 
     async def _watch_states(self) -> None:
-        prefix = self.layout.partitions
-        while True:
-            try:
-                snap = await self.coordinator.get_prefix(prefix)
-                present = set()
-                for kv in snap.items:
-                    name = self.layout.name_of(prefix, kv.key)
-                    present.add(name)
-                    self.on_state(name, decode_state(kv.value), kv.mod_revision)
-                for name in set(self._states) - present:
-                    self._on_removed(name)
-                stream = self.coordinator.watch_prefix(prefix,
-                                                       start_revision=snap.revision + 1)
-                try:
-                    async for event in stream:
-                        name = self.layout.name_of(prefix, event.key)
-                        if event.kind is EventKind.PUT:
-                            self.on_state(name, decode_state(event.value), event.revision)
-                        else:
-                            self._on_removed(name)
-                        self.controller.poke()
-                finally:
-                    await stream.aclose()
-            except CoordinationError as exc:
-                log.info("watching the replica sets: %r; again", exc)
-                await asyncio.sleep(_REREGISTER_S)
+        def snapshot(kvs: dict[str, KeyValue]) -> None:
+            for name, kv in kvs.items():
+                self.on_state(name, decode_state(kv.value), kv.mod_revision)
+            for name in set(self._states) - set(kvs):
+                self._on_removed(name)
+
+        def changed(name: str, event: Event) -> None:
+            if event.kind is EventKind.PUT:
+                self.on_state(name, decode_state(event.value), event.revision)
+            else:
+                self._on_removed(name)
+            self.controller.poke()
+
+        await self._watch(self.layout.partitions, "the replica sets", snapshot, changed)
 
     async def _poll_states(self) -> None:
         """The safety net under the watch (module constants say why)."""
@@ -1092,16 +1077,15 @@ class Node:
     async def _get_queue_url(self, params: dict[str, Any], ctx: CallContext
                              ) -> dict[str, Any]:
         name = params.get("QueueName")
-        if name is None:
-            raise missing_parameter("QueueName")
-        if not isinstance(name, str):
-            raise invalid_parameter("Value for parameter QueueName is invalid.")
-        owner = params.get("QueueOwnerAWSAccountId")
-        held = await self._entry(name) if name else None
-        if held is None or held[0].status != LIVE or (
-                owner is not None and owner != self.cfg.account_id):
-            raise SqsError("QueueDoesNotExist", "The specified queue does not exist.")
-        return {"QueueUrl": f"{ctx.base_url}/{self.cfg.account_id}/{name}"}
+        if isinstance(name, str) and name:
+            # Read from etcd if this node's copy of the catalog has not seen it yet (a
+            # queue created through another node a moment ago), then answered by an
+            # empty core whose directory is the catalog: the single node's checks and
+            # texts.
+            await self._entry(name)
+        scratch = self.make_broker(directory=self.catalog)
+        return scratch.execute("GetQueueUrl", params, self.wall_ms(), self._entropy,
+                               RequestInfo(ctx.base_url, ctx.account_id)).response
 
     async def _route(self, request: Request, action: str, params: dict[str, Any]
                      ) -> Response | None:

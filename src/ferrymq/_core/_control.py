@@ -397,7 +397,10 @@ class ControlPlane:
         if not isinstance(name, str):
             raise invalid_parameter("Value for parameter QueueName is invalid.")
         owner = params.get("QueueOwnerAWSAccountId")
-        if name not in self._queues or (owner is not None and owner != self.account_id):
+        # A queue of another replica set's counts too (a cluster node answers
+        # GetQueueUrl for the whole cluster on a core whose directory is the catalog).
+        exists = name in self._queues or self.remote(name) is not None
+        if not exists or (owner is not None and owner != self.account_id):
             raise _no_queue()
         return {"QueueUrl": self.url(info, name)}, []
 
