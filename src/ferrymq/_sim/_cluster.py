@@ -76,6 +76,7 @@ from ferrymq._sim._disk import SimDisk
 from ferrymq._sim._loop import Actor, VirtualTimeLoop
 from ferrymq._sim._replication import SimulationFailure
 from ferrymq._verify import CONTROL, NEMESIS, Recorder, check, make_body
+from ferrymq._verify._workload import decide_received
 
 __all__ = ["ClusterScenario", "SimulationFailure", "run_cluster_seed"]
 
@@ -857,28 +858,8 @@ class _Clients:
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if self.world.draining:
             return messages, []
-        delete: list[dict[str, Any]] = []
-        release: list[dict[str, Any]] = []
-        if not fifo:
-            for m in messages:
-                roll = self.rng.random()
-                if roll < _CRASH_FRACTION:
-                    continue
-                (release if roll < _CRASH_FRACTION + _RELEASE_FRACTION else delete).append(m)
-            return delete, release
-        runs: dict[str, list[dict[str, Any]]] = {}
-        for m in messages:
-            runs.setdefault(m.get("Attributes", {}).get("MessageGroupId", ""), []).append(m)
-        for run in runs.values():
-            for i, m in enumerate(run):
-                roll = self.rng.random()
-                if roll < _CRASH_FRACTION:
-                    break
-                if roll < _CRASH_FRACTION + _RELEASE_FRACTION:
-                    release.extend(run[i:])
-                    break
-                delete.append(m)
-        return delete, release
+        return decide_received(messages, fifo, self.rng, _CRASH_FRACTION,
+                               _RELEASE_FRACTION)
 
     async def _batch(self, process: int, which: str, f: str,
                      messages: list[dict[str, Any]]) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "WorkloadConfig",
     "classify",
     "create_queue",
+    "decide_received",
     "drain_all",
     "probe_send",
 ]
@@ -450,29 +451,39 @@ class _Consumer(_Worker):
     def decide(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
                                                               list[dict[str, Any]]]:
         a = self.actor
-        crash, release_p = a.config.crash_fraction, a.config.release_fraction
-        delete: list[dict[str, Any]] = []
-        release: list[dict[str, Any]] = []
-        if not a.queue.fifo:
-            for m in messages:
-                roll = a.rng.random()
-                if roll < crash:
-                    continue
-                (release if roll < crash + release_p else delete).append(m)
-            return delete, release
-        runs: dict[str, list[dict[str, Any]]] = {}
+        return decide_received(messages, a.queue.fifo, a.rng, a.config.crash_fraction,
+                               a.config.release_fraction)
+
+
+def decide_received(messages: list[dict[str, Any]], fifo: bool, rng: random.Random,
+                    crash_fraction: float, release_fraction: float
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a consumer does with a receive's messages: (delete, release); the rest it
+    "crashes" on, leaving them to their leases. In a FIFO queue a consumer that stops
+    or gives back a message of a group stops (or gives back) the rest of the group's run
+    too, as a real one processing in order would."""
+    delete: list[dict[str, Any]] = []
+    release: list[dict[str, Any]] = []
+    if not fifo:
         for m in messages:
-            runs.setdefault(m.get("Attributes", {}).get("MessageGroupId", ""), []).append(m)
-        for run in runs.values():
-            for i, m in enumerate(run):
-                roll = a.rng.random()
-                if roll < crash:
-                    break
-                if roll < crash + release_p:
-                    release.extend(run[i:])
-                    break
-                delete.append(m)
+            roll = rng.random()
+            if roll < crash_fraction:
+                continue
+            (release if roll < crash_fraction + release_fraction else delete).append(m)
         return delete, release
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for m in messages:
+        runs.setdefault(m.get("Attributes", {}).get("MessageGroupId", ""), []).append(m)
+    for run in runs.values():
+        for i, m in enumerate(run):
+            roll = rng.random()
+            if roll < crash_fraction:
+                break
+            if roll < crash_fraction + release_fraction:
+                release.extend(run[i:])
+                break
+            delete.append(m)
+    return delete, release
 
 
 class QueueWorkload:
