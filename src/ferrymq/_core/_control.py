@@ -179,6 +179,16 @@ def _no_queue() -> SqsError:
     return SqsError("QueueDoesNotExist", "The specified queue does not exist.")
 
 
+def _queue_name_param(params: Mapping[str, Any]) -> str:
+    """The QueueName of CreateQueue / GetQueueUrl, present and a string."""
+    name = params.get("QueueName")
+    if name is None:
+        raise missing_parameter("QueueName")
+    if not isinstance(name, str):
+        raise invalid_parameter("Value for parameter QueueName is invalid.")
+    return name
+
+
 class ControlPlane:
     """Queue definitions, deletions and move tasks of one broker (module docstring)."""
 
@@ -293,11 +303,7 @@ class ControlPlane:
     def create_queue(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> ControlResult:
-        name = params.get("QueueName")
-        if name is None:
-            raise missing_parameter("QueueName")
-        if not isinstance(name, str):
-            raise invalid_parameter("Value for parameter QueueName is invalid.")
+        name = _queue_name_param(params)
         given = params.get("Attributes") or {}
         if not isinstance(given, dict):
             raise invalid_parameter("Value for parameter Attributes is invalid.")
@@ -391,11 +397,7 @@ class ControlPlane:
     def get_queue_url(
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, info: RequestInfo
     ) -> ControlResult:
-        name = params.get("QueueName")
-        if name is None:
-            raise missing_parameter("QueueName")
-        if not isinstance(name, str):
-            raise invalid_parameter("Value for parameter QueueName is invalid.")
+        name = _queue_name_param(params)
         owner = params.get("QueueOwnerAWSAccountId")
         # A queue of another replica set's counts too (a cluster node answers
         # GetQueueUrl for the whole cluster on a core whose directory is the catalog).

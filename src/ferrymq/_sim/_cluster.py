@@ -76,7 +76,7 @@ from ferrymq._sim._disk import SimDisk
 from ferrymq._sim._loop import Actor, VirtualTimeLoop
 from ferrymq._sim._replication import SimulationFailure
 from ferrymq._verify import CONTROL, NEMESIS, Recorder, check, make_body
-from ferrymq._verify._workload import decide_received
+from ferrymq._verify._workload import batch_outcome, decide_received
 
 __all__ = ["ClusterScenario", "SimulationFailure", "run_cluster_seed"]
 
@@ -877,13 +877,7 @@ class _Clients:
         action = "DeleteMessageBatch" if f == "delete" else "ChangeMessageVisibilityBatch"
 
         def result(response: dict[str, Any]) -> dict[str, Any]:
-            outcome = [dict(e) for e in entries]
-            for ok in response.get("Successful", []):
-                outcome[int(ok["Id"])]["type"] = "ok"
-            for bad in response.get("Failed", []):
-                outcome[int(bad["Id"])].update(
-                    type="fail" if bad.get("SenderFault") else "info", error=bad.get("Code"))
-            return {"entries": outcome}
+            return batch_outcome(entries, response)
 
         type_, response = await self.op(process, which, f, value, action,
                                         {"QueueUrl": self.url(which), "Entries": wire},

@@ -41,6 +41,7 @@ __all__ = [
     "QueueWorkload",
     "WorkloadConfig",
     "classify",
+    "batch_outcome",
     "create_queue",
     "decide_received",
     "drain_all",
@@ -286,15 +287,7 @@ class _Actor:
             return response
 
         def result(response: dict[str, Any]) -> dict[str, Any]:
-            outcome = [dict(e) for e in entries]
-            for ok in response.get("Successful", []):
-                outcome[int(ok["Id"])]["type"] = "ok"
-            for bad in response.get("Failed", []):
-                # SenderFault false: the server failed that entry, outcome unknown.
-                outcome[int(bad["Id"])].update(
-                    type="fail" if bad.get("SenderFault") else "info",
-                    error=bad.get("Code"))
-            return {"entries": outcome}
+            return batch_outcome(entries, response)
 
         type_, response = self.call(f, value, request, result)
         types = {e["id"]: "info" if type_ == "ok" else type_ for e in entries}
@@ -453,6 +446,19 @@ class _Consumer(_Worker):
         a = self.actor
         return decide_received(messages, a.queue.fifo, a.rng, a.config.crash_fraction,
                                a.config.release_fraction)
+
+
+def batch_outcome(entries: list[dict[str, Any]], response: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """A batch's history value from its answer: each entry ok, fail (the client's
+    fault) or info (SenderFault false: the server failed it, outcome unknown)."""
+    outcome = [dict(e) for e in entries]
+    for ok in response.get("Successful", []):
+        outcome[int(ok["Id"])]["type"] = "ok"
+    for bad in response.get("Failed", []):
+        outcome[int(bad["Id"])].update(
+            type="fail" if bad.get("SenderFault") else "info", error=bad.get("Code"))
+    return {"entries": outcome}
 
 
 def decide_received(messages: list[dict[str, Any]], fifo: bool, rng: random.Random,
