@@ -87,7 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ferrymq._bench._runner import PEERS, WORKLOADS, Settings, run_bench
+    from ferrymq._bench._runner import (
+        PACED_WINDOW_MIN_S,
+        PEERS,
+        WORKLOADS,
+        Settings,
+        run_bench,
+    )
 
     unknown = [p for p in args.peers if p not in PEERS]
     unknown += [w for w in args.workloads if w not in WORKLOADS]
@@ -102,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     server_cpu, loadgen_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
+    duration_s = pick(args.duration, 5.0, 1.0)
     settings = Settings(
-        duration_s=pick(args.duration, 5.0, 1.0),
+        duration_s=duration_s,
+        paced_window_s=duration_s if quick else max(duration_s, PACED_WINDOW_MIN_S),
         warmup_s=pick(args.warmup, 1.0, 0.3),
         repeat=max(1, int(pick(args.repeat, 3, 1))),
         conns=max(1, args.connections),

@@ -303,9 +303,13 @@ class _Worker:
         """Loop until the window stops; ``budget`` (a one-cell counter) caps messages sent."""
         window = self.window
         period_ns = 0
+        next_ns = time.perf_counter_ns()
         if self.role == "paced":
             period_ns = int(1e9 / float(self.spec["rate_per_s"]))
-        next_ns = time.perf_counter_ns()
+            # Connections of one group evenly staggered over a period: an even offered
+            # load, not bursts of all of them at once.
+            next_ns += period_ns * (self.index % int(self.spec.get("conns", 1))) \
+                // int(self.spec.get("conns", 1))
         try:
             while not window.stopping:
                 if budget is not None:
@@ -333,7 +337,11 @@ class _Worker:
                     window.error(f"batch entries failed: {body[:300]!r}")
                     continue
                 if window.counts(finished) or budget is not None:
-                    window.latencies_ns.append(finished - started)
+                    # Paced: from the request's scheduled time, so a slow answer that
+                    # delays the next request counts against the server too (an
+                    # open-loop measure; timing from the send would omit that wait).
+                    window.latencies_ns.append(
+                        finished - (min(started, next_ns) if period_ns else started))
                     window.sent += 10 if self.role == "batch" else 1
                     window.requests += 1
                     window.last_completion_ns = finished
