@@ -25,6 +25,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 from ferrymq import __version__
+from ferrymq._core._control import PARTITIONS_MAX
 from ferrymq._gateway._http import HttpLimits
 
 _HTTP_DEFAULTS = HttpLimits()
@@ -95,6 +96,13 @@ def _positive_int(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
     return int(text)
+
+
+def _partition_count(text: str) -> int:
+    count = _positive_int(text)
+    if count > PARTITIONS_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {PARTITIONS_MAX}")
+    return count
 
 
 def _positive_seconds(text: str) -> float:
@@ -215,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="for a queue of 3 or more replicas created without the "
                       "ferry:min-insync-replicas tag: sync durability refuses writes while "
                       "fewer are in sync (default: %(default)s; 1 for fewer replicas)")
+    node.add_argument("--partitions", type=_partition_count, default=1,
+                      help="partitions of a standard queue created without the "
+                      "ferry:partitions tag, each a replica set of its own (1 to "
+                      f"{PARTITIONS_MAX}; default: %(default)s)")
     node.add_argument("--durability", choices=["sync", "async"], default="sync",
                       help="for a queue created without the ferry:durability tag: sync, a "
                       "write is acknowledged once every in-sync replica has fsynced it; "
@@ -378,6 +390,7 @@ def _node(args: argparse.Namespace) -> int:
         etcd_endpoints=args.etcd, cluster=args.cluster, advertise_url=args.advertise_url,
         replicas=args.replicas, min_isr=min(args.min_insync_replicas, args.replicas),
         sync=args.durability == "sync", lease_ttl_s=args.lease_ttl_seconds,
+        partitions=args.partitions,
         free_bytes_min=args.disk_free_min_mib * _MIB, account_id=args.account_id,
         region=args.region,
         http_limits=HttpLimits(connections_max=args.connections_max,

@@ -299,6 +299,27 @@ class QueueService:
             if self._waiters.version(outcome.queue) == seen_version:
                 await self._park(outcome.queue, remaining_ms)
 
+    async def wait_visible(self, queue: str, timeout_ms: int) -> bool:
+        """True once ``queue`` has a receivable message, False after ``timeout_ms``
+        without one (or if there is no such queue). Receives nothing: the long poll of
+        a queue of several partitions waits on each partition with this."""
+        deadline_ms = self._clock_ms() + timeout_ms
+        while True:
+            messages = self.broker.queue_messages(queue)
+            if messages is None:
+                return False
+            seen_version = self._waiters.version(queue)
+            if messages.approximate_number_of_messages(self._clock_ms()) > 0:
+                # A wake-up this took may have been meant for a receive parked here:
+                # pass it on (a spurious wake is a re-check; a lost one, a stall).
+                self._waiters.notify(queue)
+                return True
+            remaining_ms = deadline_ms - self._clock_ms()
+            if remaining_ms <= 0 or self._draining:
+                return False
+            if self._waiters.version(queue) == seen_version:
+                await self._park(queue, remaining_ms)
+
     def _call_read_only(self, action: str, params: dict[str, Any], now_ms: int,
                         info: RequestInfo) -> dict[str, Any]:
         """Writes are refused: answer what needs no write, refuse the rest (503)."""

@@ -301,7 +301,12 @@ def test_replication_tags_that_match_the_replica_set_are_kept(
                                     "the queue's replica set has 3 replicas, 2 of them in "
                                     "sync, sync durability."),
     ({"ferry:speed": "fast"}, "Unknown reserved tag ferry:speed: the ferry: tags are "
-                              "ferry:replicas, ferry:min-insync-replicas, ferry:durability."),
+                              "ferry:replicas, ferry:min-insync-replicas, ferry:durability, "
+                              "ferry:partitions."),
+    ({"ferry:partitions": "0"}, "Value 0 for tag ferry:partitions is invalid. Allowed: an "
+                                "integer from 1 to 256."),
+    ({"ferry:partitions": "257"}, "Value 257 for tag ferry:partitions is invalid. Allowed: "
+                                  "an integer from 1 to 256."),
 ])
 def test_replication_tags_are_checked(tags: dict[str, str], message: str) -> None:
     sqs = Harness(replication=CLUSTER)
@@ -318,6 +323,25 @@ def test_serve_keeps_one_copy_and_says_so(sqs: Harness) -> None:
         sqs("CreateQueue", QueueName="r", tags={"ferry:replicas": "3"})
     assert exc.value.message == ("Value 3 for tag ferry:replicas is not available: "
                                  "ferrymq serve keeps one copy of every queue.")
+
+
+def test_serve_keeps_one_partition_and_says_so(sqs: Harness) -> None:
+    sqs("CreateQueue", QueueName="q", tags={"ferry:partitions": "1"})
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="r", tags={"ferry:partitions": "4"})
+    assert exc.value.message == ("Value 4 for tag ferry:partitions is not available: "
+                                 "ferrymq serve keeps every queue in one partition.")
+
+
+def test_a_fifo_queue_is_not_partitioned() -> None:
+    sqs = Harness(replication=Replication(replicas=3, min_isr=2, sync=True, cluster=True,
+                                          partitions=2))
+    with pytest.raises(SqsError) as exc:
+        sqs("CreateQueue", QueueName="q.fifo", Attributes={"FifoQueue": "true"},
+            tags={"ferry:partitions": "2"})
+    assert exc.value.message.startswith("Value 2 for tag ferry:partitions is invalid: a "
+                                        "FIFO queue is kept in one partition")
+    sqs("CreateQueue", QueueName="standard", tags={"ferry:partitions": "2"})
 
 
 def test_replication_tags_cannot_be_changed_later(sqs: Harness) -> None:

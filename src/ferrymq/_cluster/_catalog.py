@@ -46,9 +46,19 @@ _STATUSES = (CREATING, LIVE, DELETED)
 class QueueEntry:
     name: str
     status: str  # creating | live | deleted
-    partition: str | None
+    partition: str | None  # the first partition's replica set: it owns the definition
     record: QueueRecord | None = None
     deleted_ms: int | None = None
+    # Every partition's replica set, in partition order (``partition`` first); empty for
+    # a tombstone. A queue of one partition has just ``partition``.
+    partitions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.partition is not None and not self.partitions:
+            object.__setattr__(self, "partitions", (self.partition,))
+        if self.partitions and self.partitions[0] != self.partition:
+            raise ValueError(f"queue {self.name!r}: partitions {self.partitions} do not "
+                             f"start with {self.partition!r}")
 
 
 def record_doc(record: QueueRecord) -> dict[str, Any]:
@@ -69,6 +79,8 @@ def record_of(name: str, doc: Mapping[str, Any]) -> QueueRecord:
 
 def encode_entry(entry: QueueEntry) -> bytes:
     doc: dict[str, Any] = {"status": entry.status, "partition": entry.partition}
+    if len(entry.partitions) > 1:
+        doc["partitions"] = list(entry.partitions)
     if entry.record is not None:
         doc["record"] = record_doc(entry.record)
     if entry.deleted_ms is not None:
@@ -83,8 +95,10 @@ def decode_entry(name: str, raw: bytes) -> QueueEntry:
         raise ValueError(f"queue {name!r}: unknown catalog status {status!r}")
     record = record_of(name, doc["record"]) if doc.get("record") is not None else None
     partition = doc.get("partition")
+    partitions = tuple(str(p) for p in doc.get("partitions") or ())
     return QueueEntry(name, status, None if partition is None else str(partition), record,
-                      None if doc.get("deleted_ms") is None else int(doc["deleted_ms"]))
+                      None if doc.get("deleted_ms") is None else int(doc["deleted_ms"]),
+                      partitions)
 
 
 class Catalog:
@@ -122,9 +136,9 @@ class Catalog:
                       if entry.status == LIVE)
 
     def partitions(self) -> dict[str, str]:
-        """Replica set -> queue, for every entry that has one."""
-        return {entry.partition: name for name, (entry, _) in self._entries.items()
-                if entry.partition is not None and entry.status != DELETED}
+        """Replica set -> queue, for every partition of every entry that has them."""
+        return {partition: name for name, (entry, _) in self._entries.items()
+                if entry.status != DELETED for partition in entry.partitions}
 
     def arn(self, name: str) -> str:
         return f"arn:aws:sqs:{self._region}:{self._account_id}:{name}"
@@ -156,10 +170,11 @@ class Catalog:
         return sorted(found)
 
 
-def live_entry(name: str, partition: str, record: QueueRecord) -> QueueEntry:
-    return QueueEntry(name, LIVE, partition, record)
+def live_entry(name: str, partition: str, record: QueueRecord,
+               partitions: tuple[str, ...] = ()) -> QueueEntry:
+    return QueueEntry(name, LIVE, partition, record, partitions=partitions)
 
 
 def tombstone(entry: QueueEntry, deleted_ms: int) -> QueueEntry:
     return replace(entry, status=DELETED, partition=None, record=None,
-                   deleted_ms=deleted_ms)
+                   deleted_ms=deleted_ms, partitions=())

@@ -44,6 +44,16 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ferrymq._api import CallContext
+from ferrymq._cluster._calls import (
+    CALL_PATH,
+    WAIT_ACTION,
+    CallDecodeError,
+    PartitionCall,
+    decode_answer,
+    decode_call,
+    encode_answer,
+    encode_call,
+)
 from ferrymq._cluster._catalog import (
     CREATING,
     DELETED,
@@ -65,6 +75,7 @@ from ferrymq._cluster._layout import (
     encode_state,
 )
 from ferrymq._cluster._partition import SQLITE_DISK, ReplicaDisk, ReplicatedStore
+from ferrymq._cluster._partitioned import PartitionedQueues
 from ferrymq._cluster._proxy import FORWARDED_HEADER, Proxy, ProxyError
 from ferrymq._cluster._transport import AddressOf, FrameHandler, Transport
 from ferrymq._coordination import (
@@ -80,6 +91,7 @@ from ferrymq._coordination import (
 from ferrymq._core import Export
 from ferrymq._core import _attributes as attrs
 from ferrymq._core._broker import Broker, Replication, RequestInfo
+from ferrymq._core._control import PARTITIONS_MAX
 from ferrymq._core._effects import EffectDecodeError, MessageStored, decode_effects, encode_effects
 from ferrymq._core._errors import SqsError, invalid_parameter
 from ferrymq._core._records import Entropy, MessageRecord
@@ -139,6 +151,7 @@ _REPLICAS_MAX = 7
 _TAG_REPLICAS = "ferry:replicas"
 _TAG_MIN_ISR = "ferry:min-insync-replicas"
 _TAG_DURABILITY = "ferry:durability"
+_TAG_PARTITIONS = "ferry:partitions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +182,8 @@ class NodeConfig:
     power_loss_seam: bool = False
     # Same as the single node's: how long a deleted queue's name stays refused.
     recreate_delay_ms: int = 60_000
+    # Partitions of a queue created without the ferry:partitions tag.
+    partitions: int = 1
 
 
 def _monotonic_ms() -> int:
@@ -243,7 +258,23 @@ def _replication_of(tags: Any, live: int, cfg: NodeConfig) -> Replication:
             f"Value {durability} for tag {_TAG_DURABILITY} is invalid. Allowed: sync, "
             "async.")
     sync = cfg.sync if durability is None else durability == "sync"
-    return Replication(replicas=replicas, min_isr=min_isr, sync=sync, cluster=True)
+    partitions = number(_TAG_PARTITIONS, PARTITIONS_MAX)
+    if partitions is None:
+        partitions = cfg.partitions
+    return Replication(replicas=replicas, min_isr=min_isr, sync=sync, cluster=True,
+                       partitions=partitions)
+
+
+def _check_partitions_tag(tags: Any, entry: QueueEntry) -> None:
+    """CreateQueue of an existing queue: a ferry:partitions tag must say what it has
+    (its replica sets' cores cannot tell: each holds one partition)."""
+    value = tags.get(_TAG_PARTITIONS) if isinstance(tags, dict) else None
+    count = len(entry.partitions)
+    if isinstance(value, str) and value.isascii() and value.isdigit() \
+            and 1 <= int(value) <= PARTITIONS_MAX and int(value) != count:
+        raise invalid_parameter(
+            f"Value {value} for tag {_TAG_PARTITIONS} is not available: the queue has "
+            f"{count} partition{'s' if count != 1 else ''}.")
 
 
 class _Host:
@@ -511,10 +542,12 @@ class Node:
             coordinator, self.layout, cfg.node_id,
             ControllerSettings(lease_ttl_s=cfg.lease_ttl_s), send_fence=self.send)
         self.proxy = Proxy()
+        self.partitioned = PartitionedQueues(self)
         self.gateway = Gateway(self, public_url=cfg.advertise_url,
                                account_id=cfg.account_id, region=cfg.region,
                                route=self._route,
                                pages={STATUS_PATH: self._status_page,
+                                      CALL_PATH: self._call_page,
                                       IMPORT_PATH: self._import_page})
 
     def partition_path(self, partition: str) -> Path:
@@ -830,13 +863,16 @@ class Node:
             return None
         return held[0].partition
 
-    async def _place(self, name: str, params: dict[str, Any], ctx: CallContext) -> str:
-        """A replica set for a new queue (or the one already placed): see the module
-        docstring. Raises the queue's CreateQueue error if the core would refuse it."""
+    async def _place(self, name: str, params: dict[str, Any], ctx: CallContext
+                     ) -> QueueEntry:
+        """The replica sets of a new queue's partitions (or the ones already placed): see
+        the module docstring. Raises the queue's CreateQueue error if the core would
+        refuse it."""
         for _ in range(_CATALOG_RETRIES_MAX):
             held = await self._entry(name)
             if held is not None and held[0].status != DELETED and held[0].partition:
-                return held[0].partition
+                _check_partitions_tag(params.get("tags"), held[0])
+                return held[0]
             now_ms = self.wall_ms()
             if held is not None and held[0].deleted_ms is not None \
                     and now_ms - held[0].deleted_ms < self.cfg.recreate_delay_ms:
@@ -856,25 +892,39 @@ class Node:
                 for n in state.replicas:
                     if n in load:
                         load[n] += 2 if n == state.leader else 1
-            replicas = tuple(sorted(alive, key=lambda n: (load[n], n))[:replication.replicas])
-            partition = f"{name}-{self._token_hex(4)}"
-            state = PartitionState(leader=None, epoch=0, replicas=replicas, isr=replicas,
-                                   min_isr=replication.min_isr, sync=replication.sync)
-            key, pkey = self.layout.queue(name), self.layout.partition(partition)
-            entry = QueueEntry(name, CREATING, partition)
+            states: dict[str, PartitionState] = {}
+            for _partition in range(replication.partitions):
+                # Least loaded first, counting the partitions placed just now: a queue's
+                # partitions spread over the nodes, their first replicas (the likely
+                # leaders) on different ones.
+                replicas = tuple(sorted(alive, key=lambda n: (load[n], n))
+                                 [:replication.replicas])
+                for rank, n in enumerate(replicas):
+                    load[n] += 2 if rank == 0 else 1
+                states[f"{name}-{self._token_hex(4)}"] = PartitionState(
+                    leader=None, epoch=0, replicas=replicas, isr=replicas,
+                    min_isr=replication.min_isr, sync=replication.sync)
+            partitions = tuple(states)
+            key = self.layout.queue(name)
+            entry = QueueEntry(name, CREATING, partitions[0], partitions=partitions)
+            compare = {key: held[1] if held is not None else 0}
+            compare.update({self.layout.partition(p): 0 for p in partitions})
             try:
                 result = await self.coordinator.transact(
-                    {key: held[1] if held is not None else 0, pkey: 0},
-                    [Put(key, encode_entry(entry)), Put(pkey, encode_state(state))])
+                    compare, [Put(key, encode_entry(entry)),
+                              *(Put(self.layout.partition(p), encode_state(st))
+                                for p, st in states.items())])
             except CoordinationError as exc:
                 raise SqsError("ServiceUnavailable", "The queue could not be placed now; "
                                                      "retry.") from exc
             if result.succeeded:
-                log.info("placed queue %s on %s (%s)", name, ", ".join(replicas), partition)
+                for p, st in states.items():
+                    log.info("placed queue %s on %s (%s)", name, ", ".join(st.replicas), p)
                 self.catalog.apply(entry, result.revision)
-                self.on_state(partition, state, result.revision)
+                for p, st in states.items():
+                    self.on_state(p, st, result.revision)
                 self.controller.poke()
-                return partition
+                return entry
         raise SqsError("ServiceUnavailable", "The queue's placement kept changing; retry.")
 
     async def publish(self, host: _Host, name: str) -> None:
@@ -886,11 +936,15 @@ class Node:
             key = self.layout.queue(name)
             kv = await self.coordinator.get(key)
             current = decode_entry(name, kv.value) if kv is not None else None
+            if current is not None and host.partition in current.partitions[1:]:
+                return  # the first partition's replica set publishes the definition
             if current is not None and current.partition not in (None, host.partition):
                 log.warning("%s: queue %s is catalogued on %s, not %s: not publishing",
                             self.cfg.node_id, name, current.partition, host.partition)
                 return
-            entry = live_entry(name, host.partition, record)
+            entry = live_entry(name, host.partition, record,
+                               current.partitions if current is not None
+                               and current.partition == host.partition else ())
             if current == entry:
                 return
             result = await self.coordinator.transact(
@@ -913,7 +967,7 @@ class Node:
             result = await self.coordinator.transact(
                 {key: kv.mod_revision if kv is not None else 0},
                 [Put(key, encode_entry(gone)),
-                 Delete(self.layout.partition(host.partition))])
+                 *(Delete(self.layout.partition(p)) for p in current.partitions)])
             if result.succeeded:
                 self.catalog.apply(gone, result.revision)
                 return
@@ -1024,25 +1078,34 @@ class Node:
 
     async def call(self, action: str, params: dict[str, Any], ctx: CallContext
                    ) -> dict[str, Any]:
-        """A request ``_route`` left to this node: one whose replica set it leads, or
-        one that needs no replica set (the catalog's actions, errors)."""
+        """A request ``_route`` left to this node: one whose replica set it leads, one
+        of a queue of several partitions (served here, partition by partition), or one
+        that needs no replica set (the catalog's actions, errors)."""
         if action == "ListQueues":
             return self._list_queues(params, ctx)
         if action == "GetQueueUrl":
             return await self._get_queue_url(params, ctx)
         name = _queue_of(action, params)
-        partition = await self._partition_of(name) if name is not None else None
-        if partition is None:
+        held = await self._entry(name) if name is not None else None
+        entry = held[0] if held is not None and held[0].status != DELETED else None
+        if entry is None or entry.partition is None:
             # No such queue, or no queue named at all: an empty core answers exactly as
             # the single node does (QueueDoesNotExist, a missing parameter, ...).
             scratch = self.make_broker(directory=self.catalog)
             return scratch.execute(action, params, self.wall_ms(), self._entropy,
                                    RequestInfo(ctx.base_url, ctx.account_id)).response
-        host = self._hosts.get(partition)
+        if len(entry.partitions) > 1:
+            return await self.partitioned.call(entry, action, params, ctx)
+        host = self._hosts.get(entry.partition)
         if host is None or not host.leads():
             raise self._unavailable("This node does not lead the queue's replica set; "
                                     "retry.")
         assert name is not None
+        return await self._call_local(host, name, action, params, ctx)
+
+    async def _call_local(self, host: _Host, name: str, action: str, params: dict[str, Any],
+                          ctx: CallContext) -> dict[str, Any]:
+        """``action`` on the replica set ``host`` leads here, and its catalog write."""
         if action == "DeleteQueue" and not host.service.broker.queue_exists(name):
             # Deleted by an earlier try whose catalog write did not happen: finish it.
             held = self.catalog.get(name)
@@ -1055,6 +1118,90 @@ class Node:
         elif action == "DeleteQueue":
             await self._catalog_write(self.retire(host, name))
         return result
+
+    # ---- partitions of one queue, called from the node that serves it ----------------
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        """``action`` on ``partition``'s leader, here or on another node (``POST
+        /_ferry/call``); its SQS error raised as is."""
+        name = _queue_of(action, params) if action != WAIT_ACTION \
+            else str(params.get("QueueName"))
+        deadline = self._loop.time() + _LEADER_WAIT_S
+        while True:
+            host = self._hosts.get(partition)
+            if host is not None and host.leads():
+                if action == WAIT_ACTION:
+                    found = await host.service.wait_visible(name or "",
+                                                            int(params["WaitMs"]))
+                    return {"Found": found}
+                return await self._call_local(host, name or "", action, params, ctx)
+            found_leader = await self._leader_target(partition)
+            if found_leader is None:
+                host = self._hosts.get(partition)
+                if host is not None and host.leads():
+                    continue
+                raise self._unavailable("No node leads a partition of the queue yet; "
+                                        "retry.")
+            _, target = found_leader
+            body = encode_call(PartitionCall(partition, action, params, ctx.base_url,
+                                             ctx.account_id, ctx.access_key_id,
+                                             ctx.request_id))
+            request = Request(
+                method="POST", path=CALL_PATH, query="",
+                headers={"host": f"{target[0]}:{target[1]}",
+                         "content-length": str(len(body)),
+                         "content-type": "application/json", FORWARDED_HEADER: "1"},
+                body=body, client="")
+            try:
+                response = await self.proxy.forward(target, request)
+            except ProxyError as exc:
+                if exc.sent or self._loop.time() >= deadline:
+                    raise self._unavailable("The leader of a partition of the queue did "
+                                            "not answer; retry.") from exc
+                await asyncio.sleep(_CONNECT_RETRY_S)
+                continue
+            try:
+                return decode_answer(response.body)
+            except CallDecodeError as exc:
+                log.warning("%s: a partition call to %s got %d %r", self.cfg.node_id,
+                            target, response.status, response.body[:200])
+                raise self._unavailable("A partition of the queue gave no answer; "
+                                        "retry.") from exc
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        result = await self.call_partition(partition, WAIT_ACTION,
+                                           {"QueueName": queue, "WaitMs": timeout_ms}, ctx)
+        return bool(result.get("Found"))
+
+    async def _call_page(self, request: Request) -> Response:
+        def answer(body: bytes) -> Response:
+            return Response(200, [("Content-Type", "application/json")], body)
+
+        if request.method != "POST":
+            return Response(405, [("Content-Type", "text/plain")], b"POST only")
+        try:
+            call = decode_call(request.body)
+        except CallDecodeError as exc:
+            return Response(400, [("Content-Type", "text/plain")], str(exc).encode())
+        host = self._hosts.get(call.partition)
+        if host is None or not host.leads():
+            return answer(encode_answer(error=self._unavailable(
+                "This node does not lead the partition's replica set; retry.")))
+        ctx = CallContext(request_id=call.request_id, base_url=call.base_url,
+                          account_id=call.account_id, region=self.cfg.region,
+                          access_key_id=call.access_key_id, path_queue=None)
+        try:
+            if call.action == WAIT_ACTION:
+                found = await host.service.wait_visible(
+                    str(call.params.get("QueueName")), int(call.params.get("WaitMs", 0)))
+                return answer(encode_answer({"Found": found}))
+            name = _queue_of(call.action, call.params) or ""
+            return answer(encode_answer(
+                await self._call_local(host, name, call.action, call.params, ctx)))
+        except SqsError as exc:
+            return answer(encode_answer(error=exc))
 
     async def _catalog_write(self, write: Coroutine[Any, Any, None]) -> None:
         try:
@@ -1097,11 +1244,13 @@ class Node:
         if action == "CreateQueue":
             ctx = CallContext(request_id="", base_url="", account_id=self.cfg.account_id,
                               region=self.cfg.region, access_key_id=None, path_queue=None)
-            partition: str | None = await self._place(name, params, ctx)
+            entry: QueueEntry | None = await self._place(name, params, ctx)
         else:
-            partition = await self._partition_of(name)
-        if partition is None:
-            return None
+            held = await self._entry(name)
+            entry = held[0] if held is not None and held[0].status != DELETED else None
+        if entry is None or entry.partition is None or len(entry.partitions) > 1:
+            return None  # served by ``call``
+        partition = entry.partition
         host = self._hosts.get(partition)
         if host is not None and host.leads():
             return None

@@ -53,6 +53,7 @@ from ferrymq._core._settings import QueueSettings
 __all__ = [
     "MOVE_CATCH_UP_MS_MAX",
     "MOVE_RATE_DEFAULT_PER_S",
+    "PARTITIONS_MAX",
     "ControlEffect",
     "ControlPlane",
     "ControlResult",
@@ -110,7 +111,10 @@ _TAGS_MAX = 50
 _TAG_REPLICAS = "ferry:replicas"
 _TAG_MIN_ISR = "ferry:min-insync-replicas"
 _TAG_DURABILITY = "ferry:durability"
-_FERRY_TAGS = (_TAG_REPLICAS, _TAG_MIN_ISR, _TAG_DURABILITY)
+_TAG_PARTITIONS = "ferry:partitions"
+_FERRY_TAGS = (_TAG_REPLICAS, _TAG_MIN_ISR, _TAG_DURABILITY, _TAG_PARTITIONS)
+# Partitions a queue may ask for at most (docs/cluster.md): each is a replica set.
+PARTITIONS_MAX = 256
 # Replicas a queue may ask for at most: more copies than this buy no safety a
 # self-hosted cluster needs, and every one costs a follower's disk.
 _REPLICAS_MAX = 7
@@ -139,6 +143,8 @@ class Replication:
     # A replica set of a cluster (one queue's), not ``ferrymq serve``: only the texts
     # of the ferry: tag checks differ.
     cluster: bool = False
+    # Partitions of the queue, each a replica set of its own (a cluster's; serve has 1).
+    partitions: int = 1
 
 
 @dataclass(slots=True)
@@ -324,6 +330,11 @@ class ControlPlane:
         tags = self._validate_tags(params.get("tags") or {}, name)
         self._check_ferry_tags(tags)
         requested = attrs.normalize(given, fifo=wants_fifo, creating=True)
+        if wants_fifo and self.replication.partitions > 1:
+            raise invalid_parameter(
+                f"Value {self.replication.partitions} for tag {_TAG_PARTITIONS} is invalid: "
+                "a FIFO queue is kept in one partition (partitioned FIFO queues, by "
+                "message group, are not supported yet).")
         self._check_redrive(name, wants_fifo, requested, given)
         existing = self._queues.get(name)
         if existing is not None:
@@ -568,11 +579,20 @@ class ControlPlane:
                     raise invalid_parameter(
                         f"Value {value} for tag {key} is not available: {where}.")
                 continue
-            limit = _REPLICAS_MAX if key == _TAG_REPLICAS else rep.replicas
+            limit = {_TAG_REPLICAS: _REPLICAS_MAX, _TAG_PARTITIONS: PARTITIONS_MAX}.get(
+                key, rep.replicas)
             if not (value.isascii() and value.isdigit() and 1 <= int(value) <= limit):
                 raise invalid_parameter(
                     f"Value {value} for tag {key} is invalid. Allowed: an integer from 1 "
                     f"to {limit}.")
+            if key == _TAG_PARTITIONS:
+                # A cluster's node checks the count against the catalog (a replica set
+                # holds one partition and does not know how many its queue has).
+                if not rep.cluster and int(value) != 1:
+                    raise invalid_parameter(
+                        f"Value {value} for tag {key} is not available: ferrymq serve "
+                        "keeps every queue in one partition.")
+                continue
             configured = rep.replicas if key == _TAG_REPLICAS else rep.min_isr
             if int(value) != configured:
                 raise invalid_parameter(

@@ -43,7 +43,7 @@ import hashlib
 import logging
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from typing import Any
 import orjson
 
 from ferrymq._api import CallContext
+from ferrymq._cluster._catalog import QueueEntry
 from ferrymq._cluster._layout import Layout, decode_state
 from ferrymq._cluster._node import Node, NodeConfig
 from ferrymq._cluster._partition import ReplicatedStore
@@ -727,7 +728,8 @@ class _Clients:
         ctx = self._ctx()
         while which not in self.world.partitions:
             type_, partition = await self._on_node(
-                self.rng.choice(names), lambda node: node._place(queue, params, ctx))
+                self.rng.choice(names),
+                lambda node: _first_partition(node._place(queue, params, ctx)))
             if type_ == "ok":
                 self.world.partitions[which] = partition
                 self.world.log(f"{queue} placed on {partition}")
@@ -953,3 +955,10 @@ def run_cluster_seed(seed: int, scenario: ClusterScenario | None = None, *,
     if verbose:
         print("\n".join(world.trace))
     return counts
+
+
+async def _first_partition(placed: Coroutine[Any, Any, QueueEntry]) -> str:
+    """The replica set of a placed queue (the simulation's queues have one partition)."""
+    entry = await placed
+    assert entry.partition is not None
+    return entry.partition

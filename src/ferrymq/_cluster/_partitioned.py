@@ -1,0 +1,264 @@
+"""A queue of several partitions, served at the action level by the node a client
+talks to: which partition each action goes to, and how their answers merge.
+
+Each partition is a replica set of its own (``ferry:partitions``), whose core holds the
+whole queue definition and its share of the messages. The first partition owns the
+definition in the catalog; the others hold the same definition, applied to each in turn.
+
+- Sends: one partition per request (a batch stays together), the less busy of two
+  chosen in rotation (by this node's calls in flight to each): balanced by load, not
+  only by turn.
+- Receives: the partitions are swept in rotation with no wait until the request is
+  filled. A long poll that found nothing then waits on every partition at once for a
+  receivable message, without receiving (``WAIT_ACTION``, event-driven on each leader:
+  no polling), and sweeps again when one has some.
+- Receipt handles name their partition (``P<index>.<handle>``; a handle of the core is
+  URL-safe base64, which has no dot), so deletes and visibility changes go straight to
+  it; a batch is split by partition and the answers merged.
+- Counts are summed over the partitions; the definition is read from the first.
+- A definition change goes to the first partition first (its checks and errors are the
+  single node's), then to the others. CreateQueue and DeleteQueue go to the others
+  first and to the first last: its catalog write makes the queue live, or retires it.
+
+What belongs here: that routing and merging. Calling a partition's leader, here or on
+another node, is the ``PartitionCaller``'s (the node's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ferrymq._api import CallContext
+from ferrymq._cluster._catalog import QueueEntry
+from ferrymq._core._errors import SqsError
+from ferrymq._core._messages import int_param
+from ferrymq._core._queue import RECEIVE_MESSAGES_MAX, WAIT_TIME_S_MAX, MessageQueue
+
+__all__ = ["PartitionCaller", "PartitionedQueues", "unwrap_handle", "wrap_handle"]
+
+_COUNTS = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+           "ApproximateNumberOfMessagesDelayed")
+_HANDLE = re.compile(r"P(\d{1,3})\.(.+)", re.DOTALL)
+# Changes of the definition: checked by the first partition, then applied to the rest.
+_DEFINITION_ACTIONS = frozenset({"SetQueueAttributes", "TagQueue", "UntagQueue",
+                                 "AddPermission", "RemovePermission", "PurgeQueue"})
+# A long poll whose waits on the partitions failed (a leader being replaced) sweeps
+# again after this long instead of at once.
+_WAIT_RETRY_S = 0.1
+_SEND_ACTIONS = frozenset({"SendMessage", "SendMessageBatch"})
+_BATCH_ENTRY = {"DeleteMessageBatch": "DeleteMessageBatchRequestEntry",
+                "ChangeMessageVisibilityBatch": "ChangeMessageVisibilityBatchRequestEntry"}
+
+
+class PartitionCaller(Protocol):
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        """Run ``action`` on the partition's leader; its SQS error raised as is."""
+        ...
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        """True once the partition's ``queue`` has a receivable message, False after
+        ``timeout_ms`` without one."""
+        ...
+
+
+def wrap_handle(index: int, handle: str) -> str:
+    return f"P{index}.{handle}"
+
+
+def unwrap_handle(handle: object, count: int) -> tuple[int, object]:
+    """(partition index, the partition's own handle). A handle that names no partition
+    of this queue goes to the first as it is, which answers it as the single node
+    does (missing, or ReceiptHandleIsInvalid with the client's own text)."""
+    if isinstance(handle, str):
+        match = _HANDLE.fullmatch(handle)
+        if match is not None and int(match.group(1)) < count:
+            return int(match.group(1)), match.group(2)
+    return 0, handle
+
+
+def _restore_text(exc: SqsError, inner: object, original: object) -> SqsError:
+    """An error that quotes the partition's handle quotes the client's instead."""
+    if isinstance(inner, str) and inner != original and f'"{inner}"' in exc.message:
+        return SqsError(exc.shape, exc.message.replace(f'"{inner}"', f'"{original}"'))
+    return exc
+
+
+class PartitionedQueues:
+    """See the module docstring. One per node; ``caller`` reaches the partitions."""
+
+    def __init__(self, caller: PartitionCaller) -> None:
+        self._caller = caller
+        self._turn = 0
+        # This node's calls in flight per partition: the load a send is balanced by.
+        self._in_flight: dict[str, int] = {}
+
+    async def call(self, entry: QueueEntry, action: str, params: dict[str, Any],
+                   ctx: CallContext) -> dict[str, Any]:
+        parts = entry.partitions
+        if action in _SEND_ACTIONS:
+            return await self._one(self._pick(parts), action, params, ctx)
+        if action == "ReceiveMessage":
+            return await self._receive(entry, params, ctx)
+        if action in ("DeleteMessage", "ChangeMessageVisibility"):
+            index, inner = unwrap_handle(params.get("ReceiptHandle"), len(parts))
+            try:
+                return await self._one(parts[index], action,
+                                       {**params, "ReceiptHandle": inner}, ctx)
+            except SqsError as exc:
+                raise _restore_text(exc, inner, params.get("ReceiptHandle")) from None
+        if action in _BATCH_ENTRY:
+            return await self._batch(parts, action, params, ctx)
+        if action == "GetQueueAttributes":
+            return await self._attributes(parts, params, ctx)
+        if action in _DEFINITION_ACTIONS:
+            result = await self._one(parts[0], action, params, ctx)
+            await self._all(parts[1:], action, params, ctx)
+            return result
+        if action in ("CreateQueue", "DeleteQueue"):
+            await self._all(parts[1:], action, params, ctx)
+            return await self._one(parts[0], action, params, ctx)
+        if action == "StartMessageMoveTask":
+            raise SqsError("UnsupportedOperation",
+                           "Message move tasks from a queue of several partitions are not "
+                           "supported yet.")
+        return await self._one(parts[0], action, params, ctx)
+
+    # ---- routing -------------------------------------------------------------------
+
+    def _pick(self, parts: Sequence[str]) -> str:
+        self._turn += 1
+        first = parts[self._turn % len(parts)]
+        second = parts[(self._turn + 1) % len(parts)]
+        return second if self._in_flight.get(second, 0) < self._in_flight.get(first, 0) \
+            else first
+
+    async def _one(self, partition: str, action: str, params: dict[str, Any],
+                   ctx: CallContext) -> dict[str, Any]:
+        self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
+        try:
+            return await self._caller.call_partition(partition, action, params, ctx)
+        finally:
+            self._in_flight[partition] -= 1
+
+    async def _all(self, parts: Sequence[str], action: str, params: dict[str, Any],
+                   ctx: CallContext) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._one(p, action, params, ctx)
+                                           for p in parts)))
+
+    # ---- receive -------------------------------------------------------------------
+
+    async def _receive(self, entry: QueueEntry, params: dict[str, Any], ctx: CallContext
+                       ) -> dict[str, Any]:
+        parts = entry.partitions
+        # Checked here as the core checks them (the same texts): the partitions are
+        # asked with other values.
+        wanted = int_param(params, "MaxNumberOfMessages", 1, 1, RECEIVE_MESSAGES_MAX,
+                           f"Must be between 1 and {RECEIVE_MESSAGES_MAX}, if provided.")
+        wait_s = int_param(params, "WaitTimeSeconds", None, 0, WAIT_TIME_S_MAX,
+                           f"Must be >= 0 and <= {WAIT_TIME_S_MAX}, if provided.")
+        assert wanted is not None
+        if wait_s is None:
+            record = entry.record
+            attributes = dict(record.attributes) if record is not None else {}
+            wait_s = int(attributes.get("ReceiveMessageWaitTimeSeconds", "0"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            messages = await self._sweep(parts, params, wanted, ctx)
+            remaining_ms = int((deadline - loop.time()) * 1000)
+            if messages or remaining_ms <= 0:
+                return {"Messages": messages} if messages else {}
+            await self._wait_any(entry, remaining_ms, ctx)
+
+    async def _sweep(self, parts: Sequence[str], params: dict[str, Any], wanted: int,
+                     ctx: CallContext) -> list[dict[str, Any]]:
+        self._turn += 1
+        start = self._turn % len(parts)
+        found: list[dict[str, Any]] = []
+        for step in range(len(parts)):
+            index = (start + step) % len(parts)
+            asked = {**params, "WaitTimeSeconds": 0,
+                     "MaxNumberOfMessages": wanted - len(found)}
+            result = await self._one(parts[index], "ReceiveMessage", asked, ctx)
+            for message in result.get("Messages") or ():
+                found.append({**message,
+                              "ReceiptHandle": wrap_handle(index, message["ReceiptHandle"])})
+            if len(found) >= wanted:
+                break
+        return found
+
+    async def _wait_any(self, entry: QueueEntry, timeout_ms: int, ctx: CallContext) -> None:
+        waits = [asyncio.ensure_future(self._caller.wait_partition(
+            p, entry.name, timeout_ms, ctx)) for p in entry.partitions]
+        try:
+            pending = set(waits)
+            while pending:
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                if any(t.exception() is None and t.result() for t in done):
+                    return
+            # Every wait ended without a message: timed out, or failed (a partition
+            # between leaders). A pause before the next sweep keeps a failing one from
+            # being asked in a tight loop.
+            if any(t.exception() is not None for t in waits):
+                await asyncio.sleep(_WAIT_RETRY_S)
+        finally:
+            for task in waits:
+                task.cancel()
+
+    # ---- merges --------------------------------------------------------------------
+
+    async def _batch(self, parts: Sequence[str], action: str, params: dict[str, Any],
+                     ctx: CallContext) -> dict[str, Any]:
+        # The core's own checks of the whole batch first (empty, too many, ids): split
+        # per partition, a batch would pass them in parts.
+        entries = MessageQueue._batch_entries(params, _BATCH_ENTRY[action])
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        originals: dict[str, tuple[object, object]] = {}
+        for item in entries:
+            index, inner = unwrap_handle(item.get("ReceiptHandle"), len(parts))
+            by_partition.setdefault(index, []).append({**item, "ReceiptHandle": inner})
+            originals[item["Id"]] = (inner, item.get("ReceiptHandle"))
+        results = await asyncio.gather(*(
+            self._one(parts[index], action, {**params, "Entries": items}, ctx)
+            for index, items in sorted(by_partition.items())))
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for result in results:
+            successful.extend(result.get("Successful") or ())
+            for item in result.get("Failed") or ():
+                inner, original = originals.get(item.get("Id"), (None, None))
+                message = item.get("Message")
+                if isinstance(inner, str) and isinstance(message, str) \
+                        and inner != original and f'"{inner}"' in message:
+                    item = {**item, "Message": message.replace(f'"{inner}"',
+                                                               f'"{original}"')}
+                failed.append(item)
+        order = {item["Id"]: n for n, item in enumerate(entries)}
+        successful.sort(key=lambda item: order.get(item.get("Id"), 0))
+        failed.sort(key=lambda item: order.get(item.get("Id"), 0))
+        response: dict[str, Any] = {"Successful": successful}
+        if failed:
+            response["Failed"] = failed
+        return response
+
+    async def _attributes(self, parts: Sequence[str], params: dict[str, Any],
+                          ctx: CallContext) -> dict[str, Any]:
+        # The first partition checks the request; the rest are asked only if it passed.
+        first = await self._one(parts[0], "GetQueueAttributes", params, ctx)
+        attributes = dict(first.get("Attributes") or {})
+        counted = [name for name in _COUNTS if name in attributes]
+        if not counted or len(parts) == 1:
+            return first
+        rest = await self._all(parts[1:], "GetQueueAttributes",
+                               {**params, "AttributeNames": counted}, ctx)
+        for result in rest:
+            theirs = result.get("Attributes") or {}
+            for name in counted:
+                attributes[name] = str(int(attributes[name]) + int(theirs.get(name, "0")))
+        return {**first, "Attributes": attributes}

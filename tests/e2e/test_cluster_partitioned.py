@@ -1,0 +1,236 @@
+"""Queues of several partitions (``ferry:partitions``) on real nodes and etcd: each
+partition its own replica set, spread over the nodes; sends spread over them, receives
+fanned out and merged, receipt handles routed to their partition, counts summed, and
+definition changes, purge and deletion applied to every partition."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from ferrymq._coordination import ETCD_INSTALL_HINT, etcd_binary
+
+from ._cluster import LocalCluster, local_cluster
+from .test_cluster_queues import _client, _status, _until
+
+pytestmark = pytest.mark.skipif(etcd_binary() is None, reason=ETCD_INSTALL_HINT)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path_factory.mktemp("partitioned")) as c:
+        yield c
+
+
+def _leaders_of(cluster: LocalCluster, queue: str, count: int) -> dict[str, str]:
+    """partition -> leading node, once every one of the queue's ``count`` has one."""
+    def ready() -> dict[str, str] | None:
+        found: dict[str, str] = {}
+        for node in cluster.node_ids():
+            for pid, part in _status(cluster.url(node))["partitions"].items():
+                if part["role"] == "leader" and part["queue"] == queue:
+                    found[pid] = node
+        return found if len(found) == count else None
+
+    return _until(f"leaders of {count} partitions of {queue}", ready)
+
+
+def _error(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
+    err = exc.value.response["Error"]
+    return str(err["Code"]), str(err["Message"])
+
+
+def _drain(client: Any, url: str, expected: int) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len(got) < expected and time.monotonic() < deadline:
+        got.extend(client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                          VisibilityTimeout=60,
+                                          MessageAttributeNames=["All"]).get("Messages", []))
+    return got
+
+
+@pytest.mark.parametrize("protocol", ["json", "query"])
+def test_messages_spread_over_partitions_and_come_back_once(cluster: LocalCluster,
+                                                            protocol: str) -> None:
+    first, second, third = (_client(u, protocol) for u in cluster.urls())
+    name = f"spread-{protocol}"
+    url = first.create_queue(QueueName=name, tags={"ferry:partitions": "3",
+                                                   "ferry:replicas": "1"})["QueueUrl"]
+    leaders = _leaders_of(cluster, name, 3)
+    # Spread over the nodes: each of the three leads one partition.
+    assert sorted(leaders.values()) == sorted(cluster.node_ids()), leaders
+    # CreateQueue again, from another node, with the same tags: the same queue (its
+    # URL names the node asked).
+    again = second.create_queue(QueueName=name, tags={"ferry:partitions": "3",
+                                                      "ferry:replicas": "1"})["QueueUrl"]
+    assert again.rsplit("/", 2)[1:] == url.rsplit("/", 2)[1:]
+    sent: dict[str, str] = {}
+    for n in range(30):
+        body = f"single {n}"
+        mid = (first, second, third)[n % 3].send_message(
+            QueueUrl=url, MessageBody=body,
+            MessageAttributes={"bin": {"DataType": "Binary", "BinaryValue": b"\x00\xff"}},
+        )["MessageId"]
+        sent[mid] = body
+    for n in range(3):
+        entries = [{"Id": f"e{i}", "MessageBody": f"batch {n}.{i}"} for i in range(10)]
+        result = second.send_message_batch(QueueUrl=url, Entries=entries)
+        assert "Failed" not in result or not result["Failed"], result
+        for ok in result["Successful"]:
+            sent[ok["MessageId"]] = f"batch {n}.{ok['Id'][1:]}"
+    counts = third.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert counts["ApproximateNumberOfMessages"] == str(len(sent)), counts
+    assert counts["VisibilityTimeout"] == "30"
+    # Every partition got some: the sends were spread.
+    per_partition = {}
+    for node in cluster.node_ids():
+        for pid, part in _status(cluster.url(node))["partitions"].items():
+            if part["queue"] == name and part["role"] == "leader":
+                per_partition[pid] = part.get("messages")
+    got = _drain(third, url, len(sent))
+    assert sorted(m["MessageId"] for m in got) == sorted(sent), (len(got), len(sent))
+    for message in got:
+        assert message["Body"] == sent[message["MessageId"]]
+        assert message["ReceiptHandle"][:1] == "P"
+        if message["Body"].startswith("single"):
+            assert message["MessageAttributes"]["bin"]["BinaryValue"] == b"\x00\xff"
+    indexes = {m["ReceiptHandle"].split(".", 1)[0] for m in got}
+    assert indexes == {"P0", "P1", "P2"}, (indexes, per_partition)
+    inflight = first.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    assert inflight["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == str(len(sent))
+    # Deletes go to each message's partition: one by one, and in batches that span them.
+    for message in got[:10]:
+        second.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    rest = got[10:]
+    for start in range(0, len(rest), 10):
+        chunk = rest[start:start + 10]
+        result = first.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": f"d{i}", "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)])
+        assert sorted(r["Id"] for r in result["Successful"]) == sorted(
+            f"d{i}" for i in range(len(chunk))), result
+    after = third.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert after["ApproximateNumberOfMessages"] == "0", after
+    assert after["ApproximateNumberOfMessagesNotVisible"] == "0", after
+    first.delete_queue(QueueUrl=url)
+    _until(f"{name}'s partitions gone", lambda: True if not any(
+        part["queue"] == name for node in cluster.node_ids()
+        for part in _status(cluster.url(node))["partitions"].values()) else None)
+    with pytest.raises(ClientError) as exc:
+        second.get_queue_url(QueueName=name)
+    assert _error(exc)[0] in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
+def test_a_long_poll_over_partitions_returns_when_any_gets_a_message(
+        cluster: LocalCluster) -> None:
+    first, second, _ = (_client(u) for u in cluster.urls())
+    name = "polled"
+    url = first.create_queue(QueueName=name, tags={"ferry:partitions": "4",
+                                                   "ferry:replicas": "1"})["QueueUrl"]
+    _leaders_of(cluster, name, 4)
+    for round_ in range(4):
+        answer: dict[str, Any] = {}
+
+        def poll(answer: dict[str, Any] = answer) -> None:
+            started = time.monotonic()
+            answer["messages"] = second.receive_message(
+                QueueUrl=url, WaitTimeSeconds=20).get("Messages", [])
+            answer["ended"] = time.monotonic()
+            answer["took_s"] = answer["ended"] - started
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        time.sleep(1.0)   # the poll is parked on every partition by now
+        sent_at = time.monotonic()
+        # Four sends land on different partitions in turn: whichever gets it, the poll
+        # wakes.
+        first.send_message(QueueUrl=url, MessageBody=f"wake {round_}")
+        poller.join(25)
+        assert not poller.is_alive()
+        assert [m["Body"] for m in answer["messages"]] == [f"wake {round_}"], answer
+        # Woken by the message, not by the end of its 20 s wait. (How soon is measured
+        # in the bench, not asserted here.)
+        assert answer["ended"] - sent_at < 10, answer
+        first.delete_message(QueueUrl=url,
+                             ReceiptHandle=answer["messages"][0]["ReceiptHandle"])
+    # An empty short poll answers at once, with no messages.
+    assert "Messages" not in second.receive_message(QueueUrl=url)
+    first.delete_queue(QueueUrl=url)
+
+
+def test_definition_changes_and_purge_reach_every_partition(cluster: LocalCluster) -> None:
+    first, second, third = (_client(u, "query") for u in cluster.urls())
+    url = first.create_queue(QueueName="defined", tags={"ferry:partitions": "2",
+                                                        "ferry:replicas": "2"})["QueueUrl"]
+    _leaders_of(cluster, "defined", 2)
+    second.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": "7"})
+    second.tag_queue(QueueUrl=url, Tags={"team": "ferry"})
+    for n in range(8):
+        first.send_message(QueueUrl=url, MessageBody=f"m{n}")
+    got = _drain(third, url, 8)
+    assert len(got) == 8
+    # Received without a VisibilityTimeout of its own, a message of either partition
+    # takes the queue's new one: a change of visibility to 0 is accepted everywhere.
+    for message in got:
+        third.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
+                                        VisibilityTimeout=0)
+    attributes = third.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+    assert attributes["Attributes"]["VisibilityTimeout"] == "7"
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "8"
+    assert third.list_queue_tags(QueueUrl=url)["Tags"] == {
+        "ferry:partitions": "2", "ferry:replicas": "2", "team": "ferry"}
+    first.purge_queue(QueueUrl=url)
+    _until("purged everywhere", lambda: True if third.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"][
+        "ApproximateNumberOfMessages"] == "0" else None)
+    first.delete_queue(QueueUrl=url)
+
+
+def test_bad_partition_requests_get_sqs_errors(cluster: LocalCluster) -> None:
+    client = _client(cluster.urls()[0])
+    for value in ("0", "257", "two", ""):
+        with pytest.raises(ClientError) as exc:
+            client.create_queue(QueueName="bad", tags={"ferry:partitions": value})
+        code, message = _error(exc)
+        assert code == "InvalidParameterValue", (value, code, message)
+        assert "ferry:partitions" in message and "1 to 256" in message, message
+    with pytest.raises(ClientError) as exc:
+        client.create_queue(QueueName="bad.fifo", Attributes={"FifoQueue": "true"},
+                            tags={"ferry:partitions": "2"})
+    code, message = _error(exc)
+    assert code == "InvalidParameterValue" and "FIFO" in message, message
+    url = client.create_queue(QueueName="shaped", tags={"ferry:partitions": "2",
+                                                        "ferry:replicas": "1"})["QueueUrl"]
+    _leaders_of(cluster, "shaped", 2)
+    with pytest.raises(ClientError) as exc:
+        client.create_queue(QueueName="shaped", tags={"ferry:partitions": "3",
+                                                      "ferry:replicas": "1"})
+    assert _error(exc) == ("InvalidParameterValue", "Value 3 for tag ferry:partitions is "
+                           "not available: the queue has 2 partitions.")
+    # A handle this queue never issued: the single node's error, quoting the client's
+    # own text, whichever partition it seems to name.
+    for handle in ("not-a-handle", "P1.bm90LWEtaGFuZGxl"):
+        with pytest.raises(ClientError) as exc:
+            client.delete_message(QueueUrl=url, ReceiptHandle=handle)
+        assert _error(exc) == ("ReceiptHandleIsInvalid",
+                               f'The input receipt handle "{handle}" is not a valid '
+                               "receipt handle."), handle
+    with pytest.raises(ClientError) as exc:
+        client.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": "a", "ReceiptHandle": "P0.x"}, {"Id": "a", "ReceiptHandle": "P1.y"}])
+    assert _error(exc)[0] == "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"
+    with pytest.raises(ClientError) as exc:
+        client.receive_message(QueueUrl=url, WaitTimeSeconds=21)
+    assert _error(exc)[0] == "InvalidParameterValue"
+    with pytest.raises(ClientError) as exc:
+        client.start_message_move_task(SourceArn=client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+    assert _error(exc)[0] in ("AWS.SimpleQueueService.UnsupportedOperation",
+                              "UnsupportedOperation")
+    client.delete_queue(QueueUrl=url)
