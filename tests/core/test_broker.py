@@ -333,14 +333,20 @@ def test_serve_keeps_one_partition_and_says_so(sqs: Harness) -> None:
                                  "ferrymq serve keeps every queue in one partition.")
 
 
-def test_a_fifo_queue_is_not_partitioned() -> None:
+def test_a_fifo_queue_is_partitioned_only_with_deduplication_per_group() -> None:
     sqs = Harness(replication=Replication(replicas=3, min_isr=2, sync=True, cluster=True,
                                           partitions=2))
-    with pytest.raises(SqsError) as exc:
-        sqs("CreateQueue", QueueName="q.fifo", Attributes={"FifoQueue": "true"},
-            tags={"ferry:partitions": "2"})
-    assert exc.value.message.startswith("Value 2 for tag ferry:partitions is invalid: a "
-                                        "FIFO queue is kept in one partition")
+    for scope in ({}, {"DeduplicationScope": "queue"}):
+        with pytest.raises(SqsError) as exc:
+            sqs("CreateQueue", QueueName="q.fifo",
+                Attributes={"FifoQueue": "true", **scope}, tags={"ferry:partitions": "2"})
+        assert exc.value.message == (
+            "Value 2 for tag ferry:partitions is invalid: a FIFO queue is partitioned only "
+            "when its DeduplicationScope is messageGroup; with queue-wide deduplication it "
+            "is kept in one partition.")
+    sqs("CreateQueue", QueueName="q.fifo", tags={"ferry:partitions": "2"},
+        Attributes={"FifoQueue": "true", "DeduplicationScope": "messageGroup",
+                    "FifoThroughputLimit": "perMessageGroupId"})
     sqs("CreateQueue", QueueName="standard", tags={"ferry:partitions": "2"})
 
 

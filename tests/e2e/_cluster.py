@@ -283,8 +283,14 @@ class LocalCluster:
             if not key.startswith(layout.queues):
                 continue
             entry = decode_entry(layout.name_of(layout.queues, key), value)
-            if entry.partition in states and entry.status != DELETED:
-                found[entry.name] = (entry.partition, states[entry.partition])
+            if entry.status == DELETED:
+                continue
+            for index, partition in enumerate(entry.partitions):
+                if partition in states:
+                    # A queue of several partitions: one row per partition, "queue/i".
+                    name = entry.name if len(entry.partitions) == 1 \
+                        else f"{entry.name}/{index}"
+                    found[name] = (partition, states[partition])
         return found
 
     def partition(self, queue: str) -> PartitionState | None:

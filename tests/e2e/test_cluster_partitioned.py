@@ -203,8 +203,10 @@ def test_bad_partition_requests_get_sqs_errors(cluster: LocalCluster) -> None:
     with pytest.raises(ClientError) as exc:
         client.create_queue(QueueName="bad.fifo", Attributes={"FifoQueue": "true"},
                             tags={"ferry:partitions": "2"})
-    code, message = _error(exc)
-    assert code == "InvalidParameterValue" and "FIFO" in message, message
+    assert _error(exc) == ("InvalidParameterValue", "Value 2 for tag ferry:partitions is "
+                           "invalid: a FIFO queue is partitioned only when its "
+                           "DeduplicationScope is messageGroup; with queue-wide "
+                           "deduplication it is kept in one partition.")
     url = client.create_queue(QueueName="shaped", tags={"ferry:partitions": "2",
                                                         "ferry:replicas": "1"})["QueueUrl"]
     _leaders_of(cluster, "shaped", 2)
@@ -234,3 +236,72 @@ def test_bad_partition_requests_get_sqs_errors(cluster: LocalCluster) -> None:
     assert _error(exc)[0] in ("AWS.SimpleQueueService.UnsupportedOperation",
                               "UnsupportedOperation")
     client.delete_queue(QueueUrl=url)
+
+
+_HIGH_THROUGHPUT = {"FifoQueue": "true", "DeduplicationScope": "messageGroup",
+                    "FifoThroughputLimit": "perMessageGroupId"}
+
+
+def test_a_fifo_queue_is_partitioned_by_message_group(cluster: LocalCluster) -> None:
+    first, second, third = (_client(u) for u in cluster.urls())
+    name = "groups.fifo"
+    url = first.create_queue(QueueName=name, Attributes=_HIGH_THROUGHPUT,
+                             tags={"ferry:partitions": "3", "ferry:replicas": "1"})["QueueUrl"]
+    _leaders_of(cluster, name, 3)
+    groups = [f"g{n}" for n in range(9)]
+    for seq in range(6):
+        if seq % 2:
+            # A batch spanning every group (so every partition), in order per group.
+            for start in (0, 5):
+                entries = [{"Id": f"{g}-{seq}", "MessageBody": f"{g}:{seq}",
+                            "MessageGroupId": g, "MessageDeduplicationId": f"{g}-{seq}"}
+                           for g in groups[start:start + 5]]
+                result = second.send_message_batch(QueueUrl=url, Entries=entries)
+                assert [r["Id"] for r in result["Successful"]] == [e["Id"] for e in entries]
+        else:
+            for g in groups:
+                first.send_message(QueueUrl=url, MessageBody=f"{g}:{seq}", MessageGroupId=g,
+                                   MessageDeduplicationId=f"{g}-{seq}")
+    # Deduplicated within its group (and so within its partition): sent again, the same id.
+    again = first.send_message(QueueUrl=url, MessageBody="g0:0", MessageGroupId="g0",
+                               MessageDeduplicationId="g0-0")
+    received: dict[str, list[int]] = {g: [] for g in groups}
+    partition_of: dict[str, set[str]] = {g: set() for g in groups}
+    deadline = time.monotonic() + 30
+    while sum(map(len, received.values())) < 54 and time.monotonic() < deadline:
+        got = third.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                    WaitTimeSeconds=1).get("Messages", [])
+        for message in got:
+            group, seq = message["Body"].split(":")
+            received[group].append(int(seq))
+            partition_of[group].add(message["ReceiptHandle"].split(".", 1)[0])
+        if got:
+            third.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                for i, m in enumerate(got)])
+    assert received == {g: list(range(6)) for g in groups}, received
+    assert all(len(p) == 1 for p in partition_of.values()), partition_of
+    assert len(set().union(*partition_of.values())) > 1, partition_of   # spread
+    assert again["MessageId"]
+    # The errors that fail a batch as a whole, whichever partitions its groups are on.
+    with pytest.raises(ClientError) as exc:
+        first.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": "a", "MessageBody": "x", "MessageGroupId": "g1",
+             "MessageDeduplicationId": "a"},
+            {"Id": "b", "MessageBody": "y", "MessageDeduplicationId": "b"}])
+    assert _error(exc) == ("InvalidParameterValue",
+                           "The request must contain the parameter MessageGroupId.")
+    with pytest.raises(ClientError) as exc:
+        first.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": "a", "MessageBody": "x" * 600_000, "MessageGroupId": "g1",
+             "MessageDeduplicationId": "a"},
+            {"Id": "b", "MessageBody": "y" * 500_000, "MessageGroupId": "g2",
+             "MessageDeduplicationId": "b"}])
+    assert _error(exc)[0] == "AWS.SimpleQueueService.BatchRequestTooLong"
+    with pytest.raises(ClientError) as exc:
+        first.set_queue_attributes(QueueUrl=url, Attributes={"DeduplicationScope": "queue"})
+    assert _error(exc)[0] == "InvalidParameterValue"
+    with pytest.raises(ClientError) as exc:
+        first.send_message(QueueUrl=url, MessageBody="no group")
+    assert _error(exc)[0] in ("MissingParameter", "AWS.SimpleQueueService.MissingParameter")
+    first.delete_queue(QueueUrl=url)

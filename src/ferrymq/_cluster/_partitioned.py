@@ -5,11 +5,15 @@ Each partition is a replica set of its own (``ferry:partitions``), whose core ho
 whole queue definition and its share of the messages. The first partition owns the
 definition in the catalog; the others hold the same definition, applied to each in turn.
 
-- Sends: one partition per request (a batch stays together), the less busy of two
-  chosen in rotation (by this node's calls in flight to each): balanced by load, not
-  only by turn.
+- Sends to a standard queue: one partition per request (a batch stays together), the
+  less busy of two chosen in rotation (by this node's calls in flight to each):
+  balanced by load, not only by turn.
+- Sends to a FIFO queue (partitioned only with deduplication per message group): the
+  partition of the message group, by CRC-32 of its id, so one group's messages are in
+  one partition, in order, and deduplicated there. A batch spanning groups is checked
+  whole first (``check_send_batch``: the errors that fail it as a whole), then split.
 - Receives: the partitions are swept in rotation with no wait until the request is
-  filled. A long poll that found nothing then waits on every partition at once for a
+  filled (for FIFO, each partition keeps its groups' order and its own attempt ids). A long poll that found nothing then waits on every partition at once for a
   receivable message, without receiving (``WAIT_ACTION``, event-driven on each leader:
   no polling), and sweeps again when one has some.
 - Receipt handles name their partition (``P<index>.<handle>``; a handle of the core is
@@ -28,14 +32,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ferrymq._api import CallContext
 from ferrymq._cluster._catalog import QueueEntry
-from ferrymq._core._errors import SqsError
+from ferrymq._core._errors import SqsError, invalid_parameter
 from ferrymq._core._messages import int_param
-from ferrymq._core._queue import RECEIVE_MESSAGES_MAX, WAIT_TIME_S_MAX, MessageQueue
+from ferrymq._core._queue import (
+    RECEIVE_MESSAGES_MAX,
+    WAIT_TIME_S_MAX,
+    MessageQueue,
+    check_send_batch,
+)
 
 __all__ = ["PartitionCaller", "PartitionedQueues", "unwrap_handle", "wrap_handle"]
 
@@ -81,6 +91,15 @@ def unwrap_handle(handle: object, count: int) -> tuple[int, object]:
     return 0, handle
 
 
+def _group_partition(params: dict[str, Any], count: int) -> int:
+    """The partition of a FIFO message's group; without one, the first (whose core
+    answers the missing parameter as the single node does)."""
+    group = params.get("MessageGroupId")
+    if group is None:
+        return 0
+    return zlib.crc32(str(group).encode()) % count
+
+
 def _restore_text(exc: SqsError, inner: object, original: object) -> SqsError:
     """An error that quotes the partition's handle quotes the client's instead."""
     if isinstance(inner, str) and inner != original and f'"{inner}"' in exc.message:
@@ -100,8 +119,22 @@ class PartitionedQueues:
     async def call(self, entry: QueueEntry, action: str, params: dict[str, Any],
                    ctx: CallContext) -> dict[str, Any]:
         parts = entry.partitions
+        attributes = dict(entry.record.attributes) if entry.record is not None else {}
+        fifo = attributes.get("FifoQueue") == "true"
+        if fifo and action == "SendMessage":
+            return await self._one(parts[_group_partition(params, len(parts))], action,
+                                   params, ctx)
+        if fifo and action == "SendMessageBatch":
+            return await self._fifo_batch(parts, attributes, params, ctx)
         if action in _SEND_ACTIONS:
             return await self._one(self._pick(parts), action, params, ctx)
+        if fifo and action == "SetQueueAttributes":
+            wanted = params.get("Attributes")
+            if isinstance(wanted, dict) and wanted.get("DeduplicationScope") == "queue":
+                raise invalid_parameter(
+                    "Value queue for parameter DeduplicationScope is invalid. Reason: the "
+                    f"queue has {len(parts)} partitions, and a FIFO queue is partitioned "
+                    "only when its DeduplicationScope is messageGroup.")
         if action == "ReceiveMessage":
             return await self._receive(entry, params, ctx)
         if action in ("DeleteMessage", "ChangeMessageVisibility"):
@@ -227,25 +260,23 @@ class PartitionedQueues:
         results = await asyncio.gather(*(
             self._one(parts[index], action, {**params, "Entries": items}, ctx)
             for index, items in sorted(by_partition.items())))
-        successful: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        for result in results:
-            successful.extend(result.get("Successful") or ())
-            for item in result.get("Failed") or ():
-                inner, original = originals.get(item.get("Id"), (None, None))
-                message = item.get("Message")
-                if isinstance(inner, str) and isinstance(message, str) \
-                        and inner != original and f'"{inner}"' in message:
-                    item = {**item, "Message": message.replace(f'"{inner}"',
-                                                               f'"{original}"')}
-                failed.append(item)
-        order = {item["Id"]: n for n, item in enumerate(entries)}
-        successful.sort(key=lambda item: order.get(item.get("Id"), 0))
-        failed.sort(key=lambda item: order.get(item.get("Id"), 0))
-        response: dict[str, Any] = {"Successful": successful}
-        if failed:
-            response["Failed"] = failed
-        return response
+        return _merged(entries, results, originals)
+
+    async def _fifo_batch(self, parts: Sequence[str], attributes: dict[str, str],
+                          params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        entries = check_send_batch(
+            params, fifo=True,
+            content_based_dedup=attributes.get("ContentBasedDeduplication") == "true")
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for item in entries:
+            by_partition.setdefault(_group_partition(item, len(parts)), []).append(item)
+        if len(by_partition) == 1:
+            (index,) = by_partition
+            return await self._one(parts[index], "SendMessageBatch", params, ctx)
+        results = await asyncio.gather(*(
+            self._one(parts[index], "SendMessageBatch", {**params, "Entries": items}, ctx)
+            for index, items in sorted(by_partition.items())))
+        return _merged(entries, results)
 
     async def _attributes(self, parts: Sequence[str], params: dict[str, Any],
                           ctx: CallContext) -> dict[str, Any]:
@@ -262,3 +293,28 @@ class PartitionedQueues:
             for name in counted:
                 attributes[name] = str(int(attributes[name]) + int(theirs.get(name, "0")))
         return {**first, "Attributes": attributes}
+
+
+def _merged(entries: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
+            handles: dict[str, tuple[object, object]] | None = None) -> dict[str, Any]:
+    """One batch answer from the partitions' answers to its parts, in the order of the
+    request's entries. ``handles``: entry id -> (the partition's handle, the client's),
+    so a failure that quotes the one quotes the other."""
+    successful: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for result in results:
+        successful.extend(result.get("Successful") or ())
+        for item in result.get("Failed") or ():
+            inner, original = (handles or {}).get(item.get("Id"), (None, None))
+            message = item.get("Message")
+            if isinstance(inner, str) and isinstance(message, str) \
+                    and inner != original and f'"{inner}"' in message:
+                item = {**item, "Message": message.replace(f'"{inner}"', f'"{original}"')}
+            failed.append(item)
+    order = {item["Id"]: n for n, item in enumerate(entries)}
+    successful.sort(key=lambda item: order.get(item.get("Id"), 0))
+    failed.sort(key=lambda item: order.get(item.get("Id"), 0))
+    response: dict[str, Any] = {"Successful": successful}
+    if failed:
+        response["Failed"] = failed
+    return response

@@ -330,11 +330,14 @@ class ControlPlane:
         tags = self._validate_tags(params.get("tags") or {}, name)
         self._check_ferry_tags(tags)
         requested = attrs.normalize(given, fifo=wants_fifo, creating=True)
-        if wants_fifo and self.replication.partitions > 1:
+        if wants_fifo and self.replication.partitions > 1 \
+                and requested.get("DeduplicationScope") != "messageGroup":
+            # As SQS's high-throughput FIFO mode: deduplication across the whole queue
+            # would need every partition's ids in one place.
             raise invalid_parameter(
                 f"Value {self.replication.partitions} for tag {_TAG_PARTITIONS} is invalid: "
-                "a FIFO queue is kept in one partition (partitioned FIFO queues, by "
-                "message group, are not supported yet).")
+                "a FIFO queue is partitioned only when its DeduplicationScope is "
+                "messageGroup; with queue-wide deduplication it is kept in one partition.")
         self._check_redrive(name, wants_fifo, requested, given)
         existing = self._queues.get(name)
         if existing is not None:

@@ -75,6 +75,7 @@ __all__ = [
     "EXPORT_LEASE_MS",
     "INFLIGHT_MESSAGES_MAX",
     "MessageQueue",
+    "check_send_batch",
 ]
 
 VISIBILITY_TIMEOUT_S_MAX = 43_200  # 12 hours, SQS's ceiling for any visibility timeout
@@ -290,6 +291,56 @@ def _wrong_queue_type(batch: bool, parameter: str, value: object) -> SqsError:
     return invalid_parameter(
         f"Value {value} for parameter {parameter} is invalid. Reason: {reason}."
     )
+
+
+def check_send_batch(params: dict[str, Any], *, fifo: bool,
+                     content_based_dedup: bool) -> list[dict[str, Any]]:
+    """The checks that fail a SendMessageBatch as a whole, in SQS's order; its entries.
+    Also what a queue of several partitions checks before it splits a FIFO batch by
+    message group (``ferrymq._cluster._partitioned``): in parts, a batch would pass
+    them."""
+    entries = MessageQueue._batch_entries(params, "SendMessageBatchRequestEntry")
+    for entry in entries:
+        # List values fail the whole request, not the entry (as AWS answered).
+        reject_list_values(entry.get("MessageAttributes"), "SendMessageBatch")
+        reject_list_values(entry.get("MessageSystemAttributes"), "SendMessageBatch")
+    if fifo:
+        _require_fifo_ids(entries, content_based_dedup)
+    # The batch-size rule counts failing entries' bytes too: every entry's body (when
+    # it is a string) and the attributes that parse.
+    total_bytes = 0
+    for entry in entries:
+        body = entry.get("MessageBody")
+        if not isinstance(body, str):
+            continue
+        try:
+            attributes = parse_message_attributes(entry.get("MessageAttributes"),
+                                                  "SendMessageBatch")
+        except SqsError:
+            attributes = ()
+        total_bytes += message_size_bytes(body, attributes)
+    if total_bytes > BATCH_PAYLOAD_BYTES_MAX:
+        raise SqsError(
+            "BatchRequestTooLong",
+            f"Batch requests cannot be longer than {BATCH_PAYLOAD_BYTES_MAX} bytes. "
+            f"You have sent {total_bytes} bytes.",
+        )
+    return entries
+
+
+def _require_fifo_ids(entries: list[dict[str, Any]], content_based: bool) -> None:
+    """Recorded on SQS: a FIFO batch with an entry that lacks its MessageGroupId, or
+    its MessageDeduplicationId without content-based deduplication, fails as a
+    whole (400 InvalidParameterValue), before any entry is sent. Malformed ids and
+    DelaySeconds stay per-entry failures, as the other entry checks do."""
+    for entry in entries:
+        if entry.get("MessageGroupId") is None:
+            raise invalid_parameter("The request must contain the parameter MessageGroupId.")
+        if entry.get("MessageDeduplicationId") is None and not content_based:
+            raise invalid_parameter(
+                "The queue should either have ContentBasedDeduplication enabled or "
+                "MessageDeduplicationId provided explicitly"
+            )
 
 
 def _failed_entry(entry_id: str, exc: SqsError) -> dict[str, Any]:
@@ -941,39 +992,16 @@ class MessageQueue:
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, sender_id: str
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
-        entries = self._batch_entries(params, "SendMessageBatchRequestEntry")
-        for entry in entries:
-            # List values fail the whole request, not the entry (as AWS answered).
-            reject_list_values(entry.get("MessageAttributes"), "SendMessageBatch")
-            reject_list_values(entry.get("MessageSystemAttributes"), "SendMessageBatch")
-        if self._fifo:
-            self._require_fifo_ids(entries)
-        # Plan every entry first (planning is pure), so each message is validated and
-        # measured once; the batch-size rule counts failing entries' bytes too.
+        entries = check_send_batch(params, fifo=self._fifo,
+                                   content_based_dedup=self.settings.content_based_dedup)
+        # Plan every entry (planning is pure), so each message is validated and measured
+        # once.
         plans: list[_SendPlan | SqsError] = []
-        total_bytes = 0
         for entry in entries:
             try:
-                plan = self._plan_send(entry, batch=True)
+                plans.append(self._plan_send(entry, batch=True))
             except SqsError as exc:
                 plans.append(exc)
-                body = entry.get("MessageBody")
-                if isinstance(body, str):
-                    try:
-                        attributes = parse_message_attributes(
-                            entry.get("MessageAttributes"), "SendMessageBatch")
-                    except SqsError:
-                        attributes = ()
-                    total_bytes += message_size_bytes(body, attributes)
-                continue
-            plans.append(plan)
-            total_bytes += plan.size_bytes
-        if total_bytes > BATCH_PAYLOAD_BYTES_MAX:
-            raise SqsError(
-                "BatchRequestTooLong",
-                f"Batch requests cannot be longer than {BATCH_PAYLOAD_BYTES_MAX} bytes. "
-                f"You have sent {total_bytes} bytes.",
-            )
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         effects: list[Effect] = []
@@ -985,21 +1013,6 @@ class MessageQueue:
             successful.append({"Id": entry["Id"], **response})
             effects.extend(entry_effects)
         return self._batch_response(successful, failed), effects
-
-    def _require_fifo_ids(self, entries: list[dict[str, Any]]) -> None:
-        """Recorded on SQS: a FIFO batch with an entry that lacks its MessageGroupId, or
-        its MessageDeduplicationId without content-based deduplication, fails as a
-        whole (400 InvalidParameterValue), before any entry is sent. Malformed ids and
-        DelaySeconds stay per-entry failures, as the other entry checks do."""
-        content_based = self.settings.content_based_dedup
-        for entry in entries:
-            if entry.get("MessageGroupId") is None:
-                raise invalid_parameter("The request must contain the parameter MessageGroupId.")
-            if entry.get("MessageDeduplicationId") is None and not content_based:
-                raise invalid_parameter(
-                    "The queue should either have ContentBasedDeduplication enabled or "
-                    "MessageDeduplicationId provided explicitly"
-                )
 
     # ---- batches -----------------------------------------------------------
 

@@ -132,13 +132,15 @@ class QueueRef:
 
 
 def create_queue(endpoints: Endpoints, name: str, *, fifo: bool = False,
-                 attributes: dict[str, str] | None = None) -> QueueRef:
+                 attributes: dict[str, str] | None = None,
+                 tags: dict[str, str] | None = None) -> QueueRef:
     """Create ``name`` through the first endpoint (before any fault: not recorded)."""
     attrs = dict(attributes or {})
     if fifo:
         attrs["FifoQueue"] = "true"
+    extra: dict[str, Any] = {"tags": dict(tags)} if tags else {}
     url = endpoints.client(endpoints.urls[0]).create_queue(
-        QueueName=name, Attributes=attrs)["QueueUrl"]
+        QueueName=name, Attributes=attrs, **extra)["QueueUrl"]
     return QueueRef(name, urlsplit(url).path, fifo)
 
 
