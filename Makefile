@@ -14,7 +14,7 @@ TEST_STAMP := $(VENV)/.installed-test
 QUERY_BOTOCORE := botocore==1.34.89
 QUERY_MODEL := $(VENV)/query-data/sqs/2012-11-05/service-2.json
 
-.PHONY: all venv serve query-model test test-e2e lint typecheck check clean bench etcd
+.PHONY: all venv serve query-model test test-e2e lint typecheck check clean bench etcd haproxy
 
 all: check
 
@@ -65,8 +65,26 @@ etcd:
 		etcd --version | head -1; \
 	else echo "$(ETCD_HINT)"; fi
 
+# One end-to-end test puts HAProxy in front of a cluster, as a user would (Debian's
+# haproxy package). Installed as etcd is; its system service (which Debian starts, with
+# a configuration that listens nowhere) is stopped and disabled: the test runs its own.
+HAPROXY_HINT := haproxy is not installed: as root run 'apt-get install -y haproxy' (Debian/Ubuntu); the test that needs it will be skipped
+haproxy:
+	@if command -v haproxy >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing haproxy (Debian) for tests/e2e"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -qq haproxy >/dev/null 2>&1 \
+			|| { apt-get update -qq >/dev/null && apt-get install -y -qq haproxy >/dev/null; }; } \
+		|| { echo "$(HAPROXY_HINT)"; exit 0; }; \
+		if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled haproxy >/dev/null 2>&1; then \
+			systemctl disable --now haproxy >/dev/null 2>&1 || true; fi; \
+		if command -v service >/dev/null 2>&1; then service haproxy stop >/dev/null 2>&1 || true; fi; \
+		haproxy -v | head -1; \
+	else echo "$(HAPROXY_HINT)"; fi
+
 # What CI runs (.ci/run): lint and type errors fail it like a failing test.
-test: lint typecheck $(QUERY_MODEL) etcd
+test: lint typecheck $(QUERY_MODEL) etcd haproxy
 	$(VPY) -m pytest -q
 
 test-e2e: $(TEST_STAMP) $(QUERY_MODEL)

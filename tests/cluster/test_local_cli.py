@@ -189,7 +189,8 @@ def a_state(tmp_path: Path, **settings: Any) -> ClusterState:
 
 
 def test_node_argv_follows_the_node_contract(tmp_path: Path) -> None:
-    state = a_state(tmp_path, min_insync_replicas=2, durability="async", lease_ttl_seconds=4)
+    state = a_state(tmp_path, min_insync_replicas=2, durability="async", lease_ttl_seconds=4,
+                    partitions=4)
     state.etcd.append(EtcdRecord(name="etcd2", client_port=40003, peer_port=40004,
                                  data_dir="x", log="y", argv=[]))
     rec = state.nodes[1]
@@ -198,12 +199,12 @@ def test_node_argv_follows_the_node_contract(tmp_path: Path) -> None:
         "--data-dir", str(tmp_path / "nodes" / "n2"),
         "--etcd", "http://127.0.0.1:40001,http://127.0.0.1:40003",
         "--cluster", "ferry", "--replicas", "3", "--min-insync-replicas", "2",
-        "--durability", "async", "--lease-ttl-seconds", "4",
+        "--durability", "async", "--lease-ttl-seconds", "4", "--partitions", "4",
     ]
     # Settings left to the node's defaults are not passed at all.
     bare = node_argv(["ferrymq-node"], rec, a_state(tmp_path))
     assert "--min-insync-replicas" not in bare and "--durability" not in bare
-    assert "--lease-ttl-seconds" not in bare
+    assert "--lease-ttl-seconds" not in bare and "--partitions" not in bare
 
 
 def test_the_state_file_round_trips_and_refuses_what_it_did_not_write(tmp_path: Path) -> None:
@@ -502,10 +503,11 @@ def test_lifecycle_with_stand_in_nodes(
     doc = status_json(cluster_dir, capsys)
     assert doc["partitions"] == [
         {"queue": None, "partition": "lost-00000000", "leader": None, "epoch": 0,
-         "replicas": ["n2"], "isr": ["n2"], "min_isr": 1, "sync": False, "lag": None},
+         "replicas": ["n2"], "isr": ["n2"], "min_isr": 1, "sync": False, "moving": None,
+         "lag": None},
         {"queue": "orders", "partition": QUEUE_PARTITION, "leader": "n1", "epoch": 1,
          "replicas": ["n1", "n2", "n3"], "isr": ["n1", "n2"], "min_isr": 2, "sync": True,
-         "lag": {"n2": 0, "n3": 3}}]
+         "moving": None, "lag": {"n2": 0, "n3": 3}}]
     assert [n["leads"] for n in doc["nodes"]] == [1, 0, 0]
     assert _local.main(["status", "--data-dir", str(cluster_dir)]) == 0
     out = capsys.readouterr().out

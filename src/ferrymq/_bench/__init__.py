@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{','.join(PEERS)} (default: {','.join(DEFAULT_PEERS)}); "
                         "ferry-cluster is 3 nodes with 3 sync replicas and etcd, clients on "
                         "the leader; ferry-cluster-spread the same with clients spread over "
-                        "every node")
+                        "every node; ferry-pN is N nodes and one queue of N partitions of 1 "
+                        "replica, ferry-p1r3 / ferry-p3r3 3 nodes and 1 / 3 partitions of 3 "
+                        "replicas, clients spread over the nodes")
     parser.add_argument("--baseline", default=None, metavar="REF",
                         help="also run Ferry as of git REF (a commit, tag or branch of this "
                         "checkout) as the server 'ferry-baseline', side by side with the "

@@ -43,11 +43,21 @@ from urllib.parse import urlsplit
 
 from ferrymq._bench._servers import PeerUnavailable, free_port, pin_prefix
 
-__all__ = ["CLUSTER_PEERS", "PINNINGS", "ClusterHandle", "start_cluster"]
+__all__ = ["CLUSTER_PEERS", "PARTITION_PEERS", "PINNINGS", "ClusterHandle", "start_cluster"]
 
+# Partitioned peers (issue 8's scaling measure): name -> (nodes, the bench queue's
+# partitions, replicas of each). Clients are spread over every node, and node i runs on
+# the server's core for odd i and on the load generator's for even i (etcd too): on a
+# 2-core machine, ferry-p2's two nodes get a core each, as ferry-p1's one node gets the
+# server's core.
+PARTITION_PEERS: dict[str, tuple[int, int, int]] = {
+    "ferry-p1": (1, 1, 1), "ferry-p2": (2, 2, 1),
+    "ferry-p1r3": (3, 1, 3), "ferry-p3r3": (3, 3, 3),
+}
 # Peer name -> whether clients are spread over every node (what a load balancer does;
 # followers forward to the leader) instead of all talking to the leader.
-CLUSTER_PEERS: dict[str, bool] = {"ferry-cluster": False, "ferry-cluster-spread": True}
+CLUSTER_PEERS: dict[str, bool] = {"ferry-cluster": False, "ferry-cluster-spread": True,
+                                  **{name: True for name in PARTITION_PEERS}}
 # See the module docstring.
 PINNINGS = ("shared", "leader-alone")
 # The issue's cluster: 3 nodes, 3 replicas, sync durability (ferrymq node's default).
@@ -139,6 +149,8 @@ class ClusterHandle:
     side_cpu: int | None = None
     # The bench queue (see the module docstring); None: the only queue there is.
     queue: str | None = None
+    # CreateQueue's tags for the bench queue (the partitioned peers').
+    queue_tags: dict[str, str] | None = None
     # The node leader-alone pinning last gave the server's core to.
     _pinned: str | None = None
 
@@ -237,7 +249,19 @@ class ClusterHandle:
         affinity is its threads'. Processes start pinned to ``cpu`` (shared) through
         ``taskset``, and stay so while there is no bench queue (no leader to tell
         apart)."""
-        if self.pinning != "leader-alone" or self.cpu is None or self.side_cpu is None:
+        if self.cpu is None or self.side_cpu is None:
+            return
+        if self.name in PARTITION_PEERS:
+            doc = doc if doc is not None else self.status()
+            for index, proc in enumerate(doc["nodes"]):
+                if proc["alive"]:
+                    _pin_threads(int(proc["pid"]), self.cpu if index % 2 == 0
+                                 else self.side_cpu)
+            for proc in doc["etcd"]:
+                if proc["alive"]:
+                    _pin_threads(int(proc["pid"]), self.side_cpu)
+            return
+        if self.pinning != "leader-alone":
             return
         doc = doc if doc is not None else self.status()
         leader = self.leader(doc)
@@ -319,8 +343,11 @@ class ClusterHandle:
                 return None
             if not doc.get("partitions"):
                 return True  # no queue yet: nothing to be in sync
-            isr = self._partition(doc).get("isr") or []
-            ok = len(isr) == len(doc["nodes"]) and self.leader(doc) is not None
+            parts = [p for p in doc["partitions"]
+                     if self.queue is None or p.get("queue") == self.queue]
+            ok = bool(parts) and all(
+                p.get("leader") and len(p.get("isr") or []) == len(p.get("replicas") or [])
+                for p in parts) and self.leader(doc) is not None
             return True if ok else None
 
         self._wait("a full in-sync set", full)
@@ -404,7 +431,8 @@ def start_cluster(name: str, bench_dir: Path, cpu: int | None, *,
         raise ValueError(f"unknown pinning {pinning!r}")
     if etcd_binary() is None:
         raise PeerUnavailable(ETCD_INSTALL_HINT.splitlines()[0])
-    base = _consecutive_free_ports(NODES)
+    nodes, partitions, replicas = PARTITION_PEERS.get(name, (NODES, 1, NODES))
+    base = _consecutive_free_ports(nodes)
     data_dir = bench_dir / "data" / f"{name}-{base}"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -412,8 +440,11 @@ def start_cluster(name: str, bench_dir: Path, cpu: int | None, *,
     logs.mkdir(parents=True, exist_ok=True)
     handle = ClusterHandle(name, data_dir, cpu, CLUSTER_PEERS[name],
                            logs / f"{name}-{base}.log", pinning, side_cpu)
+    if name in PARTITION_PEERS:
+        handle.queue_tags = {"ferry:partitions": str(partitions),
+                             "ferry:replicas": str(replicas)}
     try:
-        handle._cluster_command(["up", "--nodes", str(NODES), "--port", str(base)],
+        handle._cluster_command(["up", "--nodes", str(nodes), "--port", str(base)],
                                 UP_TIMEOUT_S)
         handle.wait_in_sync()
         handle.apply_pinning()

@@ -13,15 +13,22 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ferrymq._bench._cluster import CLUSTER_PEERS, ClusterHandle, start_cluster
+from ferrymq._bench._cluster import (
+    CLUSTER_PEERS,
+    PARTITION_PEERS,
+    ClusterHandle,
+    start_cluster,
+)
 from ferrymq._bench._profile import Profiler, find_py_spy
 from ferrymq._bench._report import add_ratios, render_workload, write_chart, write_results
 from ferrymq._bench._servers import (
@@ -31,7 +38,7 @@ from ferrymq._bench._servers import (
     pin_prefix,
     start_server,
 )
-from ferrymq._bench._stats import median
+from ferrymq._bench._stats import cpu_ns_from_stat_line, median, percentile
 
 __all__ = ["DEFAULT_PEERS", "DEFAULT_WORKLOADS", "PEERS", "WORKLOADS", "Settings",
            "failover_row", "run_bench", "summarise_runs", "target_notes"]
@@ -59,14 +66,26 @@ WORKLOADS: dict[str, str] = {
     "body256k": "SendMessage with a 256 KiB body, {big_conns} connections",
     "deep": "Ferry only: batch sends and receive+delete on an empty/shallow queue vs a queue "
             "holding {deep_depth:,} messages of 1 KiB; server RSS before/after the fill",
+    "longpoll": "partitioned peers only: one ReceiveMessage long poll (WaitTimeSeconds "
+                "20) on a queue of {longpoll_partitions} partitions, through another "
+                "node than the sender's where there is one; {longpoll_rounds} single "
+                "sends at random moments, each timed from its acknowledgement to the "
+                "poll's answer; then the nodes' CPU over {idle_window_s:.0f} s with the "
+                "poll parked and no traffic, against {idle_window_s:.0f} s without it",
     "failover": "cluster only, on a fresh cluster: {failover_conns} producers (SendMessage "
                 "1 KiB) and {failover_conns} consumers (ReceiveMessage 10, 1 s long poll, + "
                 "DeleteMessageBatch) while the leader is killed with SIGKILL "
                 "{failover_rounds} times (restarted and back in sync before the next); "
                 "kill -> first acknowledged send",
 }
-# Without --workloads: all but failover, which only a cluster peer runs.
-DEFAULT_WORKLOADS = tuple(w for w in WORKLOADS if w != "failover")
+# Without --workloads: all but the cluster-only ones.
+DEFAULT_WORKLOADS = tuple(w for w in WORKLOADS if w not in ("failover", "longpoll"))
+# longpoll (issue 8's fan-out measure): partitions of its queue, sends timed, and the
+# idle windows. 4 partitions as the issue asks; 20 rounds of one send, each at a random
+# 0.1-0.5 s after the poll is parked again.
+LONGPOLL_PARTITIONS = 4
+LONGPOLL_ROUNDS = 20
+IDLE_WINDOW_S = 10.0
 # Workloads whose throughput is set by the pacing, not the server: no ratio on msgs/s.
 PACED_WORKLOADS = frozenset({"latency", "latency-load"})
 # The paced workloads' window is at least this long: p99 of a window is its 1 % slowest
@@ -119,6 +138,13 @@ def _create_queue(handle: Server, name: str, fifo: bool = False) -> str:
     params: dict[str, Any] = {"QueueName": name + (".fifo" if fifo else "")}
     if fifo:
         params["Attributes"] = {"FifoQueue": "true"}
+    tags = handle.queue_tags if isinstance(handle, ClusterHandle) else None
+    if tags:
+        params["tags"] = dict(tags)
+        if fifo:
+            # A FIFO queue is partitioned only with deduplication per message group.
+            params["Attributes"].update(DeduplicationScope="messageGroup",
+                                        FifoThroughputLimit="perMessageGroupId")
     status, body = control_call(handle.port, "CreateQueue", params)
     if status != 200 or "QueueUrl" not in body:
         raise RuntimeError(f"{handle.name}: CreateQueue failed: {status} {body}")
@@ -324,13 +350,13 @@ def target_notes(entry: dict[str, Any]) -> list[str]:
     long in the same connections' queue (Little's law), so its p99 there is reported,
     not held to the latency target."""
     rows = entry.get("rows", [])
+    notes = _scaling_notes(rows)
     ferry = next((r for r in rows if r.get("server") == "ferry" and not r.get("baseline")),
                  None)
     if ferry is None or not ferry.get("msgs_per_s"):
-        return []
-    notes = []
+        return notes
     for row in rows:
-        if row.get("server") not in CLUSTER_PEERS:
+        if row.get("server") not in CLUSTER_PEERS or row.get("server") in PARTITION_PEERS:
             continue
         kept = row["msgs_per_s"] / ferry["msgs_per_s"]
         times = (row["p99_ms"] / ferry["p99_ms"]
@@ -347,6 +373,28 @@ def target_notes(entry: dict[str, Any]) -> list[str]:
                     f"{'met' if kept >= 0.5 else 'NOT met'})")
             if times is not None:
                 text += f"; p99 {times:.2f}x its p99 (each at its own saturation)"
+        notes.append(text)
+    return notes
+
+
+# Issue 8's partition scaling: (more partitions, fewer, the target ratio or None when
+# the ratio is only reported).
+_SCALING = (("ferry-p2", "ferry-p1", 1.6), ("ferry-p3r3", "ferry-p1r3", None))
+
+
+def _scaling_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The partitioned peers side by side: msgs/s of more partitions on more nodes
+    against one partition (throughput workloads only)."""
+    by_server = {r.get("server"): r for r in rows if not r.get("paced")}
+    notes = []
+    for more, fewer, target in _SCALING:
+        a, b = by_server.get(more), by_server.get(fewer)
+        if a is None or b is None or not b.get("msgs_per_s"):
+            continue
+        times = a["msgs_per_s"] / b["msgs_per_s"]
+        text = f"{more} vs {fewer}: {times:.2f}x its msgs/s"
+        if target is not None:
+            text += f" (target >= {target}x: {'met' if times >= target else 'NOT met'})"
         notes.append(text)
     return notes
 
@@ -455,6 +503,108 @@ def failover_row(server: str, rounds: list[dict[str, Any]], load: dict[str, Any]
     }
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def _run_longpoll(handle: ClusterHandle, entry: dict[str, Any]) -> None:
+    """See WORKLOADS["longpoll"]. The poll and the sends are plain JSON-protocol calls
+    from this process (a thread for the poll), not the load generator: one request at
+    a time each, timed by one clock."""
+    rng = random.Random(8)
+    name = _queue_name("longpoll", handle.name)
+    handle.queue = name
+    params = {"QueueName": name, "tags": {"ferry:partitions": str(LONGPOLL_PARTITIONS),
+                                          "ferry:replicas": "1"}}
+    ports, _ = handle.endpoints()
+    status, body = control_call(ports[0], "CreateQueue", params)
+    if status != 200 or "QueueUrl" not in body:
+        raise RuntimeError(f"{handle.name}: CreateQueue failed: {status} {body}")
+    url = str(body["QueueUrl"])
+    send_port, poll_port = ports[0], ports[-1]
+    answers: list[tuple[int, int]] = []  # (monotonic ns answered, messages)
+    parked = threading.Event()
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            parked.set()
+            got, doc = control_call(poll_port, "ReceiveMessage",
+                                    {"QueueUrl": url, "WaitTimeSeconds": 20,
+                                     "MaxNumberOfMessages": 10}, timeout_s=30)
+            answered = time.monotonic_ns()
+            messages = (doc.get("Messages") or []) if got == 200 else []
+            answers.append((answered, len(messages)))
+            if messages:
+                control_call(poll_port, "DeleteMessageBatch", {"QueueUrl": url, "Entries": [
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)]})
+
+    def cpu_ns() -> int:
+        total = 0
+        for pid in handle.processes()[0].values():
+            line = _read_text(f"/proc/{pid}/stat")
+            total += cpu_ns_from_stat_line(line) if line else 0
+        return total
+
+    # No poll, no traffic: the nodes' own idle cost.
+    before = cpu_ns()
+    time.sleep(IDLE_WINDOW_S)
+    idle_ns = cpu_ns() - before
+    poller = threading.Thread(target=poll, name="bench-longpoll", daemon=True)
+    poller.start()
+    delays_ms: list[float] = []
+    try:
+        parked.wait(5)
+        time.sleep(0.5)
+        # The poll parked on every partition, nothing sent: what waiting costs.
+        before = cpu_ns()
+        time.sleep(IDLE_WINDOW_S)
+        parked_ns = cpu_ns() - before
+        for _ in range(LONGPOLL_ROUNDS):
+            parked.clear()
+            time.sleep(rng.uniform(0.1, 0.5))
+            seen = len(answers)
+            status, _ = control_call(send_port, "SendMessage",
+                                     {"QueueUrl": url, "MessageBody": "wake"})
+            acked = time.monotonic_ns()
+            if status != 200:
+                raise RuntimeError(f"{handle.name}: SendMessage failed: {status}")
+            deadline = time.monotonic() + 25
+            while not any(n for _, n in answers[seen:]) and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            woken = next((t for t, n in answers[seen:] if n), None)
+            if woken is None:
+                raise RuntimeError(f"{handle.name}: the long poll missed a message")
+            delays_ms.append(max(0.0, (woken - acked) / 1e6))
+            parked.wait(5)
+    finally:
+        stop.set()
+        control_call(send_port, "SendMessage", {"QueueUrl": url, "MessageBody": "stop"})
+        poller.join(30)
+        _delete_queue(handle, url)
+    ordered = sorted(delays_ms)
+    result = {
+        "server": handle.name, "rounds": len(ordered),
+        "wake_ms_p50": percentile(ordered, 0.50), "wake_ms_p99": percentile(ordered, 0.99),
+        "wake_ms_max": ordered[-1] if ordered else None,
+        "idle_cpu_pct": 100 * idle_ns / (IDLE_WINDOW_S * 1e9),
+        "parked_cpu_pct": 100 * parked_ns / (IDLE_WINDOW_S * 1e9),
+        "empty_answers_while_parked": sum(1 for _, n in answers if not n),
+    }
+    entry.setdefault("longpoll", []).append(result)
+    entry["notes"].append(
+        f"{handle.name}: woken {result['wake_ms_p50']:.1f} ms (p50), "
+        f"{result['wake_ms_p99']:.1f} ms (p99), {result['wake_ms_max']:.1f} ms (max) after "
+        f"the send's acknowledgement, over {len(ordered)} sends; nodes' CPU "
+        f"{result['parked_cpu_pct']:.2f} % with the poll parked against "
+        f"{result['idle_cpu_pct']:.2f} % without")
+
+
 def _run_failover(handle: ClusterHandle, s: Settings, entry: dict[str, Any]) -> None:
     """Steady sends while the leader is killed ``failover_rounds`` times; the load
     generator runs until told, then answers each kill time with its first ack after."""
@@ -550,7 +700,9 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
         "settings": fmt,
         "workloads": {w: {"description": WORKLOADS[w].format(
                               **fmt, loaded_conns=LOADED_CONNS, loaded_rate=LOADED_RATE_PER_CONN,
-                              loaded_total=LOADED_CONNS * LOADED_RATE_PER_CONN),
+                              loaded_total=LOADED_CONNS * LOADED_RATE_PER_CONN,
+                              longpoll_partitions=LONGPOLL_PARTITIONS,
+                              longpoll_rounds=LONGPOLL_ROUNDS, idle_window_s=IDLE_WINDOW_S),
                           "rows": [], "notes": [],
                           "skipped": {}} for w in workloads},
     }
@@ -591,6 +743,9 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
                 if workload == "failover" and not isinstance(handle, ClusterHandle):
                     entry["skipped"][server] = "one server has no leader to fail over"
                     continue
+                if workload == "longpoll" and server not in PARTITION_PEERS:
+                    entry["skipped"][server] = "no partitions to poll across"
+                    continue
                 print(f"bench: {server}: {workload} ...", flush=True)
                 started = time.monotonic()
                 try:
@@ -608,6 +763,8 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
                         _run_deep(handle, s, entry)
                     elif workload == "failover" and isinstance(handle, ClusterHandle):
                         _run_failover(handle, s, entry)
+                    elif workload == "longpoll" and isinstance(handle, ClusterHandle):
+                        _run_longpoll(handle, entry)
                     else:
                         _run_workload(handle, workload, s, entry, profiler)
                 except (RuntimeError, OSError, ValueError, KeyError, PeerUnavailable) as exc:

@@ -11,6 +11,17 @@ state the election rule (``ferrymq._replication._election``) prescribes:
   the partition's epoch its old leader can commit nothing, so the election is retried
   until it completes.
 
+- replicas are moved, one at a time (``MOVES_IN_FLIGHT_MAX``), off nodes an operator
+  decommissioned (``decommission/<node>``) and from the node with the most replicas to
+  the one with the fewest (a node that just joined), while the two differ by
+  ``IMBALANCE_MIN`` or more. A move of ``from`` to ``to`` is two elections: the first
+  writes ``to`` into the replicas (and ``moving``); it catches up from the leader as any
+  follower does (a snapshot, then appends) and the leader adds it to the in-sync set;
+  the second writes the set without ``from``. Each election fences every replica at a
+  new epoch first, so nothing of the old epoch commits after it, and neither picks
+  ``from`` as leader while another in-sync replica can lead. A ``to`` that dies before
+  it is in sync is dropped again by an election.
+
 The decision is etcd's: two controllers (a paused one and its successor) may both try,
 and only the transaction whose revision still matches applies.
 """
@@ -21,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ferrymq._cluster._layout import Layout, decode_state, encode_state
 from ferrymq._coordination import (
@@ -52,6 +63,14 @@ _WAIT_RESOLUTION_S = 0.001
 # How often the controller looks at the cluster even without a watch event: a safety
 # net for missed events and for retrying an election that found no candidate.
 _RECONCILE_S = 0.5
+# Replica moves under way at once, cluster-wide: each copies a replica set's store to
+# another node while clients keep writing to it; one at a time keeps the copies' disk
+# and network use from crowding out client traffic (and bounds what a failure midway
+# leaves to finish).
+MOVES_IN_FLIGHT_MAX = 1
+# Replicas per node that the most and the least loaded live nodes may differ by before
+# a replica is moved between them: 1 is as even as the count allows.
+IMBALANCE_MIN = 2
 # Fence answers kept per partition, to fence past any epoch a replica already promised
 # (a controller that died mid-election may have fenced one).
 _SEEN_REPLIES_MAX = 32
@@ -139,16 +158,23 @@ class Controller:
         return sorted(self._layout.name_of(self._layout.nodes, kv.key)
                       for kv in snapshot.items)
 
+    async def _leaving(self) -> set[str]:
+        snapshot = await self._coord.get_prefix(self._layout.decommission)
+        return {self._layout.name_of(self._layout.decommission, kv.key)
+                for kv in snapshot.items}
+
     async def _reconcile(self) -> None:
         alive = await self._alive()
         prefix = self._layout.partitions
         snapshot = await self._coord.get_prefix(prefix)
         present = set()
         elections = []
+        states: dict[str, tuple[PartitionState, int]] = {}
         for kv in snapshot.items:
             partition = self._layout.name_of(prefix, kv.key)
             present.add(partition)
             state = decode_state(kv.value)
+            states[partition] = (state, kv.mod_revision)
             unfinished = self._fenced.get(partition, 0) > state.epoch
             if state.leader is None or state.leader not in alive or unfinished:
                 elections.append(self._elect(partition, state, kv.mod_revision, alive))
@@ -157,13 +183,53 @@ class Controller:
         for outcome in await asyncio.gather(*elections, return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
+        if not elections:
+            # Moves only once every replica set has a live leader: failover first.
+            await self._move(states, alive, await self._leaving())
         for gone in [p for p in self._fenced if p not in present]:
             # A deleted replica set: forget what was kept for its elections.
             self._fenced.pop(gone, None)
             self._seen.pop(gone, None)
 
+    async def _move(self, states: dict[str, tuple[PartitionState, int]], alive: list[str],
+                    leaving: set[str]) -> None:
+        """Carry the moves under way one step on, or start one (module docstring)."""
+        moving = {p: st for p, (st, _) in states.items() if st.moving is not None}
+        for partition, state in sorted(moving.items()):
+            assert state.moving is not None
+            source, target = state.moving
+            revision = states[partition][1]
+            if target not in alive:
+                # Gone before it caught up: the move is dropped, the source stays.
+                log.warning("%s: moving a replica to %s given up (it is gone)", partition,
+                            target)
+                await self._elect(partition, state, revision, alive, target=replace(
+                    state, replicas=tuple(n for n in state.replicas if n != target),
+                    isr=tuple(n for n in state.isr if n != target), moving=None))
+            elif target in state.isr:
+                log.warning("%s: %s is in sync; removing %s", partition, target, source)
+                await self._elect(partition, state, revision, alive, avoid=source,
+                                  target=replace(
+                                      state, moving=None,
+                                      replicas=tuple(n for n in state.replicas if n != source),
+                                      isr=tuple(n for n in state.isr if n != source)))
+        if len(moving) >= MOVES_IN_FLIGHT_MAX:
+            return
+        chosen = _plan_move({p: st for p, (st, _) in states.items()}, alive, leaving)
+        if chosen is None:
+            return
+        partition, source, target = chosen
+        state, revision = states[partition]
+        log.warning("%s: moving its replica on %s to %s", partition, source, target)
+        await self._elect(partition, state, revision, alive, avoid=source, target=replace(
+            state, replicas=(*state.replicas, target), moving=(source, target)))
+
     async def _elect(self, partition: str, state: PartitionState, revision: int,
-                     alive: list[str]) -> None:
+                     alive: list[str], *, target: PartitionState | None = None,
+                     avoid: str | None = None) -> None:
+        """Fence every live replica of ``state`` at a new epoch and write the leader
+        chosen from them: into ``state``, or into ``target`` (the replica set a move
+        makes of it); ``avoid`` leads only if no other in-sync replica can."""
         epoch = fence_epoch_for(state, self._seen.get(partition, ()))
         self._fenced[partition] = max(self._fenced.get(partition, 0), epoch)
         replies: dict[str, FenceReply] = {}
@@ -171,7 +237,8 @@ class Controller:
         self._replies[partition] = replies
         self._answered[partition] = answered
         live = [n for n in state.replicas if n in alive]
-        log.info("fencing %s at epoch %d (leader %s gone)", partition, epoch, state.leader)
+        log.info("fencing %s at epoch %d (%s)", partition, epoch,
+                 "moving a replica" if target is not None else f"leader {state.leader} gone")
         for node in live:
             self._send_fence(node, Fence(partition, epoch, self._node))
         loop = asyncio.get_running_loop()
@@ -195,7 +262,8 @@ class Controller:
         finally:
             self._replies.pop(partition, None)
             self._answered.pop(partition, None)
-        chosen = choose_leader(state, epoch, replies, alive)
+        chosen = choose_leader(target if target is not None else state, epoch, replies,
+                               alive, avoid=avoid)
         if chosen is None:
             log.warning("no in-sync replica of %s can lead epoch %d yet", partition, epoch)
             return
@@ -204,3 +272,42 @@ class Controller:
         if result.succeeded:
             log.warning("%s: %s leads epoch %d, in sync: %s", partition, chosen.leader,
                         chosen.epoch, ", ".join(chosen.isr))
+
+
+def _plan_move(states: dict[str, PartitionState], alive: list[str], leaving: set[str]
+               ) -> tuple[str, str, str] | None:
+    """The next replica to move, as (partition, from, to), or None: off a
+    decommissioned node first, else from the most to the least loaded live node. Pure,
+    and deterministic (sorted choices), so the simulation replays it."""
+    eligible = sorted(n for n in alive if n not in leaving)
+    if not eligible:
+        return None
+    load = {n: 0 for n in eligible}
+    for state in states.values():
+        for n in state.replicas:
+            if n in load:
+                load[n] += 1
+
+    def lightest(state: PartitionState) -> str | None:
+        free = [n for n in eligible if n not in state.replicas]
+        return min(free, key=lambda n: (load[n], n)) if free else None
+
+    # Led and not moving; a balancing move also waits for a full in-sync set (a
+    # decommission does not: the node leaving may be down).
+    led = {p: st for p, st in sorted(states.items())
+           if st.moving is None and st.leader is not None}
+    for partition, state in led.items():
+        for source in state.replicas:
+            if source in leaving:
+                target = lightest(state)
+                if target is not None:
+                    return partition, source, target
+    ready = {p: st for p, st in led.items() if set(st.isr) == set(st.replicas)}
+    heaviest = max(eligible, key=lambda n: (load[n], n))
+    for partition, state in ready.items():
+        if heaviest not in state.replicas:
+            continue
+        target = lightest(state)
+        if target is not None and load[heaviest] - load[target] >= IMBALANCE_MIN:
+            return partition, heaviest, target
+    return None

@@ -9,6 +9,9 @@ Every key lives under ``/ferry/<cluster>/``:
   sync}``, written only by a transaction conditioned on its mod revision: by the node
   that places a new queue (creating it), by the controller when it elects a leader, by
   the leader when it changes the in-sync set; deleted with its queue.
+- ``decommission/<node>``: an operator asked that ``node`` be emptied
+  (``ferrymq cluster decommission``): the controller moves every replica off it and no
+  new queue is placed on it. Deleted when the node is started again.
 - ``queues/<name>``: the catalog (``ferrymq._cluster._catalog``): which replica set holds
   the queue, and its definition (attributes, tags, timestamps) as last committed there;
   or a tombstone saying when it was deleted.
@@ -47,6 +50,7 @@ class Layout:
         self.controller = self.root + b"controller"
         self.partitions = self.root + b"partitions/"
         self.queues = self.root + b"queues/"
+        self.decommission = self.root + b"decommission/"
 
     def node(self, name: str) -> bytes:
         return self.nodes + name.encode()
@@ -56,6 +60,9 @@ class Layout:
 
     def queue(self, name: str) -> bytes:
         return self.queues + name.encode()
+
+    def decommissioned(self, node: str) -> bytes:
+        return self.decommission + node.encode()
 
     def name_of(self, prefix: bytes, key: bytes) -> str:
         if not key.startswith(prefix):
@@ -75,10 +82,13 @@ def decode_node(name: str, raw: bytes) -> NodeInfo:
 
 
 def encode_state(state: PartitionState) -> bytes:
-    return json.dumps({
+    doc = {
         "leader": state.leader, "epoch": state.epoch, "replicas": list(state.replicas),
         "isr": list(state.isr), "min_isr": state.min_isr, "sync": state.sync,
-    }, sort_keys=True).encode()
+    }
+    if state.moving is not None:
+        doc["moving"] = list(state.moving)
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def decode_state(raw: bytes) -> PartitionState:
@@ -88,4 +98,6 @@ def decode_state(raw: bytes) -> PartitionState:
         leader=None if leader is None else str(leader), epoch=int(doc["epoch"]),
         replicas=tuple(str(n) for n in doc["replicas"]),
         isr=tuple(str(n) for n in doc["isr"]), min_isr=int(doc["min_isr"]),
-        sync=bool(doc["sync"]))
+        sync=bool(doc["sync"]),
+        moving=None if not doc.get("moving") else (str(doc["moving"][0]),
+                                                    str(doc["moving"][1])))

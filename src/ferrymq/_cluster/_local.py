@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ferrymq._core._control import PARTITIONS_MAX
+
 # Every `ferrymq` command line builds this module's parser, `ferrymq serve` included, so
 # what only the cluster commands need (HTTP client, etcd and layout modules: ~50 ms of
 # imports, measured) is imported where it is used.
@@ -77,6 +79,11 @@ _DEFAULT_CLUSTER = "ferry"
 # Each node is a Python process with its own store; beyond this a single machine tells
 # nothing a real cluster would, and a typo (--nodes 300) must not fork hundreds.
 _NODES_MAX = 16
+# What `start` accepts as the id of a node to add (the ids `up` gives: n1, n2, ...).
+_NODE_ID = re.compile(r"n[1-9][0-9]?")
+# `decommission` looks at etcd this often while the controller moves replicas: each
+# look is one range read, and a move takes seconds.
+_DECOMMISSION_POLL_S = 0.5
 # The replication factor when --replicas is not given: Kafka-like 3, or every node of a
 # smaller cluster (a replica set cannot have more members than there are nodes).
 _DEFAULT_REPLICAS_MAX = 3
@@ -139,6 +146,7 @@ class Settings:
     min_insync_replicas: int | None = None
     durability: str | None = None
     lease_ttl_seconds: int | None = None
+    partitions: int | None = None
 
 
 @dataclass(slots=True)
@@ -456,6 +464,8 @@ def node_argv(command: Sequence[str], rec: NodeRecord, state: ClusterState) -> l
         argv += ["--durability", s.durability]
     if s.lease_ttl_seconds is not None:
         argv += ["--lease-ttl-seconds", str(s.lease_ttl_seconds)]
+    if s.partitions is not None:
+        argv += ["--partitions", str(s.partitions)]
     return argv
 
 
@@ -563,12 +573,14 @@ def _etcd_view(state: ClusterState) -> list[tuple[str, str | None, dict[str, Any
                     sets.append((layout.name_of(layout.partitions, key), {
                         "leader": ps.leader, "epoch": ps.epoch,
                         "replicas": list(ps.replicas), "isr": list(ps.isr),
-                        "min_isr": ps.min_isr, "sync": ps.sync}))
+                        "min_isr": ps.min_isr, "sync": ps.sync,
+                        "moving": None if ps.moving is None else list(ps.moving)}))
                 elif key.startswith(layout.queues):
                     name = layout.name_of(layout.queues, key)
                     entry = decode_entry(name, value)
-                    if entry.partition is not None and entry.status != DELETED:
-                        queue_of[entry.partition] = name
+                    if entry.status != DELETED:
+                        for partition in entry.partitions:
+                            queue_of[partition] = name
             except (ValueError, KeyError, TypeError) as exc:
                 # Status must show the rest even if one value is not what the nodes
                 # write; the odd one is named, not hidden.
@@ -705,9 +717,13 @@ def render_status(doc: dict[str, Any]) -> str:
         for n in doc["nodes"]])
     lines.append("")
     if doc["partitions"]:
-        lines += _table(["QUEUE", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "LAG"], [
+        # A replica being moved (from -> to) is shown while any is.
+        moving = any(p.get("moving") for p in doc["partitions"])
+        lines += _table(["QUEUE", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "LAG",
+                         *(["MOVING"] if moving else [])], [
             [dash(p["queue"]), p["partition"], dash(p["leader"]), dash(p["epoch"]),
-             ",".join(p["replicas"]) or "-", ",".join(p["isr"]) or "-", lag_text(p["lag"])]
+             ",".join(p["replicas"]) or "-", ",".join(p["isr"]) or "-", lag_text(p["lag"]),
+             *([" -> ".join(p["moving"]) if p.get("moving") else "-"] if moving else [])]
             for p in doc["partitions"]])
     else:
         lines.append("no queue yet (each queue gets a replica set of its own when it is "
@@ -818,7 +834,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         raise _UsageError(f"--port {args.port} leaves no room for {nodes} nodes below 65536")
     return Settings(nodes=nodes, etcd_members=args.etcd_members, base_port=args.port,
                     replicas=replicas, min_insync_replicas=mir, durability=args.durability,
-                    lease_ttl_seconds=args.lease_ttl_seconds)
+                    lease_ttl_seconds=args.lease_ttl_seconds, partitions=args.partitions)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -913,15 +929,65 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _etcd_call(state: ClusterState, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One request to etcd's JSON gateway, at the first member that answers."""
+    for m in state.etcd:
+        if not is_ours(m.pid, m.argv):
+            continue
+        try:
+            return _get_json(m.client_url + path, body)
+        except OSError:
+            continue
+    raise LocalClusterError("no etcd member of this cluster answers")
+
+
+def _decommission_key(state: ClusterState, node: str) -> str:
+    from ferrymq._cluster._layout import Layout
+
+    return base64.b64encode(Layout(state.cluster).decommissioned(node)).decode()
+
+
+def _new_node(data_dir: Path, state: ClusterState, node_id: str) -> NodeRecord:
+    """A node the cluster did not have: the next port after the highest, the same
+    command and options as the others (``start`` of an unknown id adds it)."""
+    if not _NODE_ID.fullmatch(node_id):
+        raise LocalClusterError(f"no node or etcd member {node_id!r} in this cluster, and "
+                                f"{node_id!r} is not a node id (n1 ... n{_NODES_MAX})")
+    if len(state.nodes) >= _NODES_MAX:
+        raise LocalClusterError(f"the cluster has {_NODES_MAX} nodes already")
+    if not state.nodes:
+        raise LocalClusterError("the cluster has no node to take a command line from")
+    template = state.nodes[0].argv
+    command = template[:template.index("--node-id")]
+    port = max(n.port for n in state.nodes) + 1
+    if port > 65535 or not _port_free(port):
+        raise LocalClusterError(f"port {port} on {_HOST} (for {node_id}) is not free")
+    rec = NodeRecord(id=node_id, host=_HOST, port=port,
+                     data_dir=str(data_dir / "nodes" / node_id),
+                     log=str(data_dir / "logs" / f"{node_id}.log"), argv=[])
+    rec.argv = node_argv(command, rec, state)
+    state.nodes.append(rec)
+    save_state(data_dir, state)
+    _say(f"adding {node_id} to the cluster on {rec.url}")
+    return rec
+
+
 def _cmd_start(args: argparse.Namespace) -> int:
     from ferrymq._coordination._etcd_process import member_healthy
 
     data_dir = _data_dir(args)
     with _locked(data_dir):
         state = _need_state(data_dir)
-        rec = state.find(args.node)
+        try:
+            rec = state.find(args.node)
+        except LocalClusterError:
+            rec = _new_node(data_dir, state, args.node)
         if is_ours(rec.pid, rec.argv):
             raise LocalClusterError(f"{rec.name} is already running (pid {rec.pid})")
+        if isinstance(rec, NodeRecord):
+            # Started again, it takes replicas again: a decommission of it is over.
+            _etcd_call(state, "/v3/kv/deleterange",
+                       {"key": _decommission_key(state, rec.id)})
         _start_record(data_dir, state, rec)
         deadline = time.monotonic() + _START_WAIT_S
         if isinstance(rec, NodeRecord):
@@ -942,6 +1008,48 @@ def _cmd_start(args: argparse.Namespace) -> int:
                 _wait_until(rec.name, lambda: member_healthy(member.client_url), [rec],
                             deadline, lambda: f"{member.client_url}/health is not healthy")
     print(f"{rec.name}  {rec.url if isinstance(rec, NodeRecord) else rec.client_url}")
+    return 0
+
+
+def _cmd_decommission(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    with _locked(data_dir):
+        state = _need_state(data_dir)
+        rec = state.find(args.node)
+        if not isinstance(rec, NodeRecord):
+            raise LocalClusterError(f"{rec.name} is an etcd member, not a node")
+        others = [n for n in state.nodes if n.id != rec.id and is_ours(n.pid, n.argv)]
+        if not others:
+            raise LocalClusterError(f"{rec.id} is the only running node: there is "
+                                    "nowhere to move its replicas")
+        _etcd_call(state, "/v3/kv/put", {"key": _decommission_key(state, rec.id),
+                                         "value": base64.b64encode(b"{}").decode()})
+        _say(f"{rec.id} is being decommissioned: the controller moves its replicas to "
+             "the other nodes, one at a time")
+        deadline = time.monotonic() + args.timeout
+        last = None
+        while True:
+            view = _etcd_view(state)
+            holding = None if view is None else sorted(
+                name for name, _, doc in view if rec.id in doc["replicas"])
+            if holding is not None and holding != last:
+                _say(f"{rec.id} still holds {len(holding)} replica"
+                     f"{'s' if len(holding) != 1 else ''}"
+                     + (f" ({', '.join(holding[:5])}{', ...' if len(holding) > 5 else ''})"
+                        if holding else ""))
+                last = holding
+            if holding == []:
+                break
+            if time.monotonic() >= deadline:
+                raise LocalClusterError(
+                    f"{rec.id} still holds {len(holding or [])} replicas after "
+                    f"{args.timeout:.0f} s; it keeps running (the moves go on); see "
+                    "`ferrymq cluster status`")
+            time.sleep(_DECOMMISSION_POLL_S)
+        if not args.keep_running:
+            _stop([rec])
+            _say(f"stopped {rec.id}; `ferrymq cluster start --node {rec.id}` brings it "
+                 "back (empty: it takes replicas anew)")
     return 0
 
 
@@ -1035,6 +1143,9 @@ def add_cluster_parser(subparsers: argparse._SubParsersAction[Any]
     up.add_argument("--durability", choices=["sync", "async"], default=None,
                     help="sync: a write is acknowledged once the in-sync replicas have it; "
                     "async: once the leader has it (default: the node's)")
+    up.add_argument("--partitions", type=_int_in(1, PARTITIONS_MAX), default=None,
+                    help="partitions of a queue created without the ferry:partitions tag "
+                    "(default: the node's, 1)")
     up.add_argument("--lease-ttl-seconds", type=_int_in(1, 3600), default=None,
                     help="each node's etcd lease: how long a dead node keeps its roles "
                     "(default: the node's)")
@@ -1059,6 +1170,19 @@ def add_cluster_parser(subparsers: argparse._SubParsersAction[Any]
     start.add_argument("--node", required=True, metavar="ID",
                        help="a node id (n1) or an etcd member name (etcd1)")
     start.set_defaults(func=functools.partial(run, _cmd_start))
+    decommission = commands.add_parser(
+        "decommission", help="move every replica off one node, then stop it",
+        description="Ask the controller to move every replica off a node (one at a time, "
+        "under load: each new replica catches up before the old one is removed), wait "
+        "until it holds none, then stop it.")
+    _add_data_dir(decommission)
+    decommission.add_argument("--node", required=True, metavar="ID", help="a node id (n1)")
+    decommission.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                              help="give up waiting after this many seconds (default: "
+                              "%(default)s; the moves go on)")
+    decommission.add_argument("--keep-running", action="store_true",
+                              help="leave the node running once it is empty")
+    decommission.set_defaults(func=functools.partial(run, _cmd_decommission))
     down = commands.add_parser(
         "down", help="stop every node, then etcd",
         description="Stop every node, then every etcd member, by PID. Nothing in the data "

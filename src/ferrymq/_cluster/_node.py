@@ -123,6 +123,9 @@ _TICK_S = 0.1
 # 503: an election takes about the lease TTL plus a second, so most requests of a
 # failover are served, not refused.
 _LEADER_WAIT_S = 4.0
+# On the answer to a partition call that the node asked does not lead that partition
+# (it ran nothing): the caller asks again, at the leader etcd names by then.
+_NOT_LEADER_HEADER = "x-ferry-not-leader"
 # A forward whose connection was refused is tried again after this long.
 _CONNECT_RETRY_S = 0.1
 # How often the node re-reads the replica sets' state even without watch events: a
@@ -309,6 +312,8 @@ class _Host:
         self.revision = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._exports_in_flight = 0
+        # The revision of the state this replica last resigned from (check_leadership).
+        self._resigned_at = -1
         self.closed = False
 
     def start(self) -> None:
@@ -374,6 +379,22 @@ class _Host:
                 self._spawn(self._resign(state, revision), "resignation")
         elif state.leader is not None:
             self.store.run(r.follow(state.epoch, state.leader))
+
+    def check_leadership(self) -> None:
+        """On every tick: etcd names this replica leader of an epoch it no longer leads
+        (it stepped down when a replica promised a later epoch, and the controller that
+        fenced that epoch was replaced before it elected anyone: its successor sees a
+        live leader and elects nobody). Resign, as ``on_state`` does, so the controller
+        elects a later epoch; found by the cluster simulation (seed 10)."""
+        state, r = self.state, self.store.replica
+        if state is None or state.leader != self.node.cfg.node_id or self.closed:
+            return
+        if r.role is Role.LEADER and r.epoch >= state.epoch:
+            return  # leading it (or a later epoch etcd's watch has not shown yet)
+        if self._resigned_at == self.revision:
+            return
+        self._resigned_at = self.revision
+        self._spawn(self._resign(state, self.revision), "resignation")
 
     async def _resign(self, state: PartitionState, revision: int) -> None:
         """Named leader of an epoch this replica may not lead (it restarted since it
@@ -760,9 +781,10 @@ class Node:
                     host.store.on_frame(peer, frame)
             host.on_state(state, revision)
         elif host is not None:
-            # No longer a replica of the set (moving replicas comes with partitions).
+            # No longer a replica of the set: the controller moved it to another node.
             del self._hosts[partition]
-            self._spawn(host.close(), "closing a replica set")
+            self._spawn(self._retire_host(host, "moved to another node"),
+                        "retiring a replica set")
 
     def _on_removed(self, partition: str) -> None:
         """The replica set's key is gone: its queue was deleted."""
@@ -771,16 +793,16 @@ class Node:
         self._changed.set()
         host = self._hosts.pop(partition, None)
         if host is not None:
-            self._spawn(self._retire_host(host), "retiring a replica set")
+            self._spawn(self._retire_host(host, "removed with its queue"),
+                        "retiring a replica set")
 
-    async def _retire_host(self, host: _Host) -> None:
+    async def _retire_host(self, host: _Host, why: str) -> None:
         await host.close()
         path = self.partition_path(host.partition)
         for suffix in ("", "-wal", "-shm", ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 path.with_name(path.name + suffix).unlink()
-        log.info("%s: replica set %s removed with its queue", self.cfg.node_id,
-                 host.partition)
+        log.info("%s: replica set %s %s", self.cfg.node_id, host.partition, why)
 
     # ---- replication traffic ------------------------------------------------------
 
@@ -832,6 +854,7 @@ class Node:
             await asyncio.sleep(_TICK_S)
             for host in list(self._hosts.values()):
                 host.store.tick()
+                host.check_leadership()
 
     # ---- the catalog ----------------------------------------------------------------
 
@@ -880,7 +903,15 @@ class Node:
                     "QueueDeletedRecently",
                     "You must wait 60 seconds after deleting a queue before you can create "
                     "another with the same name.")
-            alive = sorted(self._nodes)
+            try:
+                leaving = {self.layout.name_of(self.layout.decommission, kv.key)
+                           for kv in (await self.coordinator.get_prefix(
+                               self.layout.decommission)).items}
+            except CoordinationError as exc:
+                raise SqsError("ServiceUnavailable", "The queue could not be placed now; "
+                                                     "retry.") from exc
+            # Not on a node being decommissioned (its replicas are being moved away).
+            alive = sorted(n for n in self._nodes if n not in leaving)
             replication = _replication_of(params.get("tags"), len(alive), self.cfg)
             # The core's own checks (names, attributes, tags, the dead-letter target) on
             # an empty core, so a queue that cannot be created is never placed.
@@ -1161,6 +1192,13 @@ class Node:
                                             "not answer; retry.") from exc
                 await asyncio.sleep(_CONNECT_RETRY_S)
                 continue
+            if any(k.lower() == _NOT_LEADER_HEADER for k, _ in response.headers) \
+                    and self._loop.time() < deadline:
+                # Nothing was run there: safe to ask the leader etcd names next.
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), _CONNECT_RETRY_S)
+                continue
             try:
                 return decode_answer(response.body)
             except CallDecodeError as exc:
@@ -1168,6 +1206,10 @@ class Node:
                             target, response.status, response.body[:200])
                 raise self._unavailable("A partition of the queue gave no answer; "
                                         "retry.") from exc
+
+    def leads_here(self, partition: str) -> bool:
+        host = self._hosts.get(partition)
+        return host is not None and host.leads()
 
     async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
                              ctx: CallContext) -> bool:
@@ -1187,8 +1229,13 @@ class Node:
             return Response(400, [("Content-Type", "text/plain")], str(exc).encode())
         host = self._hosts.get(call.partition)
         if host is None or not host.leads():
-            return answer(encode_answer(error=self._unavailable(
-                "This node does not lead the partition's replica set; retry.")))
+            # Not run: the caller's view of the leader is ahead of or behind this node's
+            # (a partition just placed, an election under way). It asks again.
+            return Response(200, [("Content-Type", "application/json"),
+                                  (_NOT_LEADER_HEADER, "1")],
+                            encode_answer(error=self._unavailable(
+                                "This node does not lead the partition's replica set; "
+                                "retry.")))
         ctx = CallContext(request_id=call.request_id, base_url=call.base_url,
                           account_id=call.account_id, region=self.cfg.region,
                           access_key_id=call.access_key_id, path_queue=None)

@@ -7,15 +7,20 @@ definition in the catalog; the others hold the same definition, applied to each 
 
 - Sends to a standard queue: one partition per request (a batch stays together), the
   less busy of two chosen in rotation (by this node's calls in flight to each):
-  balanced by load, not only by turn.
+  balanced by load, not only by turn. A partition this node leads counts as
+  ``LOCAL_BIAS_CALLS`` calls less busy: calling it costs no hop to another node, so
+  with clients spread over the nodes each mostly serves its own partitions, and with
+  every client on one node the others still get their share.
 - Sends to a FIFO queue (partitioned only with deduplication per message group): the
   partition of the message group, by CRC-32 of its id, so one group's messages are in
   one partition, in order, and deduplicated there. A batch spanning groups is checked
   whole first (``check_send_batch``: the errors that fail it as a whole), then split.
-- Receives: the partitions are swept in rotation with no wait until the request is
-  filled (for FIFO, each partition keeps its groups' order and its own attempt ids). A long poll that found nothing then waits on every partition at once for a
-  receivable message, without receiving (``WAIT_ACTION``, event-driven on each leader:
-  no polling), and sweeps again when one has some.
+- Receives: the partitions are swept in rotation (starting at one this node leads,
+  if any) with no wait until the request is filled (for FIFO, each partition keeps
+  its groups' order and its own attempt ids). A long poll that found nothing then
+  waits on every partition at once for a receivable message, without receiving
+  (``WAIT_ACTION``, event-driven on each leader: no polling), and sweeps again when
+  one has some.
 - Receipt handles name their partition (``P<index>.<handle>``; a handle of the core is
   URL-safe base64, which has no dot), so deletes and visibility changes go straight to
   it; a batch is split by partition and the answers merged.
@@ -55,6 +60,10 @@ _HANDLE = re.compile(r"P(\d{1,3})\.(.+)", re.DOTALL)
 # Changes of the definition: checked by the first partition, then applied to the rest.
 _DEFINITION_ACTIONS = frozenset({"SetQueueAttributes", "TagQueue", "UntagQueue",
                                  "AddPermission", "RemovePermission", "PurgeQueue"})
+# See the module docstring: how many calls in flight a partition led here may have more
+# than another before a send goes to the other. Calls in flight to a partition grow
+# with its latency; a hop to another node adds about one commit's worth.
+LOCAL_BIAS_CALLS = 4
 # A long poll whose waits on the partitions failed (a leader being replaced) sweeps
 # again after this long instead of at once.
 _WAIT_RETRY_S = 0.1
@@ -73,6 +82,10 @@ class PartitionCaller(Protocol):
                              ctx: CallContext) -> bool:
         """True once the partition's ``queue`` has a receivable message, False after
         ``timeout_ms`` without one."""
+        ...
+
+    def leads_here(self, partition: str) -> bool:
+        """Whether this node leads ``partition`` (a call to it needs no hop)."""
         ...
 
 
@@ -163,12 +176,15 @@ class PartitionedQueues:
 
     # ---- routing -------------------------------------------------------------------
 
+    def _busy(self, partition: str) -> int:
+        bias = LOCAL_BIAS_CALLS if self._caller.leads_here(partition) else 0
+        return self._in_flight.get(partition, 0) - bias
+
     def _pick(self, parts: Sequence[str]) -> str:
         self._turn += 1
         first = parts[self._turn % len(parts)]
         second = parts[(self._turn + 1) % len(parts)]
-        return second if self._in_flight.get(second, 0) < self._in_flight.get(first, 0) \
-            else first
+        return second if self._busy(second) < self._busy(first) else first
 
     async def _one(self, partition: str, action: str, params: dict[str, Any],
                    ctx: CallContext) -> dict[str, Any]:
@@ -212,6 +228,9 @@ class PartitionedQueues:
                      ctx: CallContext) -> list[dict[str, Any]]:
         self._turn += 1
         start = self._turn % len(parts)
+        here = [i for i, p in enumerate(parts) if self._caller.leads_here(p)]
+        if here:
+            start = here[self._turn % len(here)]
         found: list[dict[str, Any]] = []
         for step in range(len(parts)):
             index = (start + step) % len(parts)

@@ -34,6 +34,10 @@ class PartitionState:
     isr: tuple[str, ...]
     min_isr: int
     sync: bool
+    # A replica being moved (the controller's, docs/architecture.md): (from, to). ``to``
+    # is in ``replicas`` already and joins ``isr`` once it has caught up; then ``from``
+    # leaves both. None when nothing moves.
+    moving: tuple[str, str] | None = None
 
     def with_isr(self, isr: Iterable[str]) -> PartitionState:
         members = frozenset(isr)
@@ -47,15 +51,19 @@ def fence_epoch_for(state: PartitionState, replies: Iterable[FenceReply]) -> int
 
 
 def choose_leader(state: PartitionState, epoch: int, replies: Mapping[str, FenceReply],
-                  alive: Iterable[str]) -> PartitionState | None:
+                  alive: Iterable[str], *, avoid: str | None = None
+                  ) -> PartitionState | None:
     """The new state for ``epoch``, or None when no in-sync replica can lead (the
-    partition stays unavailable rather than lose acknowledged writes)."""
+    partition stays unavailable rather than lose acknowledged writes). ``avoid``: a
+    replica that leads only if no other can (one about to be moved away)."""
     live = frozenset(alive)
     fenced = {
         node: reply for node, reply in replies.items()
         if reply.accepted and reply.epoch == epoch and node in live
     }
     candidates = [node for node in state.isr if node in fenced and fenced[node].eligible]
+    if avoid is not None and len(candidates) > 1:
+        candidates = [node for node in candidates if node != avoid]
     if not candidates:
         return None
     order = {node: i for i, node in enumerate(state.replicas)}
