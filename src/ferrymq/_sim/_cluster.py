@@ -267,6 +267,10 @@ class _Incarnation:
         self.world = world
         self.name = name
         self.actor = Actor(world.loop, f"{name}#{number}")
+        # Set when this life ends (a crash): a client's request to it then fails at
+        # once, as a TCP connection to a dead process is reset, instead of waiting out
+        # the client's timeout.
+        self.died = asyncio.Event()
         self.rng = random.Random(f"{world.seed}:{name}:{number}")
         self.client = world.server.connect(f"{name}#{number}")
         self.transport: _SimTransport | None = None
@@ -479,6 +483,7 @@ class _World:
             return
         node.current = None
         inc.actor.kill()
+        inc.died.set()
         # The process is gone: its leases run out their TTL, its watches end.
         self.sim.spawn(inc.client.close(revoke_leases=False))
 
@@ -689,10 +694,16 @@ class _Clients:
         if inc is None:
             return "fail", {"error": "connection refused"}
         call = inc.actor.spawn(coro(inc.node))
+        died = asyncio.ensure_future(inc.died.wait())
         try:
-            answer = await asyncio.wait_for(asyncio.shield(call), _REQUEST_TIMEOUT_S)
-        except TimeoutError:
-            return "info", {"error": "timeout"}
+            await asyncio.wait((call, died), timeout=_REQUEST_TIMEOUT_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+        if not call.done():
+            return "info", {"error": "connection reset" if inc.died.is_set() else "timeout"}
+        try:
+            answer = call.result()
         except SqsError as exc:
             return ("fail" if exc.status < 500 else "info"), {"error": exc.shape}
         await asyncio.sleep(self.rng.randint(*_NETWORK_MS) / 1000)
