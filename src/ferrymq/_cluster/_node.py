@@ -126,6 +126,11 @@ _LEADER_WAIT_S = 4.0
 # On the answer to a partition call that the node asked does not lead that partition
 # (it ran nothing): the caller asks again, at the leader etcd names by then.
 _NOT_LEADER_HEADER = "x-ferry-not-leader"
+# On every answer to a partition call: the requests in flight at that partition's
+# leader, the load the caller balances sends by (``_partitioned``). A report older than
+# _LOAD_STALE_S counts as unknown, so a partition once busy is tried again.
+_LOAD_HEADER = "x-ferry-load"
+_LOAD_STALE_S = 1.0
 # A forward whose connection was refused is tried again after this long.
 _CONNECT_RETRY_S = 0.1
 # How often the node re-reads the replica sets' state even without watch events: a
@@ -314,6 +319,9 @@ class _Host:
         self._exports_in_flight = 0
         # The revision of the state this replica last resigned from (check_leadership).
         self._resigned_at = -1
+        # Requests being run on this replica set as its leader, from any node: the load
+        # a queue of several partitions balances its sends by.
+        self.in_flight = 0
         self.closed = False
 
     def start(self) -> None:
@@ -564,6 +572,8 @@ class Node:
             ControllerSettings(lease_ttl_s=cfg.lease_ttl_s), send_fence=self.send)
         self.proxy = Proxy()
         self.partitioned = PartitionedQueues(self)
+        # partition -> (load its leader last reported, when: loop time).
+        self._loads: dict[str, tuple[int, float]] = {}
         self.gateway = Gateway(self, public_url=cfg.advertise_url,
                                account_id=cfg.account_id, region=cfg.region,
                                route=self._route,
@@ -1137,6 +1147,14 @@ class Node:
     async def _call_local(self, host: _Host, name: str, action: str, params: dict[str, Any],
                           ctx: CallContext) -> dict[str, Any]:
         """``action`` on the replica set ``host`` leads here, and its catalog write."""
+        host.in_flight += 1
+        try:
+            return await self._run_local(host, name, action, params, ctx)
+        finally:
+            host.in_flight -= 1
+
+    async def _run_local(self, host: _Host, name: str, action: str, params: dict[str, Any],
+                         ctx: CallContext) -> dict[str, Any]:
         if action == "DeleteQueue" and not host.service.broker.queue_exists(name):
             # Deleted by an earlier try whose catalog write did not happen: finish it.
             held = self.catalog.get(name)
@@ -1199,6 +1217,9 @@ class Node:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), _CONNECT_RETRY_S)
                 continue
+            for key, value in response.headers:
+                if key.lower() == _LOAD_HEADER and value.isdigit():
+                    self._loads[partition] = (int(value), self._loop.time())
             try:
                 return decode_answer(response.body)
             except CallDecodeError as exc:
@@ -1211,6 +1232,15 @@ class Node:
         host = self._hosts.get(partition)
         return host is not None and host.leads()
 
+    def load_of(self, partition: str) -> int | None:
+        host = self._hosts.get(partition)
+        if host is not None and host.leads():
+            return host.in_flight
+        reported = self._loads.get(partition)
+        if reported is None or self._loop.time() - reported[1] > _LOAD_STALE_S:
+            return None
+        return reported[0]
+
     async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
                              ctx: CallContext) -> bool:
         result = await self.call_partition(partition, WAIT_ACTION,
@@ -1218,8 +1248,11 @@ class Node:
         return bool(result.get("Found"))
 
     async def _call_page(self, request: Request) -> Response:
-        def answer(body: bytes) -> Response:
-            return Response(200, [("Content-Type", "application/json")], body)
+        def answer(body: bytes, load: int | None = None) -> Response:
+            headers = [("Content-Type", "application/json")]
+            if load is not None:
+                headers.append((_LOAD_HEADER, str(load)))
+            return Response(200, headers, body)
 
         if request.method != "POST":
             return Response(405, [("Content-Type", "text/plain")], b"POST only")
@@ -1245,10 +1278,10 @@ class Node:
                     str(call.params.get("QueueName")), int(call.params.get("WaitMs", 0)))
                 return answer(encode_answer({"Found": found}))
             name = _queue_of(call.action, call.params) or ""
-            return answer(encode_answer(
-                await self._call_local(host, name, call.action, call.params, ctx)))
+            result = await self._call_local(host, name, call.action, call.params, ctx)
+            return answer(encode_answer(result), host.in_flight)
         except SqsError as exc:
-            return answer(encode_answer(error=exc))
+            return answer(encode_answer(error=exc), host.in_flight)
 
     async def _catalog_write(self, write: Coroutine[Any, Any, None]) -> None:
         try:

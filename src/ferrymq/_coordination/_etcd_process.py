@@ -28,6 +28,7 @@ from pathlib import Path
 
 __all__ = [
     "ETCD_INSTALL_HINT",
+    "ETCD_TXN_OPS_MAX",
     "EtcdCluster",
     "EtcdMember",
     "EtcdProcessError",
@@ -404,6 +405,10 @@ def _http(url: str, body: dict[str, object] | None) -> dict[str, object]:
 # from this module: the command line a member runs with, the environment, and probes.
 
 
+# See member_argv. Also what an etcd run by its users must allow (docs/cluster.md).
+ETCD_TXN_OPS_MAX = 1024
+
+
 def member_argv(
     binary: str,
     member: EtcdMember,
@@ -433,6 +438,9 @@ def member_argv(
         "--initial-cluster-token", token,
         "--heartbeat-interval", str(heartbeat_ms),
         "--election-timeout", str(election_timeout_ms),
+        # A queue's placement is one transaction: its catalog entry and a key per
+        # partition (up to 256), which etcd's default limit of 128 operations refuses.
+        "--max-txn-ops", str(ETCD_TXN_OPS_MAX),
         "--logger", "zap",
         "--log-outputs", "stderr",
         "--log-level", "warn",
