@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-from ferrymq._cluster._controller import Controller, ControllerSettings
+import pytest
+
+from ferrymq._cluster import _controller
+from ferrymq._cluster._controller import (
+    Controller,
+    ControllerSettings,
+    _plan_leader_move,
+    _plan_move,
+)
 from ferrymq._cluster._layout import Layout, decode_state, encode_state
 from ferrymq._coordination import LocalCoordinationServer, ManualClock
 from ferrymq._replication._election import PartitionState
@@ -165,6 +173,87 @@ def test_a_lost_fence_is_sent_again_and_its_replica_stays_in_sync() -> None:
         assert kv is not None
         assert dropped == ["n3"]
         assert set(decode_state(kv.value).isr) == {"n1", "n3"}
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+# -- planning moves (pure) -----------------------------------------------------------------
+
+
+def _set(leader: str, *replicas: str, isr: tuple[str, ...] | None = None,
+         moving: tuple[str, str] | None = None) -> PartitionState:
+    return PartitionState(leader=leader, epoch=1, replicas=replicas,
+                          isr=replicas if isr is None else isr, min_isr=1, sync=True,
+                          moving=moving)
+
+
+def test_a_move_empties_a_decommissioned_node_first_then_evens_out_the_counts() -> None:
+    states = {"p1": _set("n1", "n1", "n2"), "p2": _set("n2", "n2", "n3"),
+              "p3": _set("n3", "n3", "n1")}
+    # Even: nothing to do.
+    assert _plan_move(states, ["n1", "n2", "n3"], set()) is None
+    # A fourth node with nothing, 2 below the others: a replica of the busiest (the
+    # last by name among equals) moves to it.
+    assert _plan_move(states, ["n1", "n2", "n3", "n4"], set()) == ("p2", "n3", "n4")
+    # n1 decommissioned: its replicas go first, to the least loaded other node, even
+    # when that set is not fully in sync (the node leaving may be down).
+    states["p1"] = _set("n2", "n1", "n2", isr=("n2",))
+    assert _plan_move(states, ["n1", "n2", "n3", "n4"], {"n1"}) == ("p1", "n1", "n4")
+    # A set whose move is under way is not planned again.
+    states["p1"] = _set("n2", "n1", "n2", "n4", moving=("n1", "n4"))
+    assert _plan_move(states, ["n1", "n2", "n3", "n4"], {"n1"}) == ("p3", "n1", "n4")
+
+
+def test_a_leadership_is_offered_from_the_busiest_leader_to_an_idle_in_sync_replica() -> None:
+    states = {"p1": _set("n1", "n1", "n2", "n3"), "p2": _set("n1", "n2", "n3", "n1"),
+              "p3": _set("n2", "n3", "n1", "n2")}
+    # n1 leads 2, n3 none: one of n1's sets is offered to n3.
+    assert _plan_leader_move(states, ["n1", "n2", "n3"], set()) == ("p1", "n1", "n3")
+    # Not to a replica out of sync, nor while the set moves a replica.
+    states["p1"] = _set("n1", "n1", "n2", "n3", isr=("n1", "n2"))
+    states["p2"] = _set("n1", "n2", "n3", "n1", moving=("n2", "n3"))
+    assert _plan_leader_move(states, ["n1", "n2", "n3"], set()) is None
+    # Within one of each other: even enough.
+    states = {"p1": _set("n1", "n1", "n2"), "p2": _set("n2", "n1", "n2")}
+    assert _plan_leader_move(states, ["n1", "n2"], set()) is None
+
+
+def test_leaderships_are_evened_out_once_the_cluster_has_settled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_controller, "LEADER_SETTLE_S", 0.0)
+
+    async def scenario() -> None:
+        server = LocalCoordinationServer(ManualClock())
+        clients = {n: server.connect(n) for n in ("n1", "n2")}
+        for name, client in clients.items():
+            lease = await client.grant_lease(2)
+            await client.put(LAYOUT.node(name), b"{}", lease=lease)
+        # n1 leads both sets, n2 leads none, and is in sync in both.
+        for partition in ("p0", "p1"):
+            await clients["n1"].put(LAYOUT.partition(partition), encode_state(
+                PartitionState(leader="n1", epoch=1, replicas=("n1", "n2"),
+                               isr=("n1", "n2"), min_isr=1, sync=True)))
+        replicas = Replicas({"n1": Position(1, 7), "n2": Position(1, 7)})
+        controller = Controller(clients["n1"], LAYOUT, "n1", SETTINGS, replicas.send)
+        replicas.controllers = {"n1": controller}
+        task = asyncio.create_task(controller.run())
+
+        async def leaders() -> list[str | None]:
+            found = []
+            for partition in ("p0", "p1"):
+                kv = await clients["n1"].get(LAYOUT.partition(partition))
+                assert kv is not None
+                found.append(decode_state(kv.value).leader)
+            return found
+
+        async def even() -> bool:
+            return sorted(await leaders()) == ["n1", "n2"]  # type: ignore[type-var]
+
+        await until(even)
+        await asyncio.sleep(0.2)
+        assert sorted(await leaders()) == ["n1", "n2"]  # type: ignore[type-var]
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

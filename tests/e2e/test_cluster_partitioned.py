@@ -5,6 +5,7 @@ definition changes, purge and deletion applied to every partition."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -305,3 +306,44 @@ def test_a_fifo_queue_is_partitioned_by_message_group(cluster: LocalCluster) -> 
         first.send_message(QueueUrl=url, MessageBody="no group")
     assert _error(exc)[0] in ("MissingParameter", "AWS.SimpleQueueService.MissingParameter")
     first.delete_queue(QueueUrl=url)
+
+
+def test_a_redrive_between_partitioned_queues_spreads_over_the_dead_letter_partitions(
+        cluster: LocalCluster) -> None:
+    first, second, third = (_client(u) for u in cluster.urls())
+    dlq_url = first.create_queue(QueueName="dead", tags={"ferry:partitions": "3",
+                                                         "ferry:replicas": "1"})["QueueUrl"]
+    dlq_arn = first.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    url = second.create_queue(
+        QueueName="redriven", tags={"ferry:partitions": "2", "ferry:replicas": "1"},
+        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                                 "maxReceiveCount": "1"})})["QueueUrl"]
+    _leaders_of(cluster, "dead", 3)
+    _leaders_of(cluster, "redriven", 2)
+    bodies = {f"doomed {n}" for n in range(30)}
+    for body in sorted(bodies):
+        third.send_message(QueueUrl=url, MessageBody=body)
+    # Received once (the most allowed) and let go at once...
+    got = _drain(first, url, len(bodies))
+    assert {m["Body"] for m in got} == bodies
+    for message in got:
+        first.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
+                                        VisibilityTimeout=0)
+    # ...so the next receives move every one to the dead-letter queue instead (a
+    # receive moves the messages it comes across, and delivers none of them).
+    def moved_all() -> int | None:
+        assert not first.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
+            "Messages")
+        n = int(second.get_queue_attributes(
+            QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])[
+            "Attributes"]["ApproximateNumberOfMessages"])
+        return n if n >= len(bodies) else None
+
+    moved = _until("every message in the dead-letter queue", moved_all)
+    assert moved == len(bodies)
+    dead = _drain(third, dlq_url, len(bodies))
+    assert sorted(m["Body"] for m in dead) == sorted(bodies)
+    assert len({m["ReceiptHandle"].split(".", 1)[0] for m in dead}) > 1  # spread
+    for queue_url in (url, dlq_url):
+        first.delete_queue(QueueUrl=queue_url)

@@ -21,7 +21,7 @@ from ferrymq._verify._workload import (
     QueueWorkload,
     WorkloadConfig,
     create_queue,
-    drain_all,
+    wind_down,
 )
 
 from ._harness import ServerProcess
@@ -64,11 +64,8 @@ def test_workloads_through_two_kill9_restarts(tmp_path: Path) -> None:
             with fault(recorder, "kill", proc.url, signal="SIGKILL"):
                 proc.kill9()
                 proc.restart()
-        time.sleep(QUIET_S)
-        for workload in workloads:
-            workload.stop()
-        time.sleep(SETTLE_S)
-        caught_up = drain_all(workloads, DRAIN_TIMEOUT_S)
+        caught_up = wind_down(workloads, quiet_s=QUIET_S, settle_s=SETTLE_S,
+                              drain_timeout_s=DRAIN_TIMEOUT_S)
     finally:
         for workload in workloads:
             workload.stop()

@@ -43,3 +43,22 @@ def test_no_leader_without_an_eligible_in_sync_answer() -> None:
 def test_the_fence_epoch_passes_every_promise_seen() -> None:
     assert fence_epoch_for(STATE, []) == 5
     assert fence_epoch_for(STATE, [reply("b", Position(4, 9), fence=8)]) == 9
+
+
+def test_a_replica_being_moved_away_leads_only_if_no_other_can() -> None:
+    replies = {"a": reply("a", Position(4, 11)), "b": reply("b", Position(4, 11))}
+    chosen = choose_leader(STATE, 5, replies, alive={"a", "b"}, avoid="a")
+    assert chosen is not None and chosen.leader == "b"
+    alone = {"a": reply("a", Position(4, 11))}
+    chosen = choose_leader(STATE, 5, alone, alive={"a"}, avoid="a")
+    assert chosen is not None and chosen.leader == "a"
+
+
+def test_a_preferred_replica_leads_only_with_the_most_advanced_log() -> None:
+    level = {"a": reply("a", Position(4, 11)), "b": reply("b", Position(4, 11))}
+    chosen = choose_leader(STATE, 5, level, alive={"a", "b"}, prefer="b")
+    assert chosen is not None and chosen.leader == "b"
+    # Behind by one entry: preferring it would lose that entry (or rebuild "a").
+    behind = {"a": reply("a", Position(4, 12)), "b": reply("b", Position(4, 11))}
+    chosen = choose_leader(STATE, 5, behind, alive={"a", "b"}, prefer="b")
+    assert chosen is not None and chosen.leader == "a"

@@ -21,6 +21,14 @@ state the election rule (``ferrymq._replication._election``) prescribes:
   new epoch first, so nothing of the old epoch commits after it, and neither picks
   ``from`` as leader while another in-sync replica can lead. A ``to`` that dies before
   it is in sync is dropped again by an election.
+- leaders are moved, once the replicas are even: while the node leading the most
+  replica sets leads ``IMBALANCE_MIN`` or more than one leading the fewest, one set
+  led by the first and in sync on the second is re-elected with the second preferred
+  (it leads only if its log is as advanced as any: nothing is lost or rebuilt). A set
+  tried is left alone for ``LEADER_MOVE_BACKOFF_S``, so a busy one whose logs never
+  match at the fence is not re-elected over and over; and none is moved until no
+  election has happened for ``LEADER_SETTLE_S`` (a failover, a move, a restarted node
+  catching up come first).
 
 The decision is etcd's: two controllers (a paused one and its successor) may both try,
 and only the transaction whose revision still matches applies.
@@ -71,6 +79,14 @@ MOVES_IN_FLIGHT_MAX = 1
 # Replicas per node that the most and the least loaded live nodes may differ by before
 # a replica is moved between them: 1 is as even as the count allows.
 IMBALANCE_MIN = 2
+# See the module docstring: a replica set whose leadership was just offered to another
+# replica is not offered again before this long. Each try is an election: in-flight
+# writes of that set are answered 503 (retriable) and its writes pause for a fence
+# round trip.
+LEADER_MOVE_BACKOFF_S = 10.0
+# See the module docstring: a cluster is left this long after its last election before
+# leaderships are evened out, so they are not moved while it is still recovering.
+LEADER_SETTLE_S = 10.0
 # Fence answers kept per partition, to fence past any epoch a replica already promised
 # (a controller that died mid-election may have fenced one).
 _SEEN_REPLIES_MAX = 32
@@ -101,6 +117,10 @@ class Controller:
         self._seen: dict[str, list[FenceReply]] = {}
         self._fenced: dict[str, int] = {}
         self._changed = asyncio.Event()
+        # partition -> loop time before which its leadership is not moved again.
+        self._leader_moved: dict[str, float] = {}
+        # Loop time of the last election this controller held (LEADER_SETTLE_S).
+        self._last_election = float("-inf")
         self.leading = False  # for status and tests
 
     def on_fence_reply(self, reply: FenceReply) -> None:
@@ -190,6 +210,7 @@ class Controller:
             # A deleted replica set: forget what was kept for its elections.
             self._fenced.pop(gone, None)
             self._seen.pop(gone, None)
+            self._leader_moved.pop(gone, None)
 
     async def _move(self, states: dict[str, tuple[PartitionState, int]], alive: list[str],
                     leaving: set[str]) -> None:
@@ -217,6 +238,7 @@ class Controller:
             return
         chosen = _plan_move({p: st for p, (st, _) in states.items()}, alive, leaving)
         if chosen is None:
+            await self._move_leader(states, alive, leaving)
             return
         partition, source, target = chosen
         state, revision = states[partition]
@@ -224,12 +246,29 @@ class Controller:
         await self._elect(partition, state, revision, alive, avoid=source, target=replace(
             state, replicas=(*state.replicas, target), moving=(source, target)))
 
+    async def _move_leader(self, states: dict[str, tuple[PartitionState, int]],
+                           alive: list[str], leaving: set[str]) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_election < LEADER_SETTLE_S:
+            return
+        waiting = {p for p, until in self._leader_moved.items() if until > now}
+        chosen = _plan_leader_move({p: st for p, (st, _) in states.items()
+                                    if p not in waiting}, alive, leaving)
+        if chosen is None:
+            return
+        partition, source, target = chosen
+        self._leader_moved[partition] = now + LEADER_MOVE_BACKOFF_S
+        state, revision = states[partition]
+        log.warning("%s: offering its leadership on %s to %s", partition, source, target)
+        await self._elect(partition, state, revision, alive, prefer=target)
+
     async def _elect(self, partition: str, state: PartitionState, revision: int,
                      alive: list[str], *, target: PartitionState | None = None,
-                     avoid: str | None = None) -> None:
+                     avoid: str | None = None, prefer: str | None = None) -> None:
         """Fence every live replica of ``state`` at a new epoch and write the leader
         chosen from them: into ``state``, or into ``target`` (the replica set a move
         makes of it); ``avoid`` leads only if no other in-sync replica can."""
+        self._last_election = asyncio.get_running_loop().time()
         epoch = fence_epoch_for(state, self._seen.get(partition, ()))
         self._fenced[partition] = max(self._fenced.get(partition, 0), epoch)
         replies: dict[str, FenceReply] = {}
@@ -263,7 +302,7 @@ class Controller:
             self._replies.pop(partition, None)
             self._answered.pop(partition, None)
         chosen = choose_leader(target if target is not None else state, epoch, replies,
-                               alive, avoid=avoid)
+                               alive, avoid=avoid, prefer=prefer)
         if chosen is None:
             log.warning("no in-sync replica of %s can lead epoch %d yet", partition, epoch)
             return
@@ -310,4 +349,31 @@ def _plan_move(states: dict[str, PartitionState], alive: list[str], leaving: set
         target = lightest(state)
         if target is not None and load[heaviest] - load[target] >= IMBALANCE_MIN:
             return partition, heaviest, target
+    return None
+
+
+def _plan_leader_move(states: dict[str, PartitionState], alive: list[str],
+                      leaving: set[str]) -> tuple[str, str, str] | None:
+    """The next leadership to offer, as (partition, its leader, the replica offered
+    it), or None: from the node leading the most sets to one of their in-sync replicas
+    leading the fewest, while the two differ by IMBALANCE_MIN or more. Pure and
+    deterministic, as ``_plan_move``."""
+    eligible = sorted(n for n in alive if n not in leaving)
+    if len(eligible) < 2:
+        return None
+    leads = {n: 0 for n in eligible}
+    for state in states.values():
+        if state.leader in leads:
+            leads[state.leader] += 1
+    for partition, state in sorted(states.items()):
+        source = state.leader
+        if source not in leads or state.moving is not None \
+                or set(state.isr) != set(state.replicas):
+            continue
+        others = [n for n in state.isr if n in leads and n != source]
+        if not others:
+            continue
+        target = min(others, key=lambda n: (leads[n], n))
+        if leads[source] - leads[target] >= IMBALANCE_MIN:
+            return partition, source, target
     return None

@@ -75,7 +75,7 @@ from ferrymq._cluster._layout import (
     encode_state,
 )
 from ferrymq._cluster._partition import SQLITE_DISK, ReplicaDisk, ReplicatedStore
-from ferrymq._cluster._partitioned import PartitionedQueues
+from ferrymq._cluster._partitioned import PartitionedQueues, partition_index
 from ferrymq._cluster._proxy import FORWARDED_HEADER, Proxy, ProxyError
 from ferrymq._cluster._transport import AddressOf, FrameHandler, Transport
 from ferrymq._coordination import (
@@ -393,7 +393,8 @@ class _Host:
         (it stepped down when a replica promised a later epoch, and the controller that
         fenced that epoch was replaced before it elected anyone: its successor sees a
         live leader and elects nobody). Resign, as ``on_state`` does, so the controller
-        elects a later epoch; found by the cluster simulation (seed 10)."""
+        elects a later epoch. Found by the cluster simulation; tested on its own in
+        tests/cluster/test_node_leadership.py."""
         state, r = self.state, self.store.replica
         if state is None or state.leader != self.node.cfg.node_id or self.closed:
             return
@@ -1050,12 +1051,28 @@ class Node:
 
     async def import_into(self, destination: str, redrive: bool,
                           records: list[MessageRecord]) -> bool:
-        """Copy ``records`` into ``destination`` (wherever its replica set leads); True
-        once committed there."""
-        partition = await self._partition_of(destination)
-        if partition is None:
+        """Copy ``records`` into ``destination`` (wherever its replica sets lead); True
+        once committed there. Into a queue of several partitions, each message goes to
+        the partition of its FIFO group, or (standard) of its id, so a copy sent again
+        lands where the first one did and is skipped there."""
+        held = await self._entry(destination)
+        entry = held[0] if held is not None and held[0].status != DELETED else None
+        if entry is None or not entry.partitions:
             log.info("%s: the destination %s is gone", self.cfg.node_id, destination)
             return False
+        parts = entry.partitions
+        by_partition: dict[str, list[MessageRecord]] = {}
+        for record in records:
+            key = record.group_id if record.group_id is not None else record.message_id
+            index = partition_index(key, len(parts)) if len(parts) > 1 else 0
+            by_partition.setdefault(parts[index], []).append(record)
+        done = await asyncio.gather(*(
+            self._import_part(partition, destination, redrive, batch)
+            for partition, batch in by_partition.items()))
+        return all(done)
+
+    async def _import_part(self, partition: str, destination: str, redrive: bool,
+                           records: list[MessageRecord]) -> bool:
         host = self._hosts.get(partition)
         if host is not None and host.leads():
             await self._import_local(host, destination, redrive, records)
@@ -1067,7 +1084,8 @@ class Node:
         body = encode_effects([MessageStored(r, None) for r in records])
         request = Request(
             method="POST", path=IMPORT_PATH,
-            query=f"queue={quote(destination, safe='')}&redrive={int(redrive)}",
+            query=(f"queue={quote(destination, safe='')}&redrive={int(redrive)}"
+                   f"&partition={quote(partition, safe='')}"),
             headers={"host": f"{target[0]}:{target[1]}", "content-length": str(len(body)),
                      "content-type": "application/octet-stream"},
             body=body, client="")
@@ -1104,8 +1122,10 @@ class Node:
         records = [e.record for e in effects if isinstance(e, MessageStored)]
         if len(records) != len(effects) or not destination:
             return answer(400, "not a batch of messages for one queue")
-        partition = await self._partition_of(destination)
-        host = self._hosts.get(partition) if partition is not None else None
+        held = await self._entry(destination)
+        parts = held[0].partitions if held is not None and held[0].status != DELETED else ()
+        partition = (query.get("partition") or [parts[0] if parts else ""])[0]
+        host = self._hosts.get(partition) if partition in parts else None
         if host is None or not host.leads():
             return answer(503, "this node does not lead the destination's replica set")
         try:
@@ -1203,7 +1223,7 @@ class Node:
                          "content-type": "application/json", FORWARDED_HEADER: "1"},
                 body=body, client="")
             try:
-                response = await self.proxy.forward(target, request)
+                response = await self._forward_to_leader(partition, target, request)
             except ProxyError as exc:
                 if exc.sent or self._loop.time() >= deadline:
                     raise self._unavailable("The leader of a partition of the queue did "
@@ -1349,32 +1369,9 @@ class Node:
                     return None
                 raise self._unavailable("No node leads the queue's replica set yet; "
                                         "retry.")
-            leader, target = found
-            changed = self._leader_changed.get(partition)
-            if changed is None or changed.done():
-                changed = self._leader_changed[partition] = self._loop.create_future()
-            forwarding = self._loop.create_task(self.proxy.forward(target, request))
-            replaced = asyncio.ensure_future(asyncio.shield(changed))
+            _, target = found
             try:
-                await asyncio.wait((forwarding, replaced),
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                replaced.cancel()
-            if not forwarding.done():
-                # etcd names another leader while the old one has not answered (it was
-                # cut off or paused: fencing keeps it from committing). Answer now, as
-                # uncertain as a timeout, so the client retries at the new leader
-                # instead of waiting out its own timeout.
-                forwarding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ProxyError):
-                    await forwarding
-                held = self._states.get(partition)
-                if held is None or held[0].leader != leader:
-                    raise self._unavailable("The replica set's leader changed while the "
-                                            "request was in flight; retry.")
-                continue  # a change that kept the leader (the in-sync set): wait again
-            try:
-                return forwarding.result()
+                return await self._forward_to_leader(partition, target, request)
             except ProxyError as exc:
                 if exc.sent or self._loop.time() >= deadline:
                     log.info("forwarding failed: %s", exc)
@@ -1387,6 +1384,31 @@ class Node:
             host = self._hosts.get(partition)
             if host is not None and host.leads():
                 return None
+
+    async def _forward_to_leader(self, partition: str, target: tuple[str, int],
+                                 request: Request) -> Response:
+        """``request`` to ``partition``'s leader at ``target``, and its answer; raises
+        ProxyError as the proxy does. If etcd names another leader before that one
+        answers (it was cut off or paused: fencing keeps it from committing), the
+        request is given up at once with a retriable 503, as uncertain as a timeout,
+        so the client retries at the new leader instead of waiting out its own
+        timeout. Never sent twice: it may have run."""
+        changed = self._leader_changed.get(partition)
+        if changed is None or changed.done():
+            changed = self._leader_changed[partition] = self._loop.create_future()
+        forwarding = self._loop.create_task(self.proxy.forward(target, request))
+        replaced = asyncio.ensure_future(asyncio.shield(changed))
+        try:
+            await asyncio.wait((forwarding, replaced), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            replaced.cancel()
+        if not forwarding.done():
+            forwarding.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ProxyError):
+                await forwarding
+            raise self._unavailable("The replica set's leader changed while the request "
+                                    "was in flight; retry.")
+        return forwarding.result()
 
     async def _leader_target(self, partition: str) -> tuple[str, tuple[str, int]] | None:
         """The set's leader (another node) and its SQS address; None when this node

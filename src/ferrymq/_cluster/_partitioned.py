@@ -55,7 +55,8 @@ from ferrymq._core._queue import (
     check_send_batch,
 )
 
-__all__ = ["PartitionCaller", "PartitionedQueues", "unwrap_handle", "wrap_handle"]
+__all__ = ["PartitionCaller", "PartitionedQueues", "partition_index", "unwrap_handle",
+           "wrap_handle"]
 
 _COUNTS = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
            "ApproximateNumberOfMessagesDelayed")
@@ -116,13 +117,20 @@ def unwrap_handle(handle: object, count: int) -> tuple[int, object]:
     return 0, handle
 
 
+def partition_index(key: str, count: int) -> int:
+    """The partition of a FIFO message group (or of a message copied in by id, which a
+    copy sent again must find in the same partition): CRC-32 of the key, modulo
+    ``count``, the same on every node."""
+    return zlib.crc32(key.encode()) % count
+
+
 def _group_partition(params: dict[str, Any], count: int) -> int:
     """The partition of a FIFO message's group; without one, the first (whose core
     answers the missing parameter as the single node does)."""
     group = params.get("MessageGroupId")
     if group is None:
         return 0
-    return zlib.crc32(str(group).encode()) % count
+    return partition_index(str(group), count)
 
 
 def _restore_text(exc: SqsError, inner: object, original: object) -> SqsError:

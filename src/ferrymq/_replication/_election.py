@@ -51,11 +51,13 @@ def fence_epoch_for(state: PartitionState, replies: Iterable[FenceReply]) -> int
 
 
 def choose_leader(state: PartitionState, epoch: int, replies: Mapping[str, FenceReply],
-                  alive: Iterable[str], *, avoid: str | None = None
-                  ) -> PartitionState | None:
+                  alive: Iterable[str], *, avoid: str | None = None,
+                  prefer: str | None = None) -> PartitionState | None:
     """The new state for ``epoch``, or None when no in-sync replica can lead (the
     partition stays unavailable rather than lose acknowledged writes). ``avoid``: a
-    replica that leads only if no other can (one about to be moved away)."""
+    replica that leads only if no other can (one about to be moved away). ``prefer``:
+    the replica to lead if its log is as advanced as the most advanced one's (a
+    planned transfer of leadership: it never costs an entry or a rebuild)."""
     live = frozenset(alive)
     fenced = {
         node: reply for node, reply in replies.items()
@@ -69,6 +71,8 @@ def choose_leader(state: PartitionState, epoch: int, replies: Mapping[str, Fence
     order = {node: i for i, node in enumerate(state.replicas)}
     # Most advanced log first; among equals, the replica listed first (deterministic).
     leader = max(candidates, key=lambda n: (fenced[n].last, -order.get(n, len(order))))
+    if prefer in candidates and fenced[prefer].last == fenced[leader].last:
+        leader = prefer
     # The in-sync set keeps the members that answered: the ones that did not are
     # re-added by the new leader once they catch up, instead of stalling its commits.
     isr = [n for n in state.isr if n in fenced]

@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +46,7 @@ __all__ = [
     "decide_received",
     "drain_all",
     "probe_send",
+    "wind_down",
 ]
 
 # Bounds on every worker loop, so a server that never fails cannot make one spin for
@@ -604,3 +605,15 @@ def drain_all(workloads: Iterable[QueueWorkload], timeout_s: float) -> dict[str,
     for thread in threads:
         thread.join(timeout_s + 30)
     return results
+
+
+def wind_down(workloads: Sequence[QueueWorkload], *, quiet_s: float, settle_s: float,
+              drain_timeout_s: float) -> dict[str, bool]:
+    """The end of a fault run: ``quiet_s`` more of fault-free traffic (so liveness is
+    judged), the workloads stopped, ``settle_s`` for what is in flight, then every queue
+    drained: whether each caught up."""
+    time.sleep(quiet_s)
+    for workload in workloads:
+        workload.stop()
+    time.sleep(settle_s)
+    return drain_all(workloads, drain_timeout_s)
