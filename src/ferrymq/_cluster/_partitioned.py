@@ -257,16 +257,29 @@ class PartitionedQueues:
         if here:
             start = here[self._turn % len(here)]
         found: list[dict[str, Any]] = []
+        unavailable: list[SqsError] = []
         for step in range(len(parts)):
             index = (start + step) % len(parts)
             asked = {**params, "WaitTimeSeconds": 0,
                      "MaxNumberOfMessages": wanted - len(found)}
-            result = await self._one(parts[index], "ReceiveMessage", asked, ctx)
+            try:
+                result = await self._one(parts[index], "ReceiveMessage", asked, ctx)
+            except SqsError as exc:
+                if exc.status < 500:
+                    raise  # the request itself: every partition would say the same
+                # A partition between leaders (a failover, a move): the others still
+                # serve; the receive fails only if none could answer. Raising would
+                # also strand what earlier partitions of this sweep handed out (in
+                # flight until their visibility timeout).
+                unavailable.append(exc)
+                continue
             for message in result.get("Messages") or ():
                 found.append({**message,
                               "ReceiptHandle": wrap_handle(index, message["ReceiptHandle"])})
             if len(found) >= wanted:
                 break
+        if not found and len(unavailable) == len(parts):
+            raise unavailable[0]
         return found
 
     async def _wait_any(self, entry: QueueEntry, timeout_ms: int, ctx: CallContext) -> None:

@@ -1,0 +1,87 @@
+"""``PartitionedQueues`` against a caller standing in for the partitions' leaders (the
+interface the node implements; the end-to-end behaviour is in
+tests/e2e/test_cluster_partitioned.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ferrymq._api import CallContext
+from ferrymq._cluster._catalog import QueueEntry
+from ferrymq._cluster._partitioned import PartitionedQueues, unwrap_handle, wrap_handle
+from ferrymq._core._errors import SqsError, invalid_parameter
+
+CTX = CallContext(request_id="t", base_url="http://x", account_id="000000000000",
+                  region="us-east-1", access_key_id=None, path_queue=None)
+ENTRY = QueueEntry("q", "live", "p0", partitions=("p0", "p1", "p2"))
+
+
+class Leaders:
+    """Each partition answers a receive with its messages, or raises its error."""
+
+    def __init__(self, answers: dict[str, list[str] | SqsError]) -> None:
+        self.answers = answers
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        answer = self.answers[partition]
+        if isinstance(answer, SqsError):
+            raise answer
+        taken, self.answers[partition] = (answer[:params["MaxNumberOfMessages"]],
+                                          answer[params["MaxNumberOfMessages"]:])
+        return {"Messages": [{"Body": b, "ReceiptHandle": f"h-{b}"} for b in taken]} \
+            if taken else {}
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        return False
+
+    def leads_here(self, partition: str) -> bool:
+        return False
+
+    def load_of(self, partition: str) -> int | None:
+        return None
+
+
+def receive(leaders: Leaders, **params: Any) -> dict[str, Any]:
+    queues = PartitionedQueues(leaders)
+    return asyncio.run(queues.call(ENTRY, "ReceiveMessage",
+                                   {"QueueUrl": "q", "MaxNumberOfMessages": 10, **params},
+                                   CTX))
+
+
+def test_a_receive_merges_the_partitions_and_names_each_message_s_partition() -> None:
+    got = receive(Leaders({"p0": ["a"], "p1": ["b", "c"], "p2": []}))
+    bodies = {m["Body"]: m["ReceiptHandle"] for m in got["Messages"]}
+    assert sorted(bodies) == ["a", "b", "c"]
+    assert {b: unwrap_handle(h, 3) for b, h in bodies.items()} == {
+        "a": (0, "h-a"), "b": (1, "h-b"), "c": (1, "h-c")}
+    assert unwrap_handle(wrap_handle(2, "x"), 2) == (0, "P2.x")  # no partition 2 of 2
+
+
+def test_a_partition_between_leaders_does_not_fail_the_receive() -> None:
+    down = SqsError("ServiceUnavailable", "No node leads a partition of the queue yet")
+    got = receive(Leaders({"p0": down, "p1": ["b"], "p2": down}))
+    assert [m["Body"] for m in got["Messages"]] == ["b"]
+    # Nothing anywhere, one partition down: an empty answer, as a receive that found none.
+    assert receive(Leaders({"p0": down, "p1": [], "p2": []})) == {}
+    # Every partition down: the client is told to retry.
+    with pytest.raises(SqsError) as exc:
+        receive(Leaders({"p0": down, "p1": down, "p2": down}))
+    assert exc.value.shape == "ServiceUnavailable"
+
+
+def test_a_bad_receive_fails_as_the_single_node_would() -> None:
+    with pytest.raises(SqsError) as exc:
+        receive(Leaders({"p0": [], "p1": [], "p2": []}), MaxNumberOfMessages=11)
+    assert (exc.value.code, exc.value.message) == (
+        "InvalidParameterValue",
+        "Value 11 for parameter MaxNumberOfMessages is invalid. Reason: Must be between 1 "
+        "and 10, if provided.")
+    refused = invalid_parameter("bad")
+    with pytest.raises(SqsError) as exc:
+        receive(Leaders({"p0": refused, "p1": refused, "p2": refused}))
+    assert exc.value.message == "bad"
