@@ -528,6 +528,8 @@ def _run_longpoll(handle: ClusterHandle, entry: dict[str, Any]) -> None:
     send_port, poll_port = ports[0], ports[-1]
     answers: list[tuple[int, int]] = []  # (monotonic ns answered, messages)
     parked = threading.Event()
+    # Notified on every answer of the poll: the sender waits on it, not in a loop.
+    answered_any = threading.Condition()
     stop = threading.Event()
 
     def poll() -> None:
@@ -538,7 +540,9 @@ def _run_longpoll(handle: ClusterHandle, entry: dict[str, Any]) -> None:
                                      "MaxNumberOfMessages": 10}, timeout_s=30)
             answered = time.monotonic_ns()
             messages = (doc.get("Messages") or []) if got == 200 else []
-            answers.append((answered, len(messages)))
+            with answered_any:
+                answers.append((answered, len(messages)))
+                answered_any.notify_all()
             if messages:
                 control_call(poll_port, "DeleteMessageBatch", {"QueueUrl": url, "Entries": [
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
@@ -574,10 +578,12 @@ def _run_longpoll(handle: ClusterHandle, entry: dict[str, Any]) -> None:
             acked = time.monotonic_ns()
             if status != 200:
                 raise RuntimeError(f"{handle.name}: SendMessage failed: {status}")
-            deadline = time.monotonic() + 25
-            while not any(n for _, n in answers[seen:]) and time.monotonic() < deadline:
-                time.sleep(0.0005)
-            woken = next((t for t, n in answers[seen:] if n), None)
+            def woken_at(seen: int = seen) -> int | None:
+                return next((t for t, n in answers[seen:] if n), None)
+
+            with answered_any:
+                answered_any.wait_for(lambda: woken_at() is not None, 25)
+                woken = woken_at()
             if woken is None:
                 raise RuntimeError(f"{handle.name}: the long poll missed a message")
             delays_ms.append(max(0.0, (woken - acked) / 1e6))

@@ -224,16 +224,12 @@ class Controller:
                 # Gone before it caught up: the move is dropped, the source stays.
                 log.warning("%s: moving a replica to %s given up (it is gone)", partition,
                             target)
-                await self._elect(partition, state, revision, alive, target=replace(
-                    state, replicas=tuple(n for n in state.replicas if n != target),
-                    isr=tuple(n for n in state.isr if n != target), moving=None))
+                await self._elect(partition, state, revision, alive,
+                                  target=_without(state, target))
             elif target in state.isr:
                 log.warning("%s: %s is in sync; removing %s", partition, target, source)
                 await self._elect(partition, state, revision, alive, avoid=source,
-                                  target=replace(
-                                      state, moving=None,
-                                      replicas=tuple(n for n in state.replicas if n != source),
-                                      isr=tuple(n for n in state.isr if n != source)))
+                                  target=_without(state, source))
         if len(moving) >= MOVES_IN_FLIGHT_MAX:
             return
         chosen = _plan_move({p: st for p, (st, _) in states.items()}, alive, leaving)
@@ -313,6 +309,12 @@ class Controller:
                         chosen.epoch, ", ".join(chosen.isr))
 
 
+def _without(state: PartitionState, node: str) -> PartitionState:
+    """The replica set ``state`` without ``node``, its move done (or given up)."""
+    return replace(state, replicas=tuple(n for n in state.replicas if n != node),
+                   isr=tuple(n for n in state.isr if n != node), moving=None)
+
+
 def _plan_move(states: dict[str, PartitionState], alive: list[str], leaving: set[str]
                ) -> tuple[str, str, str] | None:
     """The next replica to move, as (partition, from, to), or None: off a
@@ -355,9 +357,9 @@ def _plan_move(states: dict[str, PartitionState], alive: list[str], leaving: set
 def _plan_leader_move(states: dict[str, PartitionState], alive: list[str],
                       leaving: set[str]) -> tuple[str, str, str] | None:
     """The next leadership to offer, as (partition, its leader, the replica offered
-    it), or None: from the node leading the most sets to one of their in-sync replicas
-    leading the fewest, while the two differ by IMBALANCE_MIN or more. Pure and
-    deterministic, as ``_plan_move``."""
+    it), or None: the first set (by name) whose leader leads IMBALANCE_MIN or more sets
+    than the in-sync replica of it that leads the fewest; that replica is offered it.
+    Pure and deterministic, as ``_plan_move``."""
     eligible = sorted(n for n in alive if n not in leaving)
     if len(eligible) < 2:
         return None

@@ -891,11 +891,10 @@ class Node:
         self.catalog.apply(entry, kv.mod_revision)
         return entry, kv.mod_revision
 
-    async def _partition_of(self, name: str) -> str | None:
+    async def _queue_entry(self, name: str) -> QueueEntry | None:
+        """The catalog's entry for ``name`` unless it is a tombstone (``_entry``)."""
         held = await self._entry(name)
-        if held is None or held[0].status == DELETED:
-            return None
-        return held[0].partition
+        return held[0] if held is not None and held[0].status != DELETED else None
 
     async def _place(self, name: str, params: dict[str, Any], ctx: CallContext
                      ) -> QueueEntry:
@@ -1055,8 +1054,7 @@ class Node:
         once committed there. Into a queue of several partitions, each message goes to
         the partition of its FIFO group, or (standard) of its id, so a copy sent again
         lands where the first one did and is skipped there."""
-        held = await self._entry(destination)
-        entry = held[0] if held is not None and held[0].status != DELETED else None
+        entry = await self._queue_entry(destination)
         if entry is None or not entry.partitions:
             log.info("%s: the destination %s is gone", self.cfg.node_id, destination)
             return False
@@ -1122,8 +1120,8 @@ class Node:
         records = [e.record for e in effects if isinstance(e, MessageStored)]
         if len(records) != len(effects) or not destination:
             return answer(400, "not a batch of messages for one queue")
-        held = await self._entry(destination)
-        parts = held[0].partitions if held is not None and held[0].status != DELETED else ()
+        entry = await self._queue_entry(destination)
+        parts = entry.partitions if entry is not None else ()
         partition = (query.get("partition") or [parts[0] if parts else ""])[0]
         host = self._hosts.get(partition) if partition in parts else None
         if host is None or not host.leads():
@@ -1147,8 +1145,7 @@ class Node:
         if action == "GetQueueUrl":
             return await self._get_queue_url(params, ctx)
         name = _queue_of(action, params)
-        held = await self._entry(name) if name is not None else None
-        entry = held[0] if held is not None and held[0].status != DELETED else None
+        entry = await self._queue_entry(name) if name is not None else None
         if entry is None or entry.partition is None:
             # No such queue, or no queue named at all: an empty core answers exactly as
             # the single node does (QueueDoesNotExist, a missing parameter, ...).
@@ -1194,17 +1191,11 @@ class Node:
                              ctx: CallContext) -> dict[str, Any]:
         """``action`` on ``partition``'s leader, here or on another node (``POST
         /_ferry/call``); its SQS error raised as is."""
-        name = _queue_of(action, params) if action != WAIT_ACTION \
-            else str(params.get("QueueName"))
         deadline = self._loop.time() + _LEADER_WAIT_S
         while True:
             host = self._hosts.get(partition)
             if host is not None and host.leads():
-                if action == WAIT_ACTION:
-                    found = await host.service.wait_visible(name or "",
-                                                            int(params["WaitMs"]))
-                    return {"Found": found}
-                return await self._call_local(host, name or "", action, params, ctx)
+                return await self._call_leader(host, action, params, ctx)
             found_leader = await self._leader_target(partition)
             if found_leader is None:
                 host = self._hosts.get(partition)
@@ -1267,12 +1258,19 @@ class Node:
                                            {"QueueName": queue, "WaitMs": timeout_ms}, ctx)
         return bool(result.get("Found"))
 
+    async def _call_leader(self, host: _Host, action: str, params: dict[str, Any],
+                           ctx: CallContext) -> dict[str, Any]:
+        """A partition call on the replica set ``host`` leads here."""
+        if action == WAIT_ACTION:
+            found = await host.service.wait_visible(str(params.get("QueueName")),
+                                                    int(params.get("WaitMs", 0)))
+            return {"Found": found}
+        return await self._call_local(host, _queue_of(action, params) or "", action,
+                                      params, ctx)
+
     async def _call_page(self, request: Request) -> Response:
-        def answer(body: bytes, load: int | None = None) -> Response:
-            headers = [("Content-Type", "application/json")]
-            if load is not None:
-                headers.append((_LOAD_HEADER, str(load)))
-            return Response(200, headers, body)
+        def answer(body: bytes, *extra: tuple[str, str]) -> Response:
+            return Response(200, [("Content-Type", "application/json"), *extra], body)
 
         if request.method != "POST":
             return Response(405, [("Content-Type", "text/plain")], b"POST only")
@@ -1284,24 +1282,17 @@ class Node:
         if host is None or not host.leads():
             # Not run: the caller's view of the leader is ahead of or behind this node's
             # (a partition just placed, an election under way). It asks again.
-            return Response(200, [("Content-Type", "application/json"),
-                                  (_NOT_LEADER_HEADER, "1")],
-                            encode_answer(error=self._unavailable(
-                                "This node does not lead the partition's replica set; "
-                                "retry.")))
+            return answer(encode_answer(error=self._unavailable(
+                "This node does not lead the partition's replica set; retry.")),
+                (_NOT_LEADER_HEADER, "1"))
         ctx = CallContext(request_id=call.request_id, base_url=call.base_url,
                           account_id=call.account_id, region=self.cfg.region,
                           access_key_id=call.access_key_id, path_queue=None)
         try:
-            if call.action == WAIT_ACTION:
-                found = await host.service.wait_visible(
-                    str(call.params.get("QueueName")), int(call.params.get("WaitMs", 0)))
-                return answer(encode_answer({"Found": found}))
-            name = _queue_of(call.action, call.params) or ""
-            result = await self._call_local(host, name, call.action, call.params, ctx)
-            return answer(encode_answer(result), host.in_flight)
+            body = encode_answer(await self._call_leader(host, call.action, call.params, ctx))
         except SqsError as exc:
-            return answer(encode_answer(error=exc), host.in_flight)
+            body = encode_answer(error=exc)
+        return answer(body, (_LOAD_HEADER, str(host.in_flight)))
 
     async def _catalog_write(self, write: Coroutine[Any, Any, None]) -> None:
         try:
@@ -1346,8 +1337,7 @@ class Node:
                               region=self.cfg.region, access_key_id=None, path_queue=None)
             entry: QueueEntry | None = await self._place(name, params, ctx)
         else:
-            held = await self._entry(name)
-            entry = held[0] if held is not None and held[0].status != DELETED else None
+            entry = await self._queue_entry(name)
         if entry is None or entry.partition is None or len(entry.partitions) > 1:
             return None  # served by ``call``
         partition = entry.partition

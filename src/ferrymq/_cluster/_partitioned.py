@@ -133,11 +133,15 @@ def _group_partition(params: dict[str, Any], count: int) -> int:
     return partition_index(str(group), count)
 
 
-def _restore_text(exc: SqsError, inner: object, original: object) -> SqsError:
-    """An error that quotes the partition's handle quotes the client's instead."""
-    if isinstance(inner, str) and inner != original and f'"{inner}"' in exc.message:
-        return SqsError(exc.shape, exc.message.replace(f'"{inner}"', f'"{original}"'))
-    return exc
+def _requoted(message: str, inner: object, original: object) -> str:
+    """An error text that quotes the partition's handle quotes the client's instead."""
+    if isinstance(inner, str) and inner != original and f'"{inner}"' in message:
+        return message.replace(f'"{inner}"', f'"{original}"')
+    return message
+
+
+def _attributes_of(entry: QueueEntry) -> dict[str, str]:
+    return dict(entry.record.attributes) if entry.record is not None else {}
 
 
 class PartitionedQueues:
@@ -152,13 +156,14 @@ class PartitionedQueues:
     async def call(self, entry: QueueEntry, action: str, params: dict[str, Any],
                    ctx: CallContext) -> dict[str, Any]:
         parts = entry.partitions
-        attributes = dict(entry.record.attributes) if entry.record is not None else {}
-        fifo = attributes.get("FifoQueue") == "true"
+        # A FIFO queue's name ends in .fifo, and only a FIFO queue's may (the core's
+        # CreateQueue checks): no need to read its attributes on every request.
+        fifo = entry.name.endswith(".fifo")
         if fifo and action == "SendMessage":
             return await self._one(parts[_group_partition(params, len(parts))], action,
                                    params, ctx)
         if fifo and action == "SendMessageBatch":
-            return await self._fifo_batch(parts, attributes, params, ctx)
+            return await self._fifo_batch(parts, _attributes_of(entry), params, ctx)
         if action in _SEND_ACTIONS:
             return await self._one(self._pick(parts), action, params, ctx)
         if fifo and action == "SetQueueAttributes":
@@ -176,7 +181,10 @@ class PartitionedQueues:
                 return await self._one(parts[index], action,
                                        {**params, "ReceiptHandle": inner}, ctx)
             except SqsError as exc:
-                raise _restore_text(exc, inner, params.get("ReceiptHandle")) from None
+                text = _requoted(exc.message, inner, params.get("ReceiptHandle"))
+                if text == exc.message:
+                    raise
+                raise SqsError(exc.shape, text) from None
         if action in _BATCH_ENTRY:
             return await self._batch(parts, action, params, ctx)
         if action == "GetQueueAttributes":
@@ -237,9 +245,7 @@ class PartitionedQueues:
                            f"Must be >= 0 and <= {WAIT_TIME_S_MAX}, if provided.")
         assert wanted is not None
         if wait_s is None:
-            record = entry.record
-            attributes = dict(record.attributes) if record is not None else {}
-            wait_s = int(attributes.get("ReceiveMessageWaitTimeSeconds", "0"))
+            wait_s = int(_attributes_of(entry).get("ReceiveMessageWaitTimeSeconds", "0"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -364,14 +370,10 @@ def _merged(entries: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]
         for item in result.get("Failed") or ():
             inner, original = (handles or {}).get(item.get("Id"), (None, None))
             message = item.get("Message")
-            if isinstance(inner, str) and isinstance(message, str) \
-                    and inner != original and f'"{inner}"' in message:
-                item = {**item, "Message": message.replace(f'"{inner}"', f'"{original}"')}
+            if isinstance(message, str):
+                item = {**item, "Message": _requoted(message, inner, original)}
             failed.append(item)
     order = {item["Id"]: n for n, item in enumerate(entries)}
     successful.sort(key=lambda item: order.get(item.get("Id"), 0))
     failed.sort(key=lambda item: order.get(item.get("Id"), 0))
-    response: dict[str, Any] = {"Successful": successful}
-    if failed:
-        response["Failed"] = failed
-    return response
+    return MessageQueue._batch_response(successful, failed)

@@ -296,9 +296,16 @@ def _wrong_queue_type(batch: bool, parameter: str, value: object) -> SqsError:
 def check_send_batch(params: dict[str, Any], *, fifo: bool,
                      content_based_dedup: bool) -> list[dict[str, Any]]:
     """The checks that fail a SendMessageBatch as a whole, in SQS's order; its entries.
-    Also what a queue of several partitions checks before it splits a FIFO batch by
-    message group (``ferrymq._cluster._partitioned``): in parts, a batch would pass
-    them."""
+    What a queue of several partitions checks before it splits a FIFO batch by message
+    group (``ferrymq._cluster._partitioned``): in parts, a batch would pass them. The
+    core runs the same checks, but sizes the entries it plans from their plans."""
+    entries = _send_batch_entries(params, fifo=fifo, content_based_dedup=content_based_dedup)
+    _check_batch_bytes(sum(_unplanned_bytes(entry) for entry in entries))
+    return entries
+
+
+def _send_batch_entries(params: dict[str, Any], *, fifo: bool,
+                        content_based_dedup: bool) -> list[dict[str, Any]]:
     entries = MessageQueue._batch_entries(params, "SendMessageBatchRequestEntry")
     for entry in entries:
         # List values fail the whole request, not the entry (as AWS answered).
@@ -306,26 +313,30 @@ def check_send_batch(params: dict[str, Any], *, fifo: bool,
         reject_list_values(entry.get("MessageSystemAttributes"), "SendMessageBatch")
     if fifo:
         _require_fifo_ids(entries, content_based_dedup)
-    # The batch-size rule counts failing entries' bytes too: every entry's body (when
-    # it is a string) and the attributes that parse.
-    total_bytes = 0
-    for entry in entries:
-        body = entry.get("MessageBody")
-        if not isinstance(body, str):
-            continue
-        try:
-            attributes = parse_message_attributes(entry.get("MessageAttributes"),
-                                                  "SendMessageBatch")
-        except SqsError:
-            attributes = ()
-        total_bytes += message_size_bytes(body, attributes)
+    return entries
+
+
+def _unplanned_bytes(entry: dict[str, Any]) -> int:
+    """An entry's bytes for the batch-size rule, which counts failing entries too: its
+    body (when it is a string) and its attributes if they parse."""
+    body = entry.get("MessageBody")
+    if not isinstance(body, str):
+        return 0
+    try:
+        attributes = parse_message_attributes(entry.get("MessageAttributes"),
+                                              "SendMessageBatch")
+    except SqsError:
+        attributes = ()
+    return message_size_bytes(body, attributes)
+
+
+def _check_batch_bytes(total_bytes: int) -> None:
     if total_bytes > BATCH_PAYLOAD_BYTES_MAX:
         raise SqsError(
             "BatchRequestTooLong",
             f"Batch requests cannot be longer than {BATCH_PAYLOAD_BYTES_MAX} bytes. "
             f"You have sent {total_bytes} bytes.",
         )
-    return entries
 
 
 def _require_fifo_ids(entries: list[dict[str, Any]], content_based: bool) -> None:
@@ -992,16 +1003,22 @@ class MessageQueue:
         self, params: dict[str, Any], now_ms: int, entropy: Entropy, sender_id: str
     ) -> tuple[dict[str, Any], list[Effect]]:
         self._advance(now_ms)
-        entries = check_send_batch(params, fifo=self._fifo,
-                                   content_based_dedup=self.settings.content_based_dedup)
-        # Plan every entry (planning is pure), so each message is validated and measured
-        # once.
+        entries = _send_batch_entries(params, fifo=self._fifo,
+                                      content_based_dedup=self.settings.content_based_dedup)
+        # Plan every entry first (planning is pure), so each message is validated and
+        # measured once; the batch-size rule counts failing entries' bytes too.
         plans: list[_SendPlan | SqsError] = []
+        total_bytes = 0
         for entry in entries:
             try:
-                plans.append(self._plan_send(entry, batch=True))
+                plan = self._plan_send(entry, batch=True)
             except SqsError as exc:
                 plans.append(exc)
+                total_bytes += _unplanned_bytes(entry)
+                continue
+            plans.append(plan)
+            total_bytes += plan.size_bytes
+        _check_batch_bytes(total_bytes)
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         effects: list[Effect] = []
