@@ -5,6 +5,8 @@ tests/e2e/test_cluster_partitioned.py)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from ferrymq._api import CallContext
 from ferrymq._cluster._catalog import QueueEntry
 from ferrymq._cluster._partitioned import PartitionedQueues, unwrap_handle, wrap_handle
+from ferrymq._core._control import MOVE_TASK_HANDLE_PARAM, MOVE_TASK_HANDLES_LISTED_PARAM
 from ferrymq._core._errors import SqsError, invalid_parameter
 
 CTX = CallContext(request_id="t", base_url="http://x", account_id="000000000000",
@@ -85,3 +88,87 @@ def test_a_bad_receive_fails_as_the_single_node_would() -> None:
     with pytest.raises(SqsError) as exc:
         receive(Leaders({"p0": refused, "p1": refused, "p2": refused}))
     assert exc.value.message == "bad"
+
+
+class MoveTasks:
+    """Each partition keeps its part of each move task (by handle), as its core would;
+    a partition in ``down`` is between leaders."""
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.tasks: dict[str, dict[str, dict[str, Any]]] = {"p0": {}, "p1": {}, "p2": {}}
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        if partition in self.down:
+            raise SqsError("ServiceUnavailable", "No node leads a partition of the queue")
+        tasks = self.tasks[partition]
+        if action == "StartMessageMoveTask":
+            handle = params.get(MOVE_TASK_HANDLE_PARAM) or base64.b64encode(json.dumps(
+                {"taskId": str(len(tasks)), "sourceArn": params["SourceArn"]}).encode()
+            ).decode()
+            tasks[handle] = {"Status": "RUNNING", "TaskHandle": handle,
+                             "ApproximateNumberOfMessagesMoved": 0,
+                             "ApproximateNumberOfMessagesToMove": 5, "StartedTimestamp": 1,
+                             "MaxNumberOfMessagesPerSecond":
+                                 params["MaxNumberOfMessagesPerSecond"]}
+            return {"TaskHandle": handle}
+        if action == "CancelMessageMoveTask":
+            task = tasks[params["TaskHandle"]]
+            if task["Status"] != "RUNNING":
+                raise invalid_parameter("Only active tasks can be cancelled.")
+            task["Status"] = "CANCELLED"
+            return {"ApproximateNumberOfMessagesMoved": task[
+                "ApproximateNumberOfMessagesMoved"]}
+        assert action == "ListMessageMoveTasks" and params[MOVE_TASK_HANDLES_LISTED_PARAM]
+        return {"Results": list(tasks.values())}
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        return False
+
+    def leads_here(self, partition: str) -> bool:
+        return False
+
+    def load_of(self, partition: str) -> int | None:
+        return None
+
+
+def move(partitions: MoveTasks, action: str, **params: Any) -> dict[str, Any]:
+    return asyncio.run(PartitionedQueues(partitions).call(ENTRY, action, params, CTX))
+
+
+def test_a_move_task_is_one_task_over_the_partitions() -> None:
+    tasks = MoveTasks(down=set())
+    handle = move(tasks, "StartMessageMoveTask", SourceArn="arn",
+                  MaxNumberOfMessagesPerSecond=7)["TaskHandle"]
+    # One handle everywhere, the rate shared out (3 + 2 + 2).
+    assert [t[handle]["MaxNumberOfMessagesPerSecond"] for t in tasks.tasks.values()] == [
+        3, 2, 2]
+    tasks.tasks["p0"][handle].update(Status="COMPLETED", ApproximateNumberOfMessagesMoved=5)
+    tasks.tasks["p1"][handle]["ApproximateNumberOfMessagesMoved"] = 2
+    [listed] = move(tasks, "ListMessageMoveTasks", SourceArn="arn")["Results"]
+    assert listed == {"Status": "RUNNING", "TaskHandle": handle, "StartedTimestamp": 1,
+                      "ApproximateNumberOfMessagesMoved": 7,
+                      "ApproximateNumberOfMessagesToMove": 15,
+                      "MaxNumberOfMessagesPerSecond": 7}
+    # The first partition's part finished: cancelling still counts what it moved.
+    assert move(tasks, "CancelMessageMoveTask", TaskHandle=handle) == {
+        "ApproximateNumberOfMessagesMoved": 7}
+    [listed] = move(tasks, "ListMessageMoveTasks", SourceArn="arn")["Results"]
+    assert listed["Status"] == "CANCELLED" and "TaskHandle" not in listed
+    with pytest.raises(SqsError) as exc:
+        move(tasks, "CancelMessageMoveTask", TaskHandle=handle)
+    assert exc.value.message == "Only active tasks can be cancelled."
+
+
+def test_a_move_task_a_partition_cannot_start_is_not_left_half_started() -> None:
+    tasks = MoveTasks(down={"p2"})
+    with pytest.raises(SqsError) as exc:
+        move(tasks, "StartMessageMoveTask", SourceArn="arn", MaxNumberOfMessagesPerSecond=2)
+    assert exc.value.shape == "ServiceUnavailable"
+    assert [t["Status"] for p in ("p0", "p1") for t in tasks.tasks[p].values()] == [
+        "CANCELLED", "CANCELLED"]
+    # Below one per second per partition, each partition still moves one per second.
+    [part] = tasks.tasks["p1"].values()
+    assert part["MaxNumberOfMessagesPerSecond"] == 1

@@ -4,18 +4,27 @@ test_broker.py and end to end; this checks the split."""
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import replace
 from typing import Any
 
+import pytest
 from _doubles import CountingEntropy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferrymq._core import _attributes as attrs
 from ferrymq._core._broker import Broker
-from ferrymq._core._control import ControlPlane, Replication, RequestInfo
+from ferrymq._core._control import (
+    MOVE_TASK_HANDLE_PARAM,
+    MOVE_TASK_HANDLES_LISTED_PARAM,
+    ControlPlane,
+    Replication,
+    RequestInfo,
+)
 from ferrymq._core._effects import MoveTaskUpserted, QueueUpserted
-from ferrymq._core._errors import SqsError
+from ferrymq._core._errors import InternalError, SqsError
 
 INFO = RequestInfo(base_url="http://localhost:9324", sender_id="AKIDTEST")
 ARN = "arn:aws:sqs:us-east-1:000000000000:"
@@ -98,6 +107,36 @@ def test_a_move_task_counts_its_messages_through_the_data_plane() -> None:
     assert not cp.has_running_tasks()  # decided, not applied
     cp.apply(effect)
     assert cp.running_tasks() == [effect.record.task_handle]
+
+
+def test_a_partition_s_move_task_takes_the_handle_it_is_given() -> None:
+    cp = control_plane()
+    create(cp, "dlq")
+    create(cp, "src", RedrivePolicy=json.dumps({"deadLetterTargetArn": ARN + "dlq",
+                                                "maxReceiveCount": 1}))
+    handle = base64.b64encode(json.dumps({"taskId": "t", "sourceArn": ARN + "dlq"})
+                              .encode()).decode()
+    response, (effect,) = cp.start_move_task(
+        {"SourceArn": ARN + "dlq", MOVE_TASK_HANDLE_PARAM: handle}, NOW_MS,
+        CountingEntropy(), lambda name: 0)
+    assert response == {"TaskHandle": handle} and isinstance(effect, MoveTaskUpserted)
+    cp.apply(effect)
+    cp.apply(MoveTaskUpserted(replace(effect.record, status="COMPLETED")))
+    # Listed with its handle although it is done, when the caller asks (only a node's
+    # own partition calls can).
+    listed = {"SourceArn": ARN + "dlq"}
+    assert "TaskHandle" not in cp.list_move_tasks(listed, NOW_MS, CountingEntropy(),
+                                                  INFO)[0]["Results"][0]
+    with_handles = {**listed, MOVE_TASK_HANDLES_LISTED_PARAM: True}
+    assert cp.list_move_tasks(with_handles, NOW_MS, CountingEntropy(), INFO)[0][
+        "Results"][0]["TaskHandle"] == handle
+    # A handle of another task, or of another queue, is a bug of the caller's.
+    other = base64.b64encode(json.dumps({"taskId": "t", "sourceArn": ARN + "src"})
+                             .encode()).decode()
+    for wrong in (handle, other):
+        with pytest.raises(InternalError):
+            cp.start_move_task({"SourceArn": ARN + "dlq", MOVE_TASK_HANDLE_PARAM: wrong},
+                               NOW_MS, CountingEntropy(), lambda name: 0)
 
 
 _NAMES = ("a", "b", "c")

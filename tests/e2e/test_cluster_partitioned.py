@@ -234,8 +234,8 @@ def test_bad_partition_requests_get_sqs_errors(cluster: LocalCluster) -> None:
     with pytest.raises(ClientError) as exc:
         client.start_message_move_task(SourceArn=client.get_queue_attributes(
             QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
-    assert _error(exc)[0] in ("AWS.SimpleQueueService.UnsupportedOperation",
-                              "UnsupportedOperation")
+    assert _error(exc) == ("InvalidParameterValue",
+                           "Source queue must be configured as a Dead Letter Queue.")
     client.delete_queue(QueueUrl=url)
 
 
@@ -345,5 +345,50 @@ def test_a_redrive_between_partitioned_queues_spreads_over_the_dead_letter_parti
     dead = _drain(third, dlq_url, len(bodies))
     assert sorted(m["Body"] for m in dead) == sorted(bodies)
     assert len({m["ReceiptHandle"].split(".", 1)[0] for m in dead}) > 1  # spread
+    for message in dead:
+        third.change_message_visibility(QueueUrl=dlq_url,
+                                        ReceiptHandle=message["ReceiptHandle"],
+                                        VisibilityTimeout=0)
+
+    # A move task over the dead-letter queue's three partitions is one task to the
+    # client, whichever node it asks: one handle, summed counts, one status.
+    slow = first.start_message_move_task(SourceArn=dlq_arn, MaxNumberOfMessagesPerSecond=3)
+    with pytest.raises(ClientError) as exc:
+        second.start_message_move_task(SourceArn=dlq_arn)
+    assert _error(exc) == ("InvalidParameterValue", "There is already a task running. Only "
+                           "one active task is allowed for a source queue arn at a given "
+                           "time.")
+    [running] = third.list_message_move_tasks(SourceArn=dlq_arn)["Results"]
+    assert (running["Status"], running["TaskHandle"], running["SourceArn"],
+            running["ApproximateNumberOfMessagesToMove"],
+            running["MaxNumberOfMessagesPerSecond"]) == (
+        "RUNNING", slow["TaskHandle"], dlq_arn, len(bodies), 3)
+    cancelled = second.cancel_message_move_task(TaskHandle=slow["TaskHandle"])
+    with pytest.raises(ClientError) as exc:
+        first.cancel_message_move_task(TaskHandle=slow["TaskHandle"])
+    assert _error(exc) == ("InvalidParameterValue", "Only active tasks can be cancelled.")
+    [ended] = first.list_message_move_tasks(SourceArn=dlq_arn)["Results"]
+    assert ended["Status"] == "CANCELLED" and "TaskHandle" not in ended
+    assert ended["ApproximateNumberOfMessagesMoved"] == cancelled[
+        "ApproximateNumberOfMessagesMoved"] < len(bodies)
+
+    # At the default rate every partition's part completes: each message back in the
+    # queue it came from, once.
+    fast = second.start_message_move_task(SourceArn=dlq_arn)
+
+    def completed() -> dict[str, Any] | None:
+        task = first.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"][0]
+        return task if task["Status"] == "COMPLETED" else None
+
+    done = _until("the move task completed", completed)
+    assert "TaskHandle" not in done and done["StartedTimestamp"] >= ended["StartedTimestamp"]
+    assert done["ApproximateNumberOfMessagesMoved"] == len(bodies) - ended[
+        "ApproximateNumberOfMessagesMoved"]
+    assert len(first.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)[
+        "Results"]) == 2
+    assert fast["TaskHandle"] != slow["TaskHandle"]
+    back = _drain(second, url, len(bodies))
+    assert sorted(m["Body"] for m in back) == sorted(bodies)
+    assert not first.receive_message(QueueUrl=dlq_url).get("Messages")
     for queue_url in (url, dlq_url):
         first.delete_queue(QueueUrl=queue_url)

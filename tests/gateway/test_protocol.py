@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import orjson
 import pytest
 from botocore.model import ServiceModel
 
+from ferrymq._core._control import MOVE_TASK_HANDLE_PARAM, MOVE_TASK_HANDLES_LISTED_PARAM
 from ferrymq._core._errors import ERRORS, SqsError, invalid_parameter, missing_parameter
 from ferrymq._gateway._app import Gateway
 from ferrymq._gateway._http import Request, Response
@@ -279,6 +281,21 @@ def test_json_decode_tolerates_nulls_unknown_members_and_empty_body(
                   b'{"QueueNamePrefix": null, "FutureField": {"x": 1}, "MaxResults": 3}', "")
     assert decode(req) == ("json", "ListQueues", {"MaxResults": 3})
     assert decode(Request("POST", "/", "", ok.headers, b"", "")) == ("json", "ListQueues", {})
+
+
+def test_no_client_can_set_a_partition_call_s_own_parameters(
+        json_model: ServiceModel) -> None:
+    # A queue of several partitions gives its partitions a move task's handle in these;
+    # a client that sends them is not heard (the gateway keeps only the shape's members).
+    own = {MOVE_TASK_HANDLE_PARAM: "forged", MOVE_TASK_HANDLES_LISTED_PARAM: True}
+    ok = _json_request(json_model, "StartMessageMoveTask", {"SourceArn": "a"})
+    body = json.dumps({"SourceArn": "a", **own}).encode()
+    assert decode(Request("POST", "/", "", ok.headers, body, "")) == (
+        "json", "StartMessageMoveTask", {"SourceArn": "a"})
+    form = {"Action": "ListMessageMoveTasks", "SourceArn": "a",
+            **{k: str(v) for k, v in own.items()}}
+    assert decode(_query_request(form)) == ("query", "ListMessageMoveTasks",
+                                            {"SourceArn": "a"})
 
 
 def test_query_decode_errors() -> None:

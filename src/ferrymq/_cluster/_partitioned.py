@@ -31,6 +31,11 @@ definition in the catalog; the others hold the same definition, applied to each 
 - A definition change goes to the first partition first (its checks and errors are the
   single node's), then to the others. CreateQueue and DeleteQueue go to the others
   first and to the first last: its catalog write makes the queue live, or retires it.
+- A message move task out of a partitioned dead-letter queue is one task per
+  partition under one handle (the first partition makes it and checks the request;
+  the others are given it: ``MOVE_TASK_HANDLE_PARAM``), each at its share of the rate.
+  Its listing is the first partition's, with each part's counts summed in (matched by
+  handle: ``MOVE_TASK_HANDLES_LISTED_PARAM``).
 
 What belongs here: that routing and merging. Calling a partition's leader, here or on
 another node, is the ``PartitionCaller``'s (the node's).
@@ -46,6 +51,14 @@ from typing import Any, Protocol
 
 from ferrymq._api import CallContext
 from ferrymq._cluster._catalog import QueueEntry
+from ferrymq._core._broker import Broker
+from ferrymq._core._control import (
+    MOVE_TASK_HANDLE_PARAM,
+    MOVE_TASK_HANDLES_LISTED_PARAM,
+    MOVE_TASKS_LISTED_MAX,
+    check_move_rate,
+    task_already_running,
+)
 from ferrymq._core._errors import SqsError, invalid_parameter
 from ferrymq._core._messages import int_param
 from ferrymq._core._queue import (
@@ -140,6 +153,28 @@ def _requoted(message: str, inner: object, original: object) -> str:
     return message
 
 
+def _merged_task(head: dict[str, Any], others: list[dict[str, Any]]) -> dict[str, Any]:
+    """One task as the client sees it, from its parts on the first partition (``head``)
+    and the others: running while any part runs; else failed, cancelled or completed as
+    the worst part ended. Counts and rates summed; started when the first part was."""
+    tasks = [head, *others]
+    statuses = {t["Status"] for t in tasks}
+    status = next((s for s in ("RUNNING", "FAILED", "CANCELLED", "COMPLETED")
+                   if s in statuses), head["Status"])
+    merged = {k: v for k, v in head.items() if k not in ("TaskHandle", "FailureReason")}
+    merged["Status"] = status
+    for key in ("ApproximateNumberOfMessagesMoved", "ApproximateNumberOfMessagesToMove",
+                "MaxNumberOfMessagesPerSecond"):
+        if key in head:
+            merged[key] = sum(int(t.get(key, 0)) for t in tasks)
+    if status == "RUNNING":
+        merged["TaskHandle"] = head["TaskHandle"]
+    reasons = [t["FailureReason"] for t in tasks if t.get("FailureReason")]
+    if status == "FAILED" and reasons:
+        merged["FailureReason"] = reasons[0]
+    return merged
+
+
 def _attributes_of(entry: QueueEntry) -> dict[str, str]:
     return dict(entry.record.attributes) if entry.record is not None else {}
 
@@ -197,9 +232,11 @@ class PartitionedQueues:
             await self._all(parts[1:], action, params, ctx)
             return await self._one(parts[0], action, params, ctx)
         if action == "StartMessageMoveTask":
-            raise SqsError("UnsupportedOperation",
-                           "Message move tasks from a queue of several partitions are not "
-                           "supported yet.")
+            return await self._start_move(parts, params, ctx)
+        if action == "ListMessageMoveTasks":
+            return await self._list_moves(parts, params, ctx)
+        if action == "CancelMessageMoveTask":
+            return await self._cancel_move(parts, params, ctx)
         return await self._one(parts[0], action, params, ctx)
 
     # ---- routing -------------------------------------------------------------------
@@ -231,6 +268,100 @@ class PartitionedQueues:
                    ctx: CallContext) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(self._one(p, action, params, ctx)
                                            for p in parts)))
+
+    async def _settled(self, action: str, calls: Sequence[tuple[str, dict[str, Any]]],
+                       ctx: CallContext) -> list[dict[str, Any] | BaseException]:
+        """``action`` on each (partition, params) at once; each answer or its error."""
+        return list(await asyncio.gather(*(self._one(p, action, q, ctx) for p, q in calls),
+                                         return_exceptions=True))
+
+    # ---- message move tasks ----------------------------------------------------------
+
+    async def _start_move(self, parts: Sequence[str], params: dict[str, Any],
+                          ctx: CallContext) -> dict[str, Any]:
+        """One task per partition under the first partition's handle, each moving its
+        partition's messages at its share of the rate."""
+        rate = params.get("MaxNumberOfMessagesPerSecond")
+        check_move_rate(rate)  # the core's check, on the rate the client gave
+        source_arn = params.get("SourceArn")
+        if isinstance(source_arn, str):
+            # The first partition refuses a second task of its own; a task still running
+            # on another partition (the first's part of it done) refuses one as well.
+            listed = await self._settled("ListMessageMoveTasks",
+                                         [(p, {"SourceArn": source_arn}) for p in parts[1:]],
+                                         ctx)
+            if any(isinstance(r, dict) and any(t.get("Status") == "RUNNING"
+                                               for t in r.get("Results", []))
+                   for r in listed):
+                raise task_already_running()
+
+        def shared(index: int) -> dict[str, Any]:
+            if rate is None:
+                return dict(params)  # each partition at the default rate
+            share = rate // len(parts) + (1 if index < rate % len(parts) else 0)
+            # Below one message per second per partition a partition would never move;
+            # so a task over N partitions goes at least N per second.
+            return {**params, "MaxNumberOfMessagesPerSecond": max(1, share)}
+
+        first = await self._one(parts[0], "StartMessageMoveTask", shared(0), ctx)
+        handle = first["TaskHandle"]
+        started = await self._settled(
+            "StartMessageMoveTask",
+            [(p, {**shared(i), MOVE_TASK_HANDLE_PARAM: handle})
+             for i, p in enumerate(parts) if i > 0], ctx)
+        failed = [r for r in started if isinstance(r, BaseException)]
+        if failed:
+            # Not a task the client can see whole: the started parts are cancelled (a
+            # retry starts a new one), and the client gets the first failure.
+            ran = [parts[0]] + [p for p, r in zip(parts[1:], started, strict=True)
+                                if not isinstance(r, BaseException)]
+            await self._settled("CancelMessageMoveTask",
+                                [(p, {"TaskHandle": handle}) for p in ran], ctx)
+            raise failed[0]
+        return first
+
+    async def _task_lists(self, parts: Sequence[str], source_arn: object,
+                          ctx: CallContext) -> list[dict[str, dict[str, Any]]]:
+        """Each partition's tasks of ``source_arn``, by handle."""
+        answers = await self._all(parts, "ListMessageMoveTasks",
+                                  {"SourceArn": source_arn,
+                                   "MaxResults": MOVE_TASKS_LISTED_MAX,
+                                   MOVE_TASK_HANDLES_LISTED_PARAM: True}, ctx)
+        return [{t["TaskHandle"]: t for t in a.get("Results", [])} for a in answers]
+
+    async def _list_moves(self, parts: Sequence[str], params: dict[str, Any],
+                          ctx: CallContext) -> dict[str, Any]:
+        # Every task starts on the first partition: its (checked) listing names the
+        # tasks, newest first, and the other partitions' parts are matched by handle.
+        head = await self._one(parts[0], "ListMessageMoveTasks",
+                               {**params, MOVE_TASK_HANDLES_LISTED_PARAM: True}, ctx)
+        rest = await self._task_lists(parts[1:], params.get("SourceArn"), ctx)
+        return {"Results": [_merged_task(task, [r[task["TaskHandle"]] for r in rest
+                                                if task["TaskHandle"] in r])
+                            for task in head.get("Results", [])]}
+
+    async def _cancel_move(self, parts: Sequence[str], params: dict[str, Any],
+                           ctx: CallContext) -> dict[str, Any]:
+        answers = await self._settled("CancelMessageMoveTask",
+                                      [(p, params) for p in parts], ctx)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, SqsError):
+                raise answer  # a partition unavailable: a retry cancels the rest
+        cancelled = [a for a in answers if isinstance(a, dict)]
+        if not cancelled:
+            first = answers[0]
+            assert isinstance(first, BaseException)
+            raise first  # the first partition's error: it has every task
+        # The parts that had already finished moved messages of this task too.
+        handle = params["TaskHandle"]
+        finished = [p for p, a in zip(parts, answers, strict=True) if not isinstance(a, dict)]
+        moved = sum(int(a.get("ApproximateNumberOfMessagesMoved", 0)) for a in cancelled)
+        if finished:
+            source_arn = Broker.task_handle_source(handle)
+            for tasks in await self._task_lists(finished, source_arn, ctx):
+                if handle in tasks:
+                    moved += int(tasks[handle].get("ApproximateNumberOfMessagesMoved", 0))
+        return {"ApproximateNumberOfMessagesMoved": moved}
 
     # ---- receive -------------------------------------------------------------------
 

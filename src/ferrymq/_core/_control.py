@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from ferrymq._core import _attributes as attrs
 from ferrymq._core._effects import Effect, MoveTaskUpserted, QueueDeleted, QueueUpserted
-from ferrymq._core._errors import SqsError, invalid_parameter, missing_parameter
+from ferrymq._core._errors import InternalError, SqsError, invalid_parameter, missing_parameter
 from ferrymq._core._messages import string_list
 from ferrymq._core._records import (
     Entropy,
@@ -53,6 +53,9 @@ from ferrymq._core._settings import QueueSettings
 __all__ = [
     "MOVE_CATCH_UP_MS_MAX",
     "MOVE_RATE_DEFAULT_PER_S",
+    "MOVE_TASKS_LISTED_MAX",
+    "MOVE_TASK_HANDLE_PARAM",
+    "MOVE_TASK_HANDLES_LISTED_PARAM",
     "PARTITIONS_MAX",
     "ControlEffect",
     "ControlPlane",
@@ -60,7 +63,9 @@ __all__ = [
     "QueueDefinition",
     "Replication",
     "RequestInfo",
+    "check_move_rate",
     "queue_name_of",
+    "task_already_running",
 ]
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -78,7 +83,14 @@ MOVE_RATE_DEFAULT_PER_S = _MOVE_RATE_MAX_PER_S
 # keeps a rate of 1 per second working with the shell's 100 ms steps.
 MOVE_CATCH_UP_MS_MAX = 1_000
 # ListMessageMoveTasks returns at most this many tasks (SQS's limit).
-_MOVE_TASKS_LISTED_MAX = 10
+MOVE_TASKS_LISTED_MAX = 10
+# Parameters only a node's own partition calls carry (no SQS member has a colon, and the
+# gateway passes on only the members of the action's input shape, so no client can set
+# them). A queue of several partitions runs one move task per partition under one
+# handle: the first partition makes it, the others are given it; and its listing
+# matches the partitions' tasks by handle, which SQS lists only for a running task.
+MOVE_TASK_HANDLE_PARAM = "ferry:TaskHandle"
+MOVE_TASK_HANDLES_LISTED_PARAM = "ferry:ListTaskHandles"
 # AddPermission accepts at most this many actions per statement (SQS's limit).
 _PERMISSION_ACTIONS_MAX = 7
 # A queue policy may name at most this many principals (SQS's policy quota), so one
@@ -161,6 +173,25 @@ class QueueDefinition:
 ControlEffect = QueueUpserted | QueueDeleted | MoveTaskUpserted
 # What an action here returns: its response and the effects to apply, none applied yet.
 ControlResult = tuple[dict[str, Any], list[Effect]]
+
+
+def check_move_rate(rate: object) -> None:
+    """StartMessageMoveTask's MaxNumberOfMessagesPerSecond, if given."""
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int)
+        or not 1 <= rate <= _MOVE_RATE_MAX_PER_S
+    ):
+        raise invalid_parameter(
+            f"Value {rate} for parameter MaxNumberOfMessagesPerSecond is invalid. Reason: "
+            f"Must be between 1 and {_MOVE_RATE_MAX_PER_S}."
+        )
+
+
+def task_already_running() -> SqsError:
+    return invalid_parameter(
+        "There is already a task running. Only one active task is allowed for a source "
+        "queue arn at a given time."
+    )
 
 
 def queue_name_of(params: Mapping[str, Any]) -> str:
@@ -808,27 +839,22 @@ class ControlPlane:
         if destination_arn is not None:
             self._check_destination(destination_arn)
         rate = params.get("MaxNumberOfMessagesPerSecond")
-        if rate is not None and (
-            isinstance(rate, bool) or not isinstance(rate, int)
-            or not 1 <= rate <= _MOVE_RATE_MAX_PER_S
-        ):
-            raise invalid_parameter(
-                f"Value {rate} for parameter MaxNumberOfMessagesPerSecond is invalid. Reason: "
-                f"Must be between 1 and {_MOVE_RATE_MAX_PER_S}."
-            )
+        check_move_rate(rate)
         source_name = source.record.name
         if not self._sources_of(source_name):
             raise invalid_parameter("Source queue must be configured as a Dead Letter Queue.")
         source_arn = self.arn(source_name)
         if any(t.source_arn == source_arn and t.status == "RUNNING"
                for t in self._tasks.values()):
-            raise invalid_parameter(
-                "There is already a task running. Only one active task is allowed for a source "
-                "queue arn at a given time."
-            )
-        handle = base64.b64encode(
-            json.dumps({"taskId": entropy.token(), "sourceArn": source_arn}).encode()
-        ).decode()
+            raise task_already_running()
+        handle = params.get(MOVE_TASK_HANDLE_PARAM)
+        if handle is None:
+            handle = base64.b64encode(
+                json.dumps({"taskId": entropy.token(), "sourceArn": source_arn}).encode()
+            ).decode()
+        elif self.task_handle_source(handle) != source_arn or handle in self._tasks:
+            raise InternalError(f"a partition's move task given the handle {handle!r} "
+                                f"of another task or queue than {source_arn}")
         record = MoveTaskRecord(
             task_handle=handle,
             source_arn=source_arn,
@@ -850,11 +876,11 @@ class ControlPlane:
         source = self._queue_by_arn(params["SourceArn"], "SourceArn")
         max_results = params.get("MaxResults", 1)
         if isinstance(max_results, bool) or not isinstance(max_results, int) or not (
-            1 <= max_results <= _MOVE_TASKS_LISTED_MAX
+            1 <= max_results <= MOVE_TASKS_LISTED_MAX
         ):
             raise invalid_parameter(
                 f"Value {max_results} for parameter MaxResults is invalid. Reason: You must "
-                f"enter a number that's between 1 and {_MOVE_TASKS_LISTED_MAX}."
+                f"enter a number that's between 1 and {MOVE_TASKS_LISTED_MAX}."
             )
         source_arn = self.arn(source.record.name)
         tasks = sorted(
@@ -871,7 +897,7 @@ class ControlPlane:
                 "ApproximateNumberOfMessagesToMove": task.to_move,
                 "StartedTimestamp": task.started_ms,
             }
-            if task.status == "RUNNING":
+            if task.status == "RUNNING" or params.get(MOVE_TASK_HANDLES_LISTED_PARAM) is True:
                 item["TaskHandle"] = task.task_handle
             if task.destination_arn:
                 item["DestinationArn"] = task.destination_arn
