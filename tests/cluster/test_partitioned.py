@@ -172,3 +172,87 @@ def test_a_move_task_a_partition_cannot_start_is_not_left_half_started() -> None
     # Below one per second per partition, each partition still moves one per second.
     [part] = tasks.tasks["p1"].values()
     assert part["MaxNumberOfMessagesPerSecond"] == 1
+
+
+class Deletes:
+    """Each partition fails the entries whose handle starts with "bad", quoting it as a
+    core does, and deletes the rest."""
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        assert action == "DeleteMessageBatch"
+        ok, failed = [], []
+        for entry in params["Entries"]:
+            if entry["ReceiptHandle"].startswith("bad"):
+                failed.append({"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid",
+                               "SenderFault": True,
+                               "Message": f'The input receipt handle "{entry["ReceiptHandle"]}"'
+                                          " is not a valid receipt handle."})
+            else:
+                ok.append({"Id": entry["Id"]})
+        return {"Successful": ok, "Failed": failed}
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        return False
+
+    def leads_here(self, partition: str) -> bool:
+        return False
+
+    def load_of(self, partition: str) -> int | None:
+        return None
+
+
+@pytest.mark.parametrize("handles", [("P1.ok", "P1.bad"), ("P0.ok", "P2.bad")])
+def test_a_failed_batch_entry_quotes_the_client_s_handle(handles: tuple[str, str]) -> None:
+    entries = [{"Id": "a", "ReceiptHandle": handles[0]},
+               {"Id": "b", "ReceiptHandle": handles[1]}]
+    got = asyncio.run(PartitionedQueues(Deletes()).call(
+        ENTRY, "DeleteMessageBatch", {"QueueUrl": "q", "Entries": entries}, CTX))
+    assert got["Successful"] == [{"Id": "a"}]
+    [failed] = got["Failed"]
+    assert failed["Message"] == (f'The input receipt handle "{handles[1]}" is not a valid '
+                                 "receipt handle.")
+
+
+class Sends:
+    """Partition p1 is led here, busy with ``local_load`` requests; the others report
+    none. Records where each send went."""
+
+    def __init__(self, local_load: int) -> None:
+        self.local_load = local_load
+        self.sent_to: list[str] = []
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        self.sent_to.append(partition)
+        return {"MessageId": "m"}
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        return False
+
+    def leads_here(self, partition: str) -> bool:
+        return partition == "p1"
+
+    def load_of(self, partition: str) -> int | None:
+        return self.local_load if partition == "p1" else 0
+
+
+def sends(caller: Sends, count: int) -> list[str]:
+    queues = PartitionedQueues(caller)
+
+    async def run() -> None:
+        for _ in range(count):
+            await queues.call(ENTRY, "SendMessage", {"QueueUrl": "q", "MessageBody": "x"},
+                              CTX)
+
+    asyncio.run(run())
+    return caller.sent_to
+
+
+def test_a_send_always_weighs_the_partition_led_here() -> None:
+    # Idle here: every send stays on this node, whichever the other candidate is.
+    assert set(sends(Sends(local_load=0), 30)) == {"p1"}
+    # Busy here: the sends go to the others, each of them in turn.
+    assert sorted(set(sends(Sends(local_load=100), 30))) == ["p0", "p2"]

@@ -6,7 +6,8 @@ whole queue definition and its share of the messages. The first partition owns t
 definition in the catalog; the others hold the same definition, applied to each in turn.
 
 - Sends to a standard queue: one partition per request (a batch stays together), the
-  less busy of two chosen in rotation: balanced by load, not only by turn. A
+  less busy of two candidates: one this node leads (if any, in turn), the other any
+  other in turn; balanced by load, not only by turn. A
   partition's load is the requests in flight at its leader, from every node (known
   here for a partition this node leads, and reported with every answer by the others:
   ``PartitionCaller.load_of``). A partition on another node costs a hop, so it counts
@@ -89,6 +90,12 @@ REMOTE_SLACK = 8.0
 # again after this long instead of at once.
 _WAIT_RETRY_S = 0.1
 _SEND_ACTIONS = frozenset({"SendMessage", "SendMessageBatch"})
+# Which partitions this node leads is looked up again after this long: a leadership
+# moves seconds after a failure (the lease), so a second's delay in steering sends to a
+# new one costs little against a scan of up to 256 partitions per request.
+_HERE_TTL_S = 1.0
+# Queues whose answer is kept (a bound on the cache, cleared whole when full).
+_HERE_CACHED_MAX = 1024
 _BATCH_ENTRY = {"DeleteMessageBatch": "DeleteMessageBatchRequestEntry",
                 "ChangeMessageVisibilityBatch": "ChangeMessageVisibilityBatchRequestEntry"}
 
@@ -175,6 +182,12 @@ def _merged_task(head: dict[str, Any], others: list[dict[str, Any]]) -> dict[str
     return merged
 
 
+def _attribute(entry: QueueEntry, name: str, default: str) -> str:
+    """One attribute of the definition, without a dict of them all (per receive)."""
+    pairs = entry.record.attributes if entry.record is not None else ()
+    return next((value for key, value in pairs if key == name), default)
+
+
 def _attributes_of(entry: QueueEntry) -> dict[str, str]:
     return dict(entry.record.attributes) if entry.record is not None else {}
 
@@ -187,6 +200,8 @@ class PartitionedQueues:
         self._turn = 0
         # This node's calls in flight per partition: the load a send is balanced by.
         self._in_flight: dict[str, int] = {}
+        # A queue's partitions -> (until when, the indexes of those led here).
+        self._led_here: dict[tuple[str, ...], tuple[float, list[int]]] = {}
 
     async def call(self, entry: QueueEntry, action: str, params: dict[str, Any],
                    ctx: CallContext) -> dict[str, Any]:
@@ -252,9 +267,34 @@ class PartitionedQueues:
 
     def _pick(self, parts: Sequence[str]) -> str:
         self._turn += 1
-        first = parts[self._turn % len(parts)]
-        second = parts[(self._turn + 1) % len(parts)]
+        here = self._here(parts)
+        if here and len(parts) > 2:
+            # One candidate led here, the other any of the rest in turn: with clients
+            # spread over the nodes, two consecutive partitions would both be remote
+            # for (N - 2) / N of the sends to N partitions.
+            first = parts[here[self._turn % len(here)]]
+            offset = 1 + (self._turn // len(here)) % (len(parts) - 1)
+            second = parts[(here[self._turn % len(here)] + offset) % len(parts)]
+        else:
+            first = parts[self._turn % len(parts)]
+            second = parts[(self._turn + 1) % len(parts)]
         return second if self._busy(second) < self._busy(first) else first
+
+    def _here(self, parts: Sequence[str]) -> list[int]:
+        """The indexes of the partitions this node leads; computed at most once per
+        ``_HERE_TTL_S`` per queue (an O(partitions) scan, per request otherwise). A
+        stale answer only steers the choice of candidates: each one's load is
+        ``_busy``'s, live."""
+        now = asyncio.get_running_loop().time()
+        key = tuple(parts)
+        held = self._led_here.get(key)
+        if held is not None and now < held[0]:
+            return held[1]
+        if len(self._led_here) >= _HERE_CACHED_MAX:
+            self._led_here.clear()
+        here = [i for i, p in enumerate(parts) if self._caller.leads_here(p)]
+        self._led_here[key] = (now + _HERE_TTL_S, here)
+        return here
 
     async def _one(self, partition: str, action: str, params: dict[str, Any],
                    ctx: CallContext) -> dict[str, Any]:
@@ -376,7 +416,7 @@ class PartitionedQueues:
                            f"Must be >= 0 and <= {WAIT_TIME_S_MAX}, if provided.")
         assert wanted is not None
         if wait_s is None:
-            wait_s = int(_attributes_of(entry).get("ReceiveMessageWaitTimeSeconds", "0"))
+            wait_s = int(_attribute(entry, "ReceiveMessageWaitTimeSeconds", "0"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
@@ -390,7 +430,7 @@ class PartitionedQueues:
                      ctx: CallContext) -> list[dict[str, Any]]:
         self._turn += 1
         start = self._turn % len(parts)
-        here = [i for i, p in enumerate(parts) if self._caller.leads_here(p)]
+        here = self._here(parts)
         if here:
             start = here[self._turn % len(here)]
         found: list[dict[str, Any]] = []
@@ -451,6 +491,13 @@ class PartitionedQueues:
             index, inner = unwrap_handle(item.get("ReceiptHandle"), len(parts))
             by_partition.setdefault(index, []).append({**item, "ReceiptHandle": inner})
             originals[item["Id"]] = (inner, item.get("ReceiptHandle"))
+        if len(by_partition) == 1:
+            # The common case (the handles of one receive): one call, already in order.
+            [(index, items)] = by_partition.items()
+            result = await self._one(parts[index], action, {**params, "Entries": items}, ctx)
+            if not result.get("Failed"):
+                return result
+            return _merged(entries, [result], originals)
         results = await asyncio.gather(*(
             self._one(parts[index], action, {**params, "Entries": items}, ctx)
             for index, items in sorted(by_partition.items())))

@@ -395,24 +395,28 @@ def decode_receipt_handle(handle: object, parameter: str = "ReceiptHandle") -> t
     for DeleteMessage)."""
     if handle is None or handle == "":
         raise missing_parameter(parameter)
-    invalid = SqsError(
-        "ReceiptHandleIsInvalid",
-        f'The input receipt handle "{handle}" is not a valid receipt handle.',
-    )
     if (
         not isinstance(handle, str)
         or len(handle) > _HANDLE_CHARS_MAX
         or _HANDLE_CHARS.fullmatch(handle) is None
     ):
-        raise invalid
+        raise _invalid_handle(handle)
     try:
         text = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise invalid from exc
+        raise _invalid_handle(handle) from exc
     match = _HANDLE_TEXT.fullmatch(text)
     if match is None:
-        raise invalid
+        raise _invalid_handle(handle)
     return match.group(1), match.group(2)
+
+
+def _invalid_handle(handle: object) -> SqsError:
+    # Made only when needed: every delete and visibility change decodes a handle.
+    return SqsError(
+        "ReceiptHandleIsInvalid",
+        f'The input receipt handle "{handle}" is not a valid receipt handle.',
+    )
 
 
 def string_list(raw: object, name: str) -> list[str]:
