@@ -256,3 +256,13 @@ def test_a_send_always_weighs_the_partition_led_here() -> None:
     assert set(sends(Sends(local_load=0), 30)) == {"p1"}
     # Busy here: the sends go to the others, each of them in turn.
     assert sorted(set(sends(Sends(local_load=100), 30))) == ["p0", "p2"]
+
+
+@pytest.mark.parametrize(("handle", "unwrapped"), [
+    ("P0.abc", (0, "abc")), ("P2.a.b", (2, "a.b")), ("P3.x", (0, "P3.x")),
+    ("P1.", (0, "P1.")), ("P.x", (0, "P.x")), ("P1234.x", (0, "P1234.x")),
+    ("Q1.x", (0, "Q1.x")), ("P\u0663.x", (0, "P\u0663.x")), (None, (0, None)),
+])
+def test_a_handle_names_its_partition_or_goes_to_the_first_as_sent(
+        handle: object, unwrapped: tuple[int, object]) -> None:
+    assert unwrap_handle(handle, 3) == unwrapped

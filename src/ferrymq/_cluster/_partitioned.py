@@ -45,7 +45,6 @@ another node, is the ``PartitionCaller``'s (the node's).
 from __future__ import annotations
 
 import asyncio
-import re
 import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -74,7 +73,9 @@ __all__ = ["PartitionCaller", "PartitionedQueues", "partition_index", "unwrap_ha
 
 _COUNTS = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
            "ApproximateNumberOfMessagesDelayed")
-_HANDLE = re.compile(r"P(\d{1,3})\.(.+)", re.DOTALL)
+# A handle of a partitioned queue: "P", the partition's index (PARTITIONS_MAX is 256),
+# ".", the partition's own handle.
+_HANDLE_INDEX_DIGITS_MAX = 3
 # Changes of the definition: checked by the first partition, then applied to the rest.
 _DEFINITION_ACTIONS = frozenset({"SetQueueAttributes", "TagQueue", "UntagQueue",
                                  "AddPermission", "RemovePermission", "PurgeQueue"})
@@ -130,10 +131,15 @@ def unwrap_handle(handle: object, count: int) -> tuple[int, object]:
     """(partition index, the partition's own handle). A handle that names no partition
     of this queue goes to the first as it is, which answers it as the single node
     does (missing, or ReceiptHandleIsInvalid with the client's own text)."""
-    if isinstance(handle, str):
-        match = _HANDLE.fullmatch(handle)
-        if match is not None and int(match.group(1)) < count:
-            return int(match.group(1)), match.group(2)
+    # By hand, not by a regular expression: every delete and visibility change of a
+    # partitioned queue unwraps its handle (a regex was 2.5 % of a draining node).
+    if isinstance(handle, str) and handle.startswith("P"):
+        dot = handle.find(".", 2, 2 + _HANDLE_INDEX_DIGITS_MAX)
+        digits = handle[1:dot]
+        if dot > 1 and digits.isascii() and digits.isdigit() and dot + 1 < len(handle):
+            index = int(digits)
+            if index < count:
+                return index, handle[dot + 1:]
     return 0, handle
 
 
@@ -451,8 +457,10 @@ class PartitionedQueues:
                 unavailable.append(exc)
                 continue
             for message in result.get("Messages") or ():
-                found.append({**message,
-                              "ReceiptHandle": wrap_handle(index, message["ReceiptHandle"])})
+                # The answer is this call's own (built for it, or decoded from the
+                # wire): its messages are changed in place.
+                message["ReceiptHandle"] = wrap_handle(index, message["ReceiptHandle"])
+                found.append(message)
             if len(found) >= wanted:
                 break
         if not found and len(unavailable) == len(parts):
@@ -482,26 +490,28 @@ class PartitionedQueues:
 
     async def _batch(self, parts: Sequence[str], action: str, params: dict[str, Any],
                      ctx: CallContext) -> dict[str, Any]:
-        # The core's own checks of the whole batch first (empty, too many, ids): split
-        # per partition, a batch would pass them in parts.
+        raw = params.get("Entries")
+        if isinstance(raw, list) and raw and all(isinstance(e, dict) for e in raw):
+            split = _split_by_handle(raw, len(parts))
+            if len(split) == 1:
+                # The common case (the handles of one receive): one call, whose core
+                # checks the batch whole (empty, too many, ids) as the single node does,
+                # and answers in the request's order.
+                [(index, items)] = split.items()
+                result = await self._one(parts[index], action, {**params, "Entries": items},
+                                         ctx)
+                if not result.get("Failed"):
+                    return result
+                return _merged(raw, [result], _handles_of(raw, items))
+        # The core's own checks of the whole batch first: split per partition, a batch
+        # would pass them in parts.
         entries = MessageQueue._batch_entries(params, _BATCH_ENTRY[action])
-        by_partition: dict[int, list[dict[str, Any]]] = {}
-        originals: dict[str, tuple[object, object]] = {}
-        for item in entries:
-            index, inner = unwrap_handle(item.get("ReceiptHandle"), len(parts))
-            by_partition.setdefault(index, []).append({**item, "ReceiptHandle": inner})
-            originals[item["Id"]] = (inner, item.get("ReceiptHandle"))
-        if len(by_partition) == 1:
-            # The common case (the handles of one receive): one call, already in order.
-            [(index, items)] = by_partition.items()
-            result = await self._one(parts[index], action, {**params, "Entries": items}, ctx)
-            if not result.get("Failed"):
-                return result
-            return _merged(entries, [result], originals)
+        split = _split_by_handle(entries, len(parts))
         results = await asyncio.gather(*(
             self._one(parts[index], action, {**params, "Entries": items}, ctx)
-            for index, items in sorted(by_partition.items())))
-        return _merged(entries, results, originals)
+            for index, items in sorted(split.items())))
+        return _merged(entries, results,
+                       _handles_of(entries, [i for items in split.values() for i in items]))
 
     async def _fifo_batch(self, parts: Sequence[str], attributes: dict[str, str],
                           params: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
@@ -534,6 +544,25 @@ class PartitionedQueues:
             for name in counted:
                 attributes[name] = str(int(attributes[name]) + int(theirs.get(name, "0")))
         return {**first, "Attributes": attributes}
+
+
+def _split_by_handle(entries: Sequence[dict[str, Any]], count: int
+                     ) -> dict[int, list[dict[str, Any]]]:
+    """A batch's entries by the partition their handles name, each with its partition's
+    own handle."""
+    split: dict[int, list[dict[str, Any]]] = {}
+    for item in entries:
+        index, inner = unwrap_handle(item.get("ReceiptHandle"), count)
+        split.setdefault(index, []).append({**item, "ReceiptHandle": inner})
+    return split
+
+
+def _handles_of(entries: Sequence[dict[str, Any]], unwrapped: Sequence[dict[str, Any]]
+                ) -> dict[str, tuple[object, object]]:
+    """Entry id -> (the partition's handle, the client's): ``_merged``'s ``handles``."""
+    inner = {item.get("Id"): item.get("ReceiptHandle") for item in unwrapped}
+    return {item["Id"]: (inner.get(item.get("Id")), item.get("ReceiptHandle"))
+            for item in entries if isinstance(item.get("Id"), str)}
 
 
 def _merged(entries: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
