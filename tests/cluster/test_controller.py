@@ -218,11 +218,23 @@ def test_a_leadership_is_offered_from_the_busiest_leader_to_an_idle_in_sync_repl
     # Within one of each other: even enough.
     states = {"p1": _set("n1", "n1", "n2"), "p2": _set("n2", "n1", "n2")}
     assert _plan_leader_move(states, ["n1", "n2"], set()) is None
+    # Sets not to be offered now (just moved) still count for the node leading them.
+    states = {"p0": _set("n2", "n1", "n2"), "p1": _set("n2", "n1", "n2"),
+              "p2": _set("n1", "n1", "n2"), "p3": _set("n1", "n1", "n2")}
+    assert _plan_leader_move(states, ["n1", "n2"], set(), skip={"p0", "p1"}) is None
+    states["p1"] = _set("n1", "n1", "n2")
+    assert _plan_leader_move(states, ["n1", "n2"], set(), skip={"p0", "p1"}) == (
+        "p2", "n1", "n2")
 
 
 def test_leaderships_are_evened_out_once_the_cluster_has_settled(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_controller, "LEADER_SETTLE_S", 0.0)
+    # The cluster settled long ago (no election yet); a leader move is not an election
+    # the next one waits LEADER_SETTLE_S for: the moves follow one another at their own
+    # pace (under the 5 s of ``until``, where waiting 30 s after each would not).
+    monkeypatch.setattr(_controller, "LEADER_SETTLE_S", 30.0)
+    monkeypatch.setattr(_controller, "LEADER_MOVE_INTERVAL_S", 0.05)
+    partitions = ("p0", "p1", "p2", "p3")
 
     async def scenario() -> None:
         server = LocalCoordinationServer(ManualClock())
@@ -230,8 +242,8 @@ def test_leaderships_are_evened_out_once_the_cluster_has_settled(
         for name, client in clients.items():
             lease = await client.grant_lease(2)
             await client.put(LAYOUT.node(name), b"{}", lease=lease)
-        # n1 leads both sets, n2 leads none, and is in sync in both.
-        for partition in ("p0", "p1"):
+        # n1 leads every set, n2 leads none, and is in sync in all.
+        for partition in partitions:
             await clients["n1"].put(LAYOUT.partition(partition), encode_state(
                 PartitionState(leader="n1", epoch=1, replicas=("n1", "n2"),
                                isr=("n1", "n2"), min_isr=1, sync=True)))
@@ -242,18 +254,18 @@ def test_leaderships_are_evened_out_once_the_cluster_has_settled(
 
         async def leaders() -> list[str | None]:
             found = []
-            for partition in ("p0", "p1"):
+            for partition in partitions:
                 kv = await clients["n1"].get(LAYOUT.partition(partition))
                 assert kv is not None
                 found.append(decode_state(kv.value).leader)
             return found
 
         async def even() -> bool:
-            return sorted(await leaders()) == ["n1", "n2"]  # type: ignore[type-var]
+            return sorted(await leaders()) == ["n1", "n1", "n2", "n2"]  # type: ignore[type-var]
 
         await until(even)
         await asyncio.sleep(0.2)
-        assert sorted(await leaders()) == ["n1", "n2"]  # type: ignore[type-var]
+        assert sorted(await leaders()) == ["n1", "n1", "n2", "n2"]  # type: ignore[type-var]
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

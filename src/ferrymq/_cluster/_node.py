@@ -65,7 +65,7 @@ from ferrymq._cluster._catalog import (
     live_entry,
     tombstone,
 )
-from ferrymq._cluster._controller import Controller, ControllerSettings
+from ferrymq._cluster._controller import FENCE_WAIT_S, Controller, ControllerSettings
 from ferrymq._cluster._layout import (
     Layout,
     NodeInfo,
@@ -118,6 +118,10 @@ PARTITIONS_DIR = "partitions"
 # Replication heartbeats and lag checks run this often (the replica's HEARTBEAT_MS is
 # 500 ms; ticking faster makes resends and in-sync changes prompt).
 _TICK_S = 0.1
+# check_leadership's wait before a replica named leader of an epoch it does not lead
+# resigns: longer than an election takes once it has fenced (FENCE_WAIT_S for the
+# answers, then one etcd transaction), so it resigns only when nobody is electing.
+_RESIGN_GRACE_MS = int(FENCE_WAIT_S * 1000) * 4
 # A request reaching a node while no leader is known (an election is under way, or the
 # queue was just placed) waits this long for one before it is refused with a retriable
 # 503: an election takes about the lease TTL plus a second, so most requests of a
@@ -317,8 +321,11 @@ class _Host:
         self.revision = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._exports_in_flight = 0
-        # The revision of the state this replica last resigned from (check_leadership).
+        # The revision of the state this replica last resigned from, and since when
+        # (node clock) etcd has named it leader of an epoch it does not lead
+        # (check_leadership).
         self._resigned_at = -1
+        self._not_leading_since_ms: int | None = None
         # Requests being run on this replica set as its leader, from any node: the load
         # a queue of several partitions balances its sends by.
         self.in_flight = 0
@@ -388,18 +395,29 @@ class _Host:
         elif state.leader is not None:
             self.store.run(r.follow(state.epoch, state.leader))
 
-    def check_leadership(self) -> None:
+    def check_leadership(self, now_ms: int) -> None:
         """On every tick: etcd names this replica leader of an epoch it no longer leads
         (it stepped down when a replica promised a later epoch, and the controller that
         fenced that epoch was replaced before it elected anyone: its successor sees a
         live leader and elects nobody). Resign, as ``on_state`` does, so the controller
         elects a later epoch. Found by the cluster simulation; tested on its own in
-        tests/cluster/test_node_leadership.py."""
+        tests/cluster/test_node_leadership.py.
+
+        Only once that has lasted ``_RESIGN_GRACE_MS``: right after a fence the
+        controller that sent it is still electing, and a resignation written first
+        makes its election's transaction fail, and a second election follow (seen
+        with leader moves, 8 at a time: each such one held every other move back for
+        LEADER_SETTLE_S)."""
         state, r = self.state, self.store.replica
-        if state is None or state.leader != self.node.cfg.node_id or self.closed:
+        if state is None or state.leader != self.node.cfg.node_id or self.closed \
+                or (r.role is Role.LEADER and r.epoch >= state.epoch):
+            # Not named, or leading it (or a later epoch etcd's watch has not shown yet).
+            self._not_leading_since_ms = None
             return
-        if r.role is Role.LEADER and r.epoch >= state.epoch:
-            return  # leading it (or a later epoch etcd's watch has not shown yet)
+        if self._not_leading_since_ms is None:
+            self._not_leading_since_ms = now_ms
+        if now_ms - self._not_leading_since_ms < _RESIGN_GRACE_MS:
+            return
         if self._resigned_at == self.revision:
             return
         self._resigned_at = self.revision
@@ -865,7 +883,7 @@ class Node:
             await asyncio.sleep(_TICK_S)
             for host in list(self._hosts.values()):
                 host.store.tick()
-                host.check_leadership()
+                host.check_leadership(self.clock_ms())
 
     # ---- the catalog ----------------------------------------------------------------
 
