@@ -22,7 +22,22 @@ CTX = CallContext(request_id="t", base_url="http://x", account_id="000000000000"
 ENTRY = QueueEntry("q", "live", "p0", partitions=("p0", "p1", "p2"))
 
 
-class Leaders:
+class Standin:
+    """What every stand-in for the leaders answers alike: nothing led here, no load
+    known, no long poll ever woken."""
+
+    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
+                             ctx: CallContext) -> bool:
+        return False
+
+    def leads_here(self, partition: str) -> bool:
+        return False
+
+    def load_of(self, partition: str) -> int | None:
+        return None
+
+
+class Leaders(Standin):
     """Each partition answers a receive with its messages, or raises its error."""
 
     def __init__(self, answers: dict[str, list[str] | SqsError]) -> None:
@@ -37,16 +52,6 @@ class Leaders:
                                           answer[params["MaxNumberOfMessages"]:])
         return {"Messages": [{"Body": b, "ReceiptHandle": f"h-{b}"} for b in taken]} \
             if taken else {}
-
-    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
-                             ctx: CallContext) -> bool:
-        return False
-
-    def leads_here(self, partition: str) -> bool:
-        return False
-
-    def load_of(self, partition: str) -> int | None:
-        return None
 
 
 def receive(leaders: Leaders, **params: Any) -> dict[str, Any]:
@@ -90,7 +95,7 @@ def test_a_bad_receive_fails_as_the_single_node_would() -> None:
     assert exc.value.message == "bad"
 
 
-class MoveTasks:
+class MoveTasks(Standin):
     """Each partition keeps its part of each move task (by handle), as its core would;
     a partition in ``down`` is between leaders."""
 
@@ -122,16 +127,6 @@ class MoveTasks:
                 "ApproximateNumberOfMessagesMoved"]}
         assert action == "ListMessageMoveTasks" and params[MOVE_TASK_HANDLES_LISTED_PARAM]
         return {"Results": list(tasks.values())}
-
-    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
-                             ctx: CallContext) -> bool:
-        return False
-
-    def leads_here(self, partition: str) -> bool:
-        return False
-
-    def load_of(self, partition: str) -> int | None:
-        return None
 
 
 def move(partitions: MoveTasks, action: str, **params: Any) -> dict[str, Any]:
@@ -174,7 +169,7 @@ def test_a_move_task_a_partition_cannot_start_is_not_left_half_started() -> None
     assert part["MaxNumberOfMessagesPerSecond"] == 1
 
 
-class Deletes:
+class Deletes(Standin):
     """Each partition fails the entries whose handle starts with "bad", quoting it as a
     core does, and deletes the rest."""
 
@@ -192,16 +187,6 @@ class Deletes:
                 ok.append({"Id": entry["Id"]})
         return {"Successful": ok, "Failed": failed}
 
-    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
-                             ctx: CallContext) -> bool:
-        return False
-
-    def leads_here(self, partition: str) -> bool:
-        return False
-
-    def load_of(self, partition: str) -> int | None:
-        return None
-
 
 @pytest.mark.parametrize("handles", [("P1.ok", "P1.bad"), ("P0.ok", "P2.bad")])
 def test_a_failed_batch_entry_quotes_the_client_s_handle(handles: tuple[str, str]) -> None:
@@ -215,7 +200,7 @@ def test_a_failed_batch_entry_quotes_the_client_s_handle(handles: tuple[str, str
                                  "receipt handle.")
 
 
-class Sends:
+class Sends(Standin):
     """Partition p1 is led here, busy with ``local_load`` requests; the others report
     none. Records where each send went."""
 
@@ -227,10 +212,6 @@ class Sends:
                              ctx: CallContext) -> dict[str, Any]:
         self.sent_to.append(partition)
         return {"MessageId": "m"}
-
-    async def wait_partition(self, partition: str, queue: str, timeout_ms: int,
-                             ctx: CallContext) -> bool:
-        return False
 
     def leads_here(self, partition: str) -> bool:
         return partition == "p1"
