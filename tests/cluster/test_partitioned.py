@@ -247,3 +247,43 @@ def test_a_send_always_weighs_the_partition_led_here() -> None:
 def test_a_handle_names_its_partition_or_goes_to_the_first_as_sent(
         handle: object, unwrapped: tuple[int, object]) -> None:
     assert unwrap_handle(handle, 3) == unwrapped
+
+
+class Attempts(Standin):
+    """FIFO partitions that each answer an attempt id they delivered to with the same
+    messages again, as a core does; ``here`` is the partition the caller's node leads."""
+
+    def __init__(self, here: str, queues: dict[str, list[str]],
+                 delivered: dict[tuple[str, str], list[str]]) -> None:
+        self.here, self.queues, self.delivered = here, queues, delivered
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        key = (partition, params["ReceiveRequestAttemptId"])
+        if key not in self.delivered:
+            wanted = params["MaxNumberOfMessages"]
+            taken, self.queues[partition] = (self.queues[partition][:wanted],
+                                             self.queues[partition][wanted:])
+            if taken:
+                self.delivered[key] = taken
+        got = self.delivered.get(key, [])
+        return {"Messages": [{"Body": b, "ReceiptHandle": f"h-{b}"} for b in got]}
+
+    def leads_here(self, partition: str) -> bool:
+        return partition == self.here
+
+
+def test_a_retried_fifo_attempt_gets_the_same_messages_through_another_node() -> None:
+    entry = QueueEntry("q.fifo", "live", "p0", partitions=("p0", "p1", "p2"))
+    queues = {"p0": ["a1", "a2"], "p1": ["b1", "b2"], "p2": ["c1", "c2"]}
+    delivered: dict[tuple[str, str], list[str]] = {}
+    params = {"QueueUrl": "q.fifo", "MaxNumberOfMessages": 2,
+              "ReceiveRequestAttemptId": "try-1"}
+
+    def receive_through(here: str) -> list[str]:
+        queues_here = PartitionedQueues(Attempts(here, queues, delivered))
+        got = asyncio.run(queues_here.call(entry, "ReceiveMessage", dict(params), CTX))
+        return [m["Body"] for m in got["Messages"]]
+
+    first = receive_through("p0")
+    assert receive_through("p2") == receive_through("p1") == first

@@ -21,8 +21,10 @@ definition in the catalog; the others hold the same definition, applied to each 
   whole first (``check_send_batch``: the errors that fail it as a whole), then split.
 - Receives: the partitions are swept in rotation (starting at one this node leads,
   if any) with no wait until the request is filled (for FIFO, each partition keeps
-  its groups' order and its own attempt ids). A long poll that found nothing then
-  waits on every partition at once for a receivable message, without receiving
+  its groups' order and its own attempt ids; a receive with an attempt id starts at
+  the partition its id hashes to, so a retry sweeps in the first try's order). A long
+  poll that found nothing then waits on every partition at once for a receivable
+  message, without receiving
   (``WAIT_ACTION``, event-driven on each leader: no polling), and sweeps again when
   one has some.
 - Receipt handles name their partition (``P<index>.<handle>``; a handle of the core is
@@ -426,19 +428,26 @@ class PartitionedQueues:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            messages = await self._sweep(parts, params, wanted, ctx)
+            messages = await self._sweep(parts, params, wanted, ctx,
+                                         fifo=entry.name.endswith(".fifo"))
             remaining_ms = int((deadline - loop.time()) * 1000)
             if messages or remaining_ms <= 0:
                 return {"Messages": messages} if messages else {}
             await self._wait_any(entry, remaining_ms, ctx)
 
     async def _sweep(self, parts: Sequence[str], params: dict[str, Any], wanted: int,
-                     ctx: CallContext) -> list[dict[str, Any]]:
+                     ctx: CallContext, *, fifo: bool = False) -> list[dict[str, Any]]:
         self._turn += 1
         start = self._turn % len(parts)
         here = self._here(parts)
         if here:
             start = here[self._turn % len(here)]
+        attempt = params.get("ReceiveRequestAttemptId")
+        if fifo and isinstance(attempt, str):
+            # A retried attempt (through any node) asks the partitions in the order the
+            # first try did: each that delivered to it answers the same again, and the
+            # sweep stops where the first one stopped.
+            start = partition_index(attempt, len(parts))
         found: list[dict[str, Any]] = []
         unavailable: list[SqsError] = []
         for step in range(len(parts)):
