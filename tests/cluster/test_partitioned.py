@@ -287,3 +287,18 @@ def test_a_retried_fifo_attempt_gets_the_same_messages_through_another_node() ->
 
     first = receive_through("p0")
     assert receive_through("p2") == receive_through("p1") == first
+
+
+def test_a_cancel_a_partition_cannot_take_now_is_answered_with_its_503() -> None:
+    tasks = MoveTasks(down=set())
+    handle = move(tasks, "StartMessageMoveTask", SourceArn="arn",
+                  MaxNumberOfMessagesPerSecond=3)["TaskHandle"]
+    tasks.tasks["p0"][handle]["Status"] = "COMPLETED"
+    tasks.tasks["p2"][handle]["Status"] = "COMPLETED"
+    tasks.down = {"p1"}  # its part still runs; it cannot be reached: not "no active task"
+    with pytest.raises(SqsError) as exc:
+        move(tasks, "CancelMessageMoveTask", TaskHandle=handle)
+    assert exc.value.shape == "ServiceUnavailable"
+    tasks.down = set()  # the retry cancels what is left
+    move(tasks, "CancelMessageMoveTask", TaskHandle=handle)
+    assert tasks.tasks["p1"][handle]["Status"] == "CANCELLED"

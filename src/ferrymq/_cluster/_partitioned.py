@@ -393,7 +393,8 @@ class PartitionedQueues:
         answers = await self._settled("CancelMessageMoveTask",
                                       [(p, params) for p in parts], ctx)
         for answer in answers:
-            if isinstance(answer, BaseException) and not isinstance(answer, SqsError):
+            if isinstance(answer, BaseException) and (
+                    not isinstance(answer, SqsError) or answer.status >= 500):
                 raise answer  # a partition unavailable: a retry cancels the rest
         cancelled = [a for a in answers if isinstance(a, dict)]
         if not cancelled:
