@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -194,6 +195,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite",
                        help="sqlite: durable, fsync before every acknowledgement (default); "
                        "memory: nothing survives a restart (tests and experiments only)")
+    # Tests of real-time behaviour only (tests/e2e/test_messages.py): the service's clock
+    # runs this many times as fast as the wall clock from the start, so a 60 s retention
+    # (SQS's least) lapses in 6 s of a test. Not for users.
+    serve.add_argument("--clock-rate", type=float, default=1.0, help=argparse.SUPPRESS)
     _add_service_options(serve)
     node = commands.add_parser(
         "node", help="run one node of a replicated cluster (coordinated by etcd)",
@@ -423,6 +428,18 @@ def _repair_hint(data_dir: Path) -> str:
             "docs/operations.md")
 
 
+def _service_clock(rate: float) -> Callable[[], int]:
+    """The wall clock in ms; for a test, one running ``rate`` times as fast from now."""
+    from ferrymq._service import wall_clock_ms
+
+    if rate == 1.0:
+        return wall_clock_ms
+    if not rate > 0:
+        raise SystemExit("ferrymq serve: --clock-rate must be above 0")
+    started_ms = wall_clock_ms()
+    return lambda: started_ms + int((wall_clock_ms() - started_ms) * rate)
+
+
 async def _run(args: argparse.Namespace) -> int:
     from ferrymq._core._broker import Broker
     from ferrymq._gateway import close_server, start_gateway
@@ -442,7 +459,8 @@ async def _run(args: argparse.Namespace) -> int:
         store = open_store(args.storage, path, free_bytes_min=args.disk_free_min_mib * _MIB)
     except StorageError as exc:
         return _fail(f"cannot open the store: {exc}")
-    service = QueueService(make_broker(), store, broker_factory=make_broker)
+    service = QueueService(make_broker(), store, broker_factory=make_broker,
+                           clock_ms=_service_clock(args.clock_rate))
     try:
         replayed = service.restore()
     except StoreInconsistentError as exc:

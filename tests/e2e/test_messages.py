@@ -6,6 +6,7 @@ import hashlib
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -600,41 +601,49 @@ def test_purge_repeatable_when_rule_disabled(dev_sqs: Any, queue_name: str) -> N
     assert approximate_counts(dev_sqs, url) == (0, 0, 0)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_retention_period_drops_old_messages(server: ServerProcess,
-                                             client_cache: dict[Any, Any],
-                                             queue_name: str) -> None:
-    # One 60-s wait covers both protocols: the minimum retention SQS allows is 60 s and
-    # waiting twice would double the suite's slowest test for no extra coverage.
-    urls = {}
-    clients = {p: make_client(server.url, p) for p in ("json", "query")}
-    for proto, client in clients.items():
-        url = client.create_queue(QueueName=f"{queue_name}-{proto}",
-                                  Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
-        client.send_message(QueueUrl=url, MessageBody="old")
-        client.send_message(QueueUrl=url, MessageBody="in flight")
-        urls[proto] = url
-    for proto, client in clients.items():
-        # Keep one in flight past its retention: it must be dropped as well.
-        msg = receive_until(client, urls[proto], 1, MaxNumberOfMessages=1,
-                            VisibilityTimeout=300)[0]
-        assert msg["Body"] in ("old", "in flight")
-    sent_at = time.monotonic()
-    time.sleep(45)
-    for proto, client in clients.items():
-        client.send_message(QueueUrl=urls[proto], MessageBody="fresh")
-    for proto, client in clients.items():
-        url = urls[proto]
+# The retention test's server runs its clock this many times as fast as the wall clock
+# (``serve --clock-rate``, a test seam): SQS's least retention is 60 s, and waiting it
+# out in real time was the suite's slowest test.
+_RETENTION_CLOCK_RATE = 10.0
 
-        def only_fresh_left(c: Any = client, u: str = url) -> bool:
-            return approximate_counts(c, u)[:2] == (1, 0)
 
-        wait_until(only_fresh_left, timeout_s=40, interval_s=0.5,
-                   what=f"retention expiry ({proto})")
-        assert time.monotonic() - sent_at >= 59
-        got = receive(client, urls[proto], WaitTimeSeconds=1)
-        assert [m["Body"] for m in got] == ["fresh"]
+@pytest.mark.timeout(60)
+def test_retention_period_drops_old_messages(tmp_path: Path, queue_name: str) -> None:
+    rate = _RETENTION_CLOCK_RATE
+    server = ServerProcess(tmp_path / "fast-clock", ["--clock-rate", str(rate)]).start()
+    try:
+        # Both protocols at once, on one clock.
+        urls = {}
+        clients = {p: make_client(server.url, p) for p in ("json", "query")}
+        for proto, client in clients.items():
+            url = client.create_queue(QueueName=f"{queue_name}-{proto}",
+                                      Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+            client.send_message(QueueUrl=url, MessageBody="old")
+            client.send_message(QueueUrl=url, MessageBody="in flight")
+            urls[proto] = url
+        for proto, client in clients.items():
+            # Keep one in flight past its retention: it must be dropped as well.
+            msg = receive_until(client, urls[proto], 1, MaxNumberOfMessages=1,
+                                VisibilityTimeout=300)[0]
+            assert msg["Body"] in ("old", "in flight")
+        sent_at = time.monotonic()
+        time.sleep(45 / rate)
+        for proto, client in clients.items():
+            client.send_message(QueueUrl=urls[proto], MessageBody="fresh")
+        for proto, client in clients.items():
+            url = urls[proto]
+
+            def only_fresh_left(c: Any = client, u: str = url) -> bool:
+                return approximate_counts(c, u)[:2] == (1, 0)
+
+            wait_until(only_fresh_left, timeout_s=40 / rate + 5, interval_s=0.05,
+                       what=f"retention expiry ({proto})")
+            # Not before 60 s of the server's clock.
+            assert time.monotonic() - sent_at >= 59 / rate
+            got = receive(client, urls[proto], WaitTimeSeconds=1)
+            assert [m["Body"] for m in got] == ["fresh"]
+    finally:
+        server.stop()
 
 
 RECORDED_ATTRIBUTES: dict[str, dict[str, Any]] = {
