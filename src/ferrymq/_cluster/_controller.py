@@ -274,11 +274,12 @@ class Controller:
             planned[partition] = replace(planned[partition], leader=target)
             waiting.add(partition)
             self._leader_moved[partition] = now + LEADER_MOVE_BACKOFF_S
-            self._last_leader_move = now
             state, revision = states[partition]
             log.warning("%s: offering its leadership on %s to %s", partition, source,
                         target)
             elections.append(self._elect(partition, state, revision, alive, prefer=target))
+        if elections:
+            self._last_leader_move = now
         # Side by side, as a failover's: each pauses only its own set's writes.
         for outcome in await asyncio.gather(*elections, return_exceptions=True):
             if isinstance(outcome, BaseException):

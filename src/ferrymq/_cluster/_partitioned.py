@@ -280,9 +280,9 @@ class PartitionedQueues:
             # One candidate led here, the other any of the rest in turn: with clients
             # spread over the nodes, two consecutive partitions would both be remote
             # for (N - 2) / N of the sends to N partitions.
-            first = parts[here[self._turn % len(here)]]
+            local = here[self._turn % len(here)]
             offset = 1 + (self._turn // len(here)) % (len(parts) - 1)
-            second = parts[(here[self._turn % len(here)] + offset) % len(parts)]
+            first, second = parts[local], parts[(local + offset) % len(parts)]
         else:
             first = parts[self._turn % len(parts)]
             second = parts[(self._turn + 1) % len(parts)]
@@ -439,16 +439,15 @@ class PartitionedQueues:
     async def _sweep(self, parts: Sequence[str], params: dict[str, Any], wanted: int,
                      ctx: CallContext, *, fifo: bool = False) -> list[dict[str, Any]]:
         self._turn += 1
-        start = self._turn % len(parts)
-        here = self._here(parts)
-        if here:
-            start = here[self._turn % len(here)]
         attempt = params.get("ReceiveRequestAttemptId")
         if fifo and isinstance(attempt, str):
             # A retried attempt (through any node) asks the partitions in the order the
             # first try did: each that delivered to it answers the same again, and the
             # sweep stops where the first one stopped.
             start = partition_index(attempt, len(parts))
+        else:
+            here = self._here(parts)
+            start = here[self._turn % len(here)] if here else self._turn % len(parts)
         found: list[dict[str, Any]] = []
         unavailable: list[SqsError] = []
         for step in range(len(parts)):
