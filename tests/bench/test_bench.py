@@ -22,7 +22,7 @@ from ferrymq._bench._report import (
     render_workload,
     table_rows,
 )
-from ferrymq._bench._runner import failover_row, summarise_runs, target_notes
+from ferrymq._bench._runner import dry_runs, failover_row, summarise_runs, target_notes
 from ferrymq._bench._stats import (
     CLOCK_TICKS_PER_S,
     cpu_ns_from_stat_line,
@@ -201,6 +201,12 @@ def test_summarise_runs_uses_the_median_run() -> None:
     assert row["p99_ms"] == 2.0  # latencies come from the same (median) run
     assert row["errors"] == 3  # errors of every run count
     assert row["runs_msgs_per_s"] == [300.0, 100.0, 200.0]
+
+
+def test_a_drain_that_ran_dry_is_told_from_one_that_filled_its_window() -> None:
+    runs = [{"elapsed_s": 5.0}, {"elapsed_s": 3.8}, {"elapsed_s": 4.9}, {"elapsed_s": 0.2}]
+    assert dry_runs(runs, 5.0) == [(1, 3.8), (3, 0.2)]
+    assert dry_runs([{"elapsed_s": 5.0}], 5.0) == []
 
 
 def test_build_request_is_valid_http() -> None:

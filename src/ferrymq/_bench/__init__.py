@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=64,
                         help="connections for throughput workloads (default: %(default)s)")
     parser.add_argument("--drain-depth", type=int, default=None,
-                        help="messages to prefill for the drain workload (default: 100000; "
+                        help="messages to prefill for the drain workload (default: 300000; "
                         "--quick: 5000)")
     parser.add_argument("--prefill-budget", type=float, default=None,
                         help="seconds a prefill may take before the run uses whatever depth "
@@ -90,6 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ferrymq._bench._runner import (
+        DRAIN_DEPTH_DEFAULT,
         PACED_WINDOW_MIN_S,
         PEERS,
         WORKLOADS,
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         conns=max(1, args.connections),
         big_conns=max(1, args.connections // 4),
         paced_rate=50,
-        drain_depth=int(pick(args.drain_depth, 100_000, 5_000)),
+        drain_depth=int(pick(args.drain_depth, DRAIN_DEPTH_DEFAULT, 5_000)),
         prefill_budget_s=pick(args.prefill_budget, 30.0, 5.0),
         deep_depth=int(pick(args.deep_depth, 1_000_000, 20_000)),
         deep_budget_s=pick(args.deep_budget, 600.0, 30.0),

@@ -40,7 +40,8 @@ from ferrymq._bench._servers import (
 )
 from ferrymq._bench._stats import cpu_ns_from_stat_line, median, percentile
 
-__all__ = ["DEFAULT_PEERS", "DEFAULT_WORKLOADS", "PEERS", "WORKLOADS", "Settings",
+__all__ = ["DEFAULT_PEERS", "DEFAULT_WORKLOADS", "DRAIN_DEPTH_DEFAULT", "PACED_WINDOW_MIN_S",
+           "PEERS", "WORKLOADS", "Settings", "dry_runs",
            "failover_row", "run_bench", "summarise_runs", "target_notes"]
 
 # What `ferrymq bench` runs without --peers: the published comparison with the SQS
@@ -92,6 +93,14 @@ PACED_WORKLOADS = frozenset({"latency", "latency-load"})
 # requests, and at 50 requests/s a 5 s window has 250, so its p99 was the 3rd slowest
 # request and moved 3x between runs; 20 s makes it the 10th of 1,000.
 PACED_WINDOW_MIN_S = 20.0
+# The drain's prefill: the drain has no warm-up, so its 5 s window runs dry above
+# depth / 5 s. At 100,000 the two-partition peer (26k msgs/s here) ran dry 3.8 s in,
+# and its rate took in the end of the drain, where one partition is empty before the
+# other and every receive on its node goes to the other node: a tail the one-partition
+# peer (17k msgs/s) never reached. 300,000 lasts a window at up to 60k msgs/s.
+DRAIN_DEPTH_DEFAULT = 300_000
+# A drain window shorter than this share of --duration ran dry (see dry_runs).
+DRY_WINDOW_SHARE = 0.95
 # latency-load: 8 connections x 125/s = 1,000 SendMessage/s, offered to both sides alike
 # (open loop), so the latencies compare the two paths at one load instead of each at its
 # own saturation (a closed loop there measures throughput again: Little's law). Few
@@ -240,6 +249,15 @@ def _phase_timeout_s(phases: list[dict[str, Any]]) -> float:
     return total
 
 
+def dry_runs(runs: list[dict[str, Any]], duration_s: float) -> list[tuple[int, float]]:
+    """(index, seconds) of each drain run that emptied its queue before the window
+    ended (its load generator then ends the window at the last delete)."""
+    # The window's own end is measured to the last completion or the clock, which may
+    # fall a little short of duration_s without the queue running dry.
+    return [(i, float(r["elapsed_s"])) for i, r in enumerate(runs)
+            if float(r["elapsed_s"]) < duration_s * DRY_WINDOW_SHARE]
+
+
 def summarise_runs(server: str, runs: list[dict[str, Any]],
                    label: str | None = None) -> dict[str, Any]:
     """One table row from repeated runs: median throughput, the median run's latencies.
@@ -312,6 +330,13 @@ def _run_workload(handle: Server, workload: str, s: Settings, entry: dict[str, A
         entry["notes"].append(f"{handle.name}: queue depth actually prefilled per run: "
                               + ", ".join(f"{n:,}" for n in prefilled)
                               + f" (target {s.drain_depth:,}, budget {s.prefill_budget_s:.0f} s)")
+        dry = dry_runs(runs, s.duration_s)
+        if dry:
+            entry["notes"].append(
+                f"{handle.name}: the queue ran dry within the window in "
+                + ", ".join(f"run {i + 1} (after {t:.1f} s)" for i, t in dry)
+                + ": its rate includes the end of the drain; a larger --drain-depth "
+                "measures the steady rate")
     if workload in PACED_WORKLOADS:
         row["paced"] = True
     if roles is not None:
