@@ -200,6 +200,42 @@ def test_a_failed_batch_entry_quotes_the_client_s_handle(handles: tuple[str, str
                                  "receipt handle.")
 
 
+class Recorded(Standin):
+    """Records each call's partition and entries, and deletes every entry."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def call_partition(self, partition: str, action: str, params: dict[str, Any],
+                             ctx: CallContext) -> dict[str, Any]:
+        self.calls.append((partition, [e["ReceiptHandle"] for e in params["Entries"]]))
+        return {"Successful": [{"Id": e["Id"]} for e in params["Entries"]], "Failed": []}
+
+
+@pytest.mark.parametrize(("handles", "calls"), [
+    # One partition's handles: one call, with that partition's own handles.
+    (["P1.a", "P1.b.c"], [("p1", ["a", "b.c"])]),
+    # P1. is not a prefix of P12.: two partitions, two calls.
+    (["P1.a", "P12.b"], [("p1", ["a"]), ("p12", ["b"])]),
+    (["P12.a", "P1.b"], [("p1", ["b"]), ("p12", ["a"])]),
+    # A handle that names no partition goes to the first as sent.
+    (["P1.a", "P1."], [("p0", ["P1."]), ("p1", ["a"])]),
+    (["P13.a", "P13.b"], [("p0", ["P13.a", "P13.b"])]),
+    (["x", "P0.y"], [("p0", ["x", "y"])]),
+])
+def test_a_delete_batch_goes_to_the_partitions_its_handles_name(
+        handles: list[str], calls: list[tuple[str, list[str]]]) -> None:
+    entry = QueueEntry("q", "live", "p0", partitions=tuple(f"p{i}" for i in range(13)))
+    caller = Recorded()
+    entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
+    got = asyncio.run(PartitionedQueues(caller).call(
+        entry, "DeleteMessageBatch", {"QueueUrl": "q", "Entries": entries}, CTX))
+    assert sorted(caller.calls) == calls
+    assert got["Successful"] == [{"Id": str(i)} for i in range(len(handles))]
+    # The client's entries are left as they were (a retry sends them again).
+    assert [e["ReceiptHandle"] for e in entries] == handles
+
+
 class Sends(Standin):
     """Partition p1 is led here, busy with ``local_load`` requests; the others report
     none. Records where each send went."""

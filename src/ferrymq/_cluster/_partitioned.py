@@ -501,12 +501,12 @@ class PartitionedQueues:
                      ctx: CallContext) -> dict[str, Any]:
         raw = params.get("Entries")
         if isinstance(raw, list) and raw and all(isinstance(e, dict) for e in raw):
-            split = _split_by_handle(raw, len(parts))
-            if len(split) == 1:
+            one = _of_one_partition(raw, len(parts))
+            if one is not None:
                 # The common case (the handles of one receive): one call, whose core
                 # checks the batch whole (empty, too many, ids) as the single node does,
                 # and answers in the request's order.
-                [(index, items)] = split.items()
+                index, items = one
                 result = await self._one(parts[index], action, {**params, "Entries": items},
                                          ctx)
                 if not result.get("Failed"):
@@ -564,6 +564,26 @@ def _split_by_handle(entries: Sequence[dict[str, Any]], count: int
         index, inner = unwrap_handle(item.get("ReceiptHandle"), count)
         split.setdefault(index, []).append({**item, "ReceiptHandle": inner})
     return split
+
+
+def _of_one_partition(entries: Sequence[dict[str, Any]], count: int
+                      ) -> tuple[int, list[dict[str, Any]]] | None:
+    """``_split_by_handle``'s answer when every handle names the partition the first
+    one names, else None; without unwrapping each (the batch of one receive's
+    handles, every delete batch of a drain)."""
+    first = entries[0].get("ReceiptHandle")
+    index, inner = unwrap_handle(first, count)
+    if not isinstance(first, str) or not isinstance(inner, str) or inner is first:
+        return None  # the first names no partition: the general case says how
+    cut = len(first) - len(inner)
+    prefix = first[:cut]  # "P<index>.": no other index's handle starts with it
+    items = []
+    for item in entries:
+        handle = item.get("ReceiptHandle")
+        if not (isinstance(handle, str) and handle.startswith(prefix) and len(handle) > cut):
+            return None
+        items.append({**item, "ReceiptHandle": handle[cut:]})
+    return index, items
 
 
 def _handles_of(entries: Sequence[dict[str, Any]], unwrapped: Sequence[dict[str, Any]]
