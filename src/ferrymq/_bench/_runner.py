@@ -335,8 +335,8 @@ def _run_workload(handle: Server, workload: str, s: Settings, entry: dict[str, A
             entry["notes"].append(
                 f"{handle.name}: the queue ran dry within the window in "
                 + ", ".join(f"run {i + 1} (after {t:.1f} s)" for i, t in dry)
-                + ": its rate includes the end of the drain; a larger --drain-depth "
-                "measures the steady rate")
+                + ": its rate includes the end of the drain; a deeper queue (--drain-depth, "
+                "and --prefill-budget if the prefill fell short) measures the steady rate")
     if workload in PACED_WORKLOADS:
         row["paced"] = True
     if roles is not None:
