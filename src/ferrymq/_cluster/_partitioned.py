@@ -571,12 +571,11 @@ def _of_one_partition(entries: Sequence[dict[str, Any]], count: int
     """``_split_by_handle``'s answer when every handle names the partition the first
     one names, else None; without unwrapping each (the batch of one receive's
     handles, every delete batch of a drain)."""
-    first = entries[0].get("ReceiptHandle")
-    index, inner = unwrap_handle(first, count)
-    if not isinstance(first, str) or not isinstance(inner, str) or inner is first:
-        return None  # the first names no partition: the general case says how
-    cut = len(first) - len(inner)
-    prefix = first[:cut]  # "P<index>.": no other index's handle starts with it
+    index, _ = unwrap_handle(entries[0].get("ReceiptHandle"), count)
+    # "P<index>.": no other index's handle starts with it. A first handle that names no
+    # partition (index 0) does not start with it either, unless it is a bare "P0.".
+    prefix = wrap_handle(index, "")
+    cut = len(prefix)
     items = []
     for item in entries:
         handle = item.get("ReceiptHandle")
