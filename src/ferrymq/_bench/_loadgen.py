@@ -97,6 +97,10 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._body_parts: list[bytes] = []
+        # Made by the running loop's create_connection. Kept: asyncio.get_running_loop()
+        # makes a getpid() system call (its check for a fork), which was 7 % of this
+        # process's samples while it drove ferry-p2's drain.
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -147,7 +151,7 @@ class Connection(asyncio.Protocol):
         if self._transport is None:
             raise ConnectionError("connection is closed")
         assert self._waiter is None, "one request at a time per connection"
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self._transport.write(data)
         try:
             return await self._waiter
