@@ -22,7 +22,13 @@ from ferrymq._bench._report import (
     render_workload,
     table_rows,
 )
-from ferrymq._bench._runner import dry_runs, failover_row, summarise_runs, target_notes
+from ferrymq._bench._runner import (
+    dry_runs,
+    failover_row,
+    pool_rounds,
+    summarise_runs,
+    target_notes,
+)
 from ferrymq._bench._stats import (
     CLOCK_TICKS_PER_S,
     cpu_ns_from_stat_line,
@@ -201,6 +207,56 @@ def test_summarise_runs_uses_the_median_run() -> None:
     assert row["p99_ms"] == 2.0  # latencies come from the same (median) run
     assert row["errors"] == 3  # errors of every run count
     assert row["runs_msgs_per_s"] == [300.0, 100.0, 200.0]
+
+
+def _run(msgs: float) -> dict[str, object]:
+    return {"msgs_per_s": msgs, "p50_ms": 1.0, "p99_ms": msgs / 100, "errors": 0,
+            "server_cpu_us_per_msg": 10.0, "loadgen_cpu_pct": 5.0,
+            "server_cpu_pct": 50.0, "rss_before_bytes": 1, "rss_after_bytes": 2,
+            "messages": int(msgs), "elapsed_s": 1.0}
+
+
+def _round_row(server: str, msgs: list[float]) -> dict[str, object]:
+    runs = [_run(m) for m in msgs]
+    row = summarise_runs(server, runs)
+    row["_runs"] = runs
+    row["prefilled"] = [300] * len(runs)
+    return row
+
+
+def test_rounds_pool_each_peers_runs_and_keep_each_rounds_median() -> None:
+    failover = {"server": "c", "label": "c", "msgs_per_s": 1.0}  # no runs: kept as is
+    rows = [_round_row("ferry-p1", [10.0, 11.0, 12.0]), _round_row("ferry-p2", [30.0, 31.0, 29.0]),
+            failover,
+            _round_row("ferry-p1", [20.0, 21.0, 22.0]), _round_row("ferry-p2", [35.0, 36.0, 34.0])]
+    pooled = pool_rounds(rows)
+    assert [r["label"] for r in pooled] == ["ferry-p1", "ferry-p2", "c"]
+    p1, p2, kept = pooled
+    assert kept is failover
+    # The median of all six runs, and the latencies of that run.
+    assert p1["msgs_per_s"] == 12.0 and p1["p99_ms"] == 0.12
+    assert p1["runs_msgs_per_s"] == [10.0, 11.0, 12.0, 20.0, 21.0, 22.0]
+    assert p1["rounds_msgs_per_s"] == [11.0, 21.0]
+    assert p2["rounds_msgs_per_s"] == [30.0, 35.0]
+    assert p1["prefilled"] == [300] * 6
+    assert all("_runs" not in r for r in pooled)  # nothing raw is written out
+    # One round: the row is left as it was, less its runs.
+    (single,) = pool_rounds([_round_row("ferry", [5.0, 6.0, 7.0])])
+    assert single["msgs_per_s"] == 6.0 and "rounds_msgs_per_s" not in single
+
+
+def test_the_scaling_target_is_held_to_the_median_of_each_rounds_ratio() -> None:
+    rows = pool_rounds([_round_row("ferry-p1", [10.0]), _round_row("ferry-p2", [17.0]),
+                        _round_row("ferry-p1", [20.0]), _round_row("ferry-p2", [30.0]),
+                        _round_row("ferry-p1", [10.0]), _round_row("ferry-p2", [15.0])])
+    # Pooled, 17 against 10 would meet the target; round by round the ratios are
+    # 1.7, 1.5 and 1.5.
+    assert target_notes({"rows": rows}) == [
+        "ferry-p2 vs ferry-p1: by round 1.70x, 1.50x, 1.50x, median 1.50x its msgs/s "
+        "(target >= 1.6x: NOT met)"]
+    one = pool_rounds([_round_row("ferry-p1", [10.0]), _round_row("ferry-p2", [17.0])])
+    assert target_notes({"rows": one}) == [
+        "ferry-p2 vs ferry-p1: 1.70x its msgs/s (target >= 1.6x: met)"]
 
 
 def test_a_drain_that_ran_dry_is_told_from_one_that_filled_its_window() -> None:

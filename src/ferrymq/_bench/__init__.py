@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per workload; the median is reported (default: 3; "
                         "--quick: 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every peer's workloads this many times over, the peers "
+                        "taking turns in each round, and pool each peer's runs; ratios of "
+                        "partitioned peers are then the median of each round's ratio, whose "
+                        "two sides ran minutes apart (this VM's speed drifts over minutes). "
+                        "Every workload is repeated, deep and failover too "
+                        "(default: %(default)s)")
     parser.add_argument("--connections", type=int, default=64,
                         help="connections for throughput workloads (default: %(default)s)")
     parser.add_argument("--drain-depth", type=int, default=None,
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         paced_window_s=duration_s if quick else max(duration_s, PACED_WINDOW_MIN_S),
         warmup_s=pick(args.warmup, 1.0, 0.3),
         repeat=max(1, int(pick(args.repeat, 3, 1))),
+        rounds=max(1, args.rounds),
         conns=max(1, args.connections),
         big_conns=max(1, args.connections // 4),
         paced_rate=50,
