@@ -67,6 +67,16 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _clock_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not 0 < rate < math.inf:  # NaN fails both
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return rate
+
+
 def _account_id(text: str) -> str:
     if not _ACCOUNT_ID.match(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a 12-digit AWS account id")
@@ -198,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     # Tests of real-time behaviour only (tests/e2e/test_messages.py): the service's clock
     # runs this many times as fast as the wall clock from the start, so a 60 s retention
     # (SQS's least) lapses in 6 s of a test. Not for users.
-    serve.add_argument("--clock-rate", type=float, default=1.0, help=argparse.SUPPRESS)
+    serve.add_argument("--clock-rate", type=_clock_rate, default=1.0, help=argparse.SUPPRESS)
     _add_service_options(serve)
     node = commands.add_parser(
         "node", help="run one node of a replicated cluster (coordinated by etcd)",
@@ -434,8 +444,8 @@ def _service_clock(rate: float) -> Callable[[], int]:
 
     if rate == 1.0:
         return wall_clock_ms
-    if not rate > 0:
-        raise SystemExit("ferrymq serve: --clock-rate must be above 0")
+    # _clock_rate checked it when the command line was parsed.
+    assert 0 < rate < math.inf, f"clock rate {rate}"
     started_ms = wall_clock_ms()
     return lambda: started_ms + int((wall_clock_ms() - started_ms) * rate)
 
@@ -454,13 +464,14 @@ async def _run(args: argparse.Namespace) -> int:
         recreate_delay_ms=args.recreate_delay_seconds * 1000,
         body_memory_bytes_max=args.body_memory_mib * _MIB,
     )
+    clock_ms = _service_clock(args.clock_rate)
     path: Path | None = args.data_dir / "ferrymq.sqlite3" if args.storage == "sqlite" else None
     try:
         store = open_store(args.storage, path, free_bytes_min=args.disk_free_min_mib * _MIB)
     except StorageError as exc:
         return _fail(f"cannot open the store: {exc}")
     service = QueueService(make_broker(), store, broker_factory=make_broker,
-                           clock_ms=_service_clock(args.clock_rate))
+                           clock_ms=clock_ms)
     try:
         replayed = service.restore()
     except StoreInconsistentError as exc:

@@ -115,6 +115,17 @@ def test_startup_line_says_any_credentials_are_accepted(server: ServerProcess) -
     assert "any credentials are accepted" in line
 
 
+@pytest.mark.parametrize("rate", ["0", "-2", "nan", "inf", "fast"])
+def test_a_bad_clock_rate_is_refused_before_the_data_dir_is_touched(tmp_path: Path,
+                                                                     rate: str) -> None:
+    data = tmp_path / "d"
+    done = ferrymq("serve", "--port", "0", "--data-dir", str(data), "--clock-rate", rate)
+    assert done.returncode == 2
+    assert done.stderr == (f"ferrymq serve: error: argument --clock-rate: {rate!r} is not a "
+                           "number above 0 (see ferrymq serve --help)\n")
+    assert not data.exists()
+
+
 def test_a_second_server_on_a_data_dir_in_use_refuses_to_start(tmp_path: Path) -> None:
     with ServerProcess(tmp_path / "d") as first:
         done = ferrymq("serve", "--port", "0", "--data-dir", str(tmp_path / "d"))
