@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every peer's workloads this many times over, the peers "
                         "taking turns in each round, and pool each peer's runs; ratios of "
                         "partitioned peers are then the median of each round's ratio, whose "
-                        "two sides ran minutes apart (this VM's speed drifts over minutes). "
+                        "two sides ran one turn apart (this VM's speed drifts over minutes). "
                         "Every workload is repeated, deep and failover too "
                         "(default: %(default)s)")
     parser.add_argument("--connections", type=int, default=64,

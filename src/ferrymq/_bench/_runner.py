@@ -417,9 +417,9 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     longpoll) are kept as they are. Takes the runs off every row.
 
     Why rounds: this VM's speed drifts over minutes (one peer's drain ran at 12.9k and
-    20.0k msgs/s ten minutes apart), and the bench runs one peer's repeats after the
+    20.0k msgs/s three minutes apart), and the bench runs one peer's repeats after the
     other's, so a ratio of two peers also measures the drift between their turns.
-    Rounds alternate the peers, and each round's ratio compares runs minutes apart."""
+    Rounds alternate the peers, and each round's ratio compares runs one turn apart."""
     pooled: list[dict[str, Any]] = []
     by_label: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -433,6 +433,7 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             pooled.append(row)
         else:
             group.append(row)
+    at = {id(row): i for i, row in enumerate(pooled)}
     for label, group in by_label.items():
         first = group[0]
         if len(group) > 1:
@@ -443,7 +444,7 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if prefilled:
                 merged["prefilled"] = prefilled
             merged["rounds_msgs_per_s"] = [g["msgs_per_s"] for g in group]
-            pooled[pooled.index(first)] = merged
+            pooled[at[id(first)]] = merged
     for row in pooled:
         row.pop(_RUNS_KEY, None)
     return pooled
@@ -469,8 +470,9 @@ def _scaling_notes(rows: list[dict[str, Any]]) -> list[str]:
                                          b.get("rounds_msgs_per_s") or [], strict=False)
                     if y]
         if len(by_round) > 1:
-            # Each round's two sides ran minutes apart, not a whole peer's turn apart:
-            # the median of those ratios is the one held to the target.
+            # Each round's two sides ran one turn apart (about a minute at --repeat 1);
+            # the pooled medians mix runs from the whole bench. The median of the
+            # rounds' ratios is the one held to the target.
             times = median(by_round)
             text = (f"{more} vs {fewer}: by round " + ", ".join(f"{x:.2f}x" for x in by_round)
                     + f", median {times:.2f}x its msgs/s")
