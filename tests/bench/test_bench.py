@@ -216,10 +216,13 @@ def _run(msgs: float) -> dict[str, object]:
             "messages": int(msgs), "elapsed_s": 1.0}
 
 
-def _round_row(server: str, msgs: list[float]) -> dict[str, object]:
+def _round_row(server: str, msgs: list[float], round_index: int | None = None
+               ) -> dict[str, object]:
     runs = [_run(m) for m in msgs]
     row = summarise_runs(server, runs)
     row["_runs"] = runs
+    if round_index is not None:
+        row["_round"] = round_index
     row["prefilled"] = [300] * len(runs)
     return row
 
@@ -239,7 +242,8 @@ def test_rounds_pool_each_peers_runs_and_keep_each_rounds_median() -> None:
     assert p1["rounds_msgs_per_s"] == [11.0, 21.0]
     assert p2["rounds_msgs_per_s"] == [30.0, 35.0]
     assert p1["prefilled"] == [300] * 6
-    assert all("_runs" not in r for r in pooled)  # nothing raw is written out
+    assert all("_runs" not in r and "_round" not in r for r in pooled)  # nothing raw
+    assert p1["rounds"] == [0, 1]
     # One round: the row is left as it was, less its runs.
     (single,) = pool_rounds([_round_row("ferry", [5.0, 6.0, 7.0])])
     assert single["msgs_per_s"] == 6.0 and "rounds_msgs_per_s" not in single
@@ -253,6 +257,14 @@ def test_the_scaling_target_is_held_to_the_median_of_each_rounds_ratio() -> None
     # 1.7, 1.5 and 1.5.
     assert target_notes({"rows": rows}) == [
         "ferry-p2 vs ferry-p1: by round 1.70x, 1.50x, 1.50x, median 1.50x its msgs/s "
+        "(target >= 1.6x: NOT met)"]
+    # A round one side missed (its peer failed there) pairs nothing: rounds 0 and 2
+    # (paired by position, 15 would meet 20: 0.75x). Of two, the lower median.
+    gap = pool_rounds([_round_row("ferry-p1", [10.0], 0), _round_row("ferry-p2", [17.0], 0),
+                       _round_row("ferry-p1", [20.0], 1),
+                       _round_row("ferry-p1", [10.0], 2), _round_row("ferry-p2", [15.0], 2)])
+    assert target_notes({"rows": gap}) == [
+        "ferry-p2 vs ferry-p1: by round 1.70x, 1.50x, median 1.50x its msgs/s "
         "(target >= 1.6x: NOT met)"]
     one = pool_rounds([_round_row("ferry-p1", [10.0]), _round_row("ferry-p2", [17.0])])
     assert target_notes({"rows": one}) == [

@@ -406,15 +406,18 @@ def target_notes(entry: dict[str, Any]) -> list[str]:
     return notes
 
 
-# A row's raw runs, kept on it until pool_rounds has pooled them.
+# A row's raw runs and the round that made it, kept on it until pool_rounds has
+# pooled them.
 _RUNS_KEY = "_runs"
+_ROUND_KEY = "_round"
 
 
 def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per peer from the rows each round made (``--rounds``), in first-seen
     order: the median over all its runs, with ``rounds_msgs_per_s`` (each round's own
-    median) when there was more than one round. Rows without runs (deep, failover,
-    longpoll) are kept as they are. Takes the runs off every row.
+    median) and ``rounds`` (which rounds those were: a peer that failed in one has
+    none from it) when there was more than one round. Rows without runs (deep,
+    failover, longpoll) are kept as they are. Takes the runs off every row.
 
     Why rounds: this VM's speed drifts over minutes (one peer's drain ran at 12.9k and
     20.0k msgs/s three minutes apart), and the bench runs one peer's repeats after the
@@ -444,9 +447,11 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if prefilled:
                 merged["prefilled"] = prefilled
             merged["rounds_msgs_per_s"] = [g["msgs_per_s"] for g in group]
+            merged["rounds"] = [g.get(_ROUND_KEY, i) for i, g in enumerate(group)]
             pooled[at[id(first)]] = merged
     for row in pooled:
         row.pop(_RUNS_KEY, None)
+        row.pop(_ROUND_KEY, None)
     return pooled
 
 
@@ -466,9 +471,12 @@ def _scaling_notes(rows: list[dict[str, Any]]) -> list[str]:
             continue
         times = a["msgs_per_s"] / b["msgs_per_s"]
         text = f"{more} vs {fewer}: {times:.2f}x its msgs/s"
-        by_round = [x / y for x, y in zip(a.get("rounds_msgs_per_s") or [],
-                                         b.get("rounds_msgs_per_s") or [], strict=False)
-                    if y]
+        # Paired by round: a round one side missed has no ratio.
+        of_b = dict(zip(b.get("rounds") or [], b.get("rounds_msgs_per_s") or [],
+                        strict=True))
+        by_round = [x / of_b[r] for r, x in zip(a.get("rounds") or [],
+                                                a.get("rounds_msgs_per_s") or [], strict=True)
+                    if of_b.get(r)]
         if len(by_round) > 1:
             # Each round's two sides ran one turn apart (about a minute at --repeat 1);
             # the pooled medians mix runs from the whole bench. The median of the
@@ -810,6 +818,9 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
         if s.rounds > 1:
             print(f"bench: round {round_index + 1} of {s.rounds}", flush=True)
         _run_round(servers, workloads, s, results, bench_dir, baseline_src, profiler)
+        for entry in results["workloads"].values():
+            for row in entry["rows"]:
+                row.setdefault(_ROUND_KEY, round_index)
     any_rows = False
     print()
     for name, entry in results["workloads"].items():
