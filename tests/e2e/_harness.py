@@ -120,6 +120,13 @@ class ServerProcess:
     def output(self) -> str:
         return "\n".join(self._output)
 
+    def wait_for_output(self, text: str, *, timeout_s: float = 10) -> str:
+        """The output once it holds ``text``. The server writes a line before it
+        answers the request that caused it, but this harness's reader thread may not
+        have taken it from the pipe yet when the answer arrives."""
+        return wait_until(lambda: text in self.output() and self.output(),
+                          timeout_s=timeout_s, what=f"{text!r} in the server's output")
+
     def _drain(self, stream: Any) -> None:
         # Keeps reading until EOF so a chatty server never blocks on a full pipe.
         for raw in iter(stream.readline, b""):

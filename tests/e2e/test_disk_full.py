@@ -91,7 +91,7 @@ def test_enospc_mid_commit_rebuilds_refuses_writes_and_resumes(tmp_path: Path) -
                 sqs.receive_message(QueueUrl=url)
             assert error_of(refused.value)[2] == 503
             assert server.is_running()
-            assert server.output().count("the disk is full") == 1
+            assert server.wait_for_output("the disk is full").count("the disk is full") == 1
             assert "Traceback" not in server.output()
             # A restart on the full disk starts, and answers reads.
             assert server.stop() == 0
@@ -114,9 +114,10 @@ def test_low_space_stops_writes_before_the_disk_is_full(tmp_path: Path) -> None:
             _send_until_refused(sqs, url, acked)
             assert acked
             assert _count(sqs, url) == len(acked)  # no rebuild needed: reads at once
-            assert server.output().count("the disk is nearly full") == 1
+            logged = server.wait_for_output("the disk is nearly full")
+            assert logged.count("the disk is nearly full") == 1
             assert "state rebuilt" not in server.output()
             filler.unlink()
             wait_until(lambda: _writable(sqs, url, acked), timeout_s=15, what="writes")
-            assert "the disk has room again" in server.output()
+            server.wait_for_output("the disk has room again")
             assert _drain(sqs, url, len(acked)) == acked
