@@ -99,8 +99,11 @@ class MoveTasks(Standin):
     """Each partition keeps its part of each move task (by handle), as its core would;
     a partition in ``down`` is between leaders."""
 
-    def __init__(self, down: set[str]) -> None:
+    def __init__(self, down: set[str], unanswered: frozenset[str] = frozenset()) -> None:
         self.down = down
+        # Start a task and then fail the call with a 503 (a leader deposed after its
+        # commit, before its answer).
+        self.unanswered = unanswered
         self.tasks: dict[str, dict[str, dict[str, Any]]] = {"p0": {}, "p1": {}, "p2": {}}
 
     async def call_partition(self, partition: str, action: str, params: dict[str, Any],
@@ -117,9 +120,11 @@ class MoveTasks(Standin):
                              "ApproximateNumberOfMessagesToMove": 5, "StartedTimestamp": 1,
                              "MaxNumberOfMessagesPerSecond":
                                  params["MaxNumberOfMessagesPerSecond"]}
+            if partition in self.unanswered:
+                raise SqsError("ServiceUnavailable", "the leader stepped down")
             return {"TaskHandle": handle}
         if action == "CancelMessageMoveTask":
-            task = tasks[params["TaskHandle"]]
+            task = tasks.get(params["TaskHandle"], {"Status": None})
             if task["Status"] != "RUNNING":
                 raise invalid_parameter("Only active tasks can be cancelled.")
             task["Status"] = "CANCELLED"
@@ -167,6 +172,22 @@ def test_a_move_task_a_partition_cannot_start_is_not_left_half_started() -> None
     # Below one per second per partition, each partition still moves one per second.
     [part] = tasks.tasks["p1"].values()
     assert part["MaxNumberOfMessagesPerSecond"] == 1
+
+
+def test_a_move_task_part_that_started_but_answered_503_is_cancelled_too() -> None:
+    tasks = MoveTasks(down={"p2"}, unanswered=frozenset({"p1"}))
+    with pytest.raises(SqsError) as exc:
+        move(tasks, "StartMessageMoveTask", SourceArn="arn",
+             MaxNumberOfMessagesPerSecond=3)
+    assert exc.value.shape == "ServiceUnavailable"
+    assert [t["Status"] for p in ("p0", "p1") for t in tasks.tasks[p].values()] == [
+        "CANCELLED", "CANCELLED"]
+    # Nothing of the failed start is left running: the retry starts a task.
+    tasks.down, tasks.unanswered = set(), frozenset()
+    handle = move(tasks, "StartMessageMoveTask", SourceArn="arn",
+                  MaxNumberOfMessagesPerSecond=3)["TaskHandle"]
+    assert [tasks.tasks[p][handle]["Status"] for p in ("p0", "p1", "p2")] == [
+        "RUNNING"] * 3
 
 
 class Deletes(Standin):

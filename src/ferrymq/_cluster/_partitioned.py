@@ -360,9 +360,15 @@ class PartitionedQueues:
         failed = [r for r in started if isinstance(r, BaseException)]
         if failed:
             # Not a task the client can see whole: the started parts are cancelled (a
-            # retry starts a new one), and the client gets the first failure.
+            # retry starts a new one), and the client gets the first failure. A part
+            # that answered a 5xx may have started all the same (its leader committed
+            # it and was deposed before answering): it is cancelled too, or its running
+            # part, under a handle the client never saw, would refuse every retry as
+            # "already running" until it finished. A part that never started answers
+            # the cancel with an error, which changes nothing.
             ran = [parts[0]] + [p for p, r in zip(parts[1:], started, strict=True)
-                                if not isinstance(r, BaseException)]
+                                if not isinstance(r, BaseException)
+                                or not isinstance(r, SqsError) or r.status >= 500]
             await self._settled("CancelMessageMoveTask",
                                 [(p, {"TaskHandle": handle}) for p in ran], ctx)
             raise failed[0]
