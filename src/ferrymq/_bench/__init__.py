@@ -22,7 +22,13 @@ def _csv(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the bench options to the ``ferrymq bench`` sub-parser."""
-    from ferrymq._bench._runner import DEFAULT_PEERS, DEFAULT_WORKLOADS, PEERS, WORKLOADS
+    from ferrymq._bench._runner import (
+        DEFAULT_PEERS,
+        DEFAULT_WORKLOADS,
+        DRAIN_DEPTH_DEFAULT,
+        PEERS,
+        WORKLOADS,
+    )
 
     parser.add_argument("--peers", type=_csv, default=list(DEFAULT_PEERS),
                         help="comma-separated servers to run, in order, of "
@@ -59,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=64,
                         help="connections for throughput workloads (default: %(default)s)")
     parser.add_argument("--drain-depth", type=int, default=None,
-                        help="messages to prefill for the drain workload (default: 300000; "
-                        "--quick: 5000)")
+                        help="messages to prefill for the drain workload (default: "
+                        f"{DRAIN_DEPTH_DEFAULT}; --quick: 5000)")
     parser.add_argument("--prefill-budget", type=float, default=None,
                         help="seconds a prefill may take before the run uses whatever depth "
                         "it reached (default: 30; --quick: 5)")
