@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from ferrymq._core._effects import DedupRecorded, MessageStored
 from ferrymq._core._records import AttributeValue, MessageRecord
 from ferrymq._storage import SqliteStore
-from ferrymq._storage._sqlite import decode_attributes, encode_attributes
+from ferrymq._storage._sqlite import WRITER_YIELDS_MAX, decode_attributes, encode_attributes
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -413,3 +414,29 @@ def test_commit_parts_reads_each_part_between_the_others_in_one_transaction(
             await store.close()
 
     assert asyncio.run(run()) == [[], ["one"], [None]]
+
+
+class _Handing:
+    """What ``SqliteStore._let_the_loop_add`` reads of a store: the handoff, which the
+    loop grows by one at each of the first ``grows`` yields."""
+
+    def __init__(self, grows: int) -> None:
+        self._handoff: list[object] = [object()]
+        self.grows = grows
+        self.yields = 0
+
+    def _yield_core(self) -> None:
+        self.yields += 1
+        if self.yields <= self.grows:
+            self._handoff.append(object())
+
+
+@pytest.mark.parametrize(("grows", "yields"), [
+    (0, 1),  # nothing more came: one yield, then the transaction
+    (2, 3),  # two more came, one after the other: a yield after each, and one that saw none
+    (100, WRITER_YIELDS_MAX),  # a loop that never stops handing in waits a bounded time
+])
+def test_the_writer_yields_while_the_loop_hands_in_more(grows: int, yields: int) -> None:
+    handing = _Handing(grows)
+    SqliteStore._let_the_loop_add(cast(Any, handing))
+    assert handing.yields == yields
