@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import uvloop
 
 from ferrymq._cluster._transport import Transport
+from ferrymq._replication._frames import SnapshotChunk
 from ferrymq._replication._messages import Fence
 
 # Both loops a node may run on: under uvloop a write to a closed connection raises where
@@ -201,5 +203,73 @@ def test_reset_moves_a_peer_to_its_new_address() -> None:
         assert len(got["old"]) == 1
         for t in (a, old, new):
             await t.close()
+
+    asyncio.run(scenario())
+
+
+_COUNTING_PEER = """
+import asyncio
+from ferrymq._cluster._transport import Transport
+
+async def main():
+    async def address_of(node):
+        return None
+    def on_frame(peer, frame):
+        print("got", len(getattr(frame, "data", b"")), flush=True)
+    t = Transport(node="b", cluster="c1", address_of=address_of, on_frame=on_frame)
+    host, port = await t.listen("127.0.0.1", 0)
+    print("port", port, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_backlog_bytes_counts_what_a_stopped_peer_has_not_taken() -> None:
+    """What a snapshot waits on: the bytes queued for a peer plus the socket's write
+    buffer. A SIGSTOPped peer stops reading; once the kernel's buffers are full the
+    backlog holds the rest, and it drains to 0 when the peer runs again, nothing
+    dropped."""
+    chunk_bytes = 1024 * 1024
+    chunks = 32
+
+    async def scenario() -> None:
+        addresses: dict[str, tuple[str, int]] = {}
+
+        async def address_of(node: str) -> tuple[str, int] | None:
+            return addresses.get(node)
+
+        peer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _COUNTING_PEER, stdout=asyncio.subprocess.PIPE)
+        a = Transport(node="a", cluster="c1", address_of=address_of,
+                      on_frame=lambda p, f: None)
+        try:
+            assert peer.stdout is not None
+            line = (await asyncio.wait_for(peer.stdout.readline(), 10)).split()
+            addresses["b"] = ("127.0.0.1", int(line[1]))
+            assert a.backlog_bytes("b") == 0  # never sent to
+            a.send("b", SnapshotChunk("p", 0, b""))  # connected, said hello
+            assert (await asyncio.wait_for(peer.stdout.readline(), 10)).startswith(b"got")
+            peer.send_signal(signal.SIGSTOP)
+            for i in range(chunks):
+                a.send("b", SnapshotChunk("p", i * chunk_bytes, b"x" * chunk_bytes))
+            await asyncio.sleep(0.3)  # the writer fills the kernel's buffers
+            held = a.backlog_bytes("b")
+            # Loopback's socket buffers take a few MiB; the rest waits here.
+            assert held > chunks * chunk_bytes // 2, held
+            peer.send_signal(signal.SIGCONT)
+            await until(lambda: a.backlog_bytes("b") == 0)
+            got = 0
+            while got < chunks:
+                line = await asyncio.wait_for(peer.stdout.readline(), 10)
+                if line.split()[1] == str(chunk_bytes).encode():
+                    got += 1
+            assert a.dropped_frames == 0
+        finally:
+            await a.close()
+            if peer.returncode is None:
+                peer.send_signal(signal.SIGCONT)
+                peer.kill()
+                await peer.wait()
 
     asyncio.run(scenario())

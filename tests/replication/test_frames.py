@@ -35,7 +35,7 @@ frames = st.one_of(
     st.builds(Hello, u32, names, names),
     st.builds(SnapshotBegin, names, u32, positions,
               st.lists(st.tuples(u32, u64), max_size=4).map(tuple), u64),
-    st.builds(SnapshotChunk, names, st.binary(max_size=100)),
+    st.builds(SnapshotChunk, names, u64, st.binary(max_size=100)),
     st.builds(SnapshotEnd, names, u32),
     st.builds(SnapshotDone, names, st.booleans(), names, names),
 )

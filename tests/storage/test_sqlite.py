@@ -440,3 +440,89 @@ def test_the_writer_yields_while_the_loop_hands_in_more(grows: int, yields: int)
     handing = _Handing(grows)
     SqliteStore._let_the_loop_add(cast(Any, handing))
     assert handing.yields == yields
+
+
+# ---- copies of the store (a replica's snapshot) -------------------------------------------
+
+
+def _ids(store: SqliteStore) -> list[str]:
+    return [e.record.message_id for e in store.load() if isinstance(e, MessageStored)]
+
+
+def test_a_copy_holds_the_commits_before_it_and_none_after(tmp_path: Path) -> None:
+    from ferrymq._storage._sqlite import image_meta, install_image
+
+    copy = tmp_path / "copy.db"
+
+    async def scenario() -> int:
+        store = SqliteStore(tmp_path / "s.db")
+        try:
+            for i in range(20):
+                await store.commit([_message(i, 20_000)], meta={"repl.seq": str(i)})
+            # All called at once: the copy is pinned between the commits called before
+            # it and those called after, which go on while it is written.
+            results = await asyncio.gather(
+                store.commit([_message(100, 10)], meta={"repl.seq": "100"}),
+                store.image_to(copy),
+                *(store.commit([_message(200 + i, 10)], meta={"repl.seq": str(200 + i)})
+                  for i in range(5)))
+            assert _ids(store)[-5:] == [f"m{200 + i:06d}" for i in range(5)]
+            return cast(int, results[1])
+        finally:
+            await store.close()
+
+    size = asyncio.run(scenario())
+    assert size == copy.stat().st_size > 20 * 20_000
+    assert image_meta(copy)["repl.seq"] == "100"
+    # Installed in place of another store, it is that store from then on.
+    target = tmp_path / "other" / "s.db"
+    target.parent.mkdir()
+    asyncio.run(SqliteStore(target).close())
+    install_image(target, copy)
+    assert not copy.exists()
+    installed = SqliteStore(target)
+    try:
+        assert _ids(installed) == [f"m{i:06d}" for i in range(20)] + ["m000100"]
+        assert installed.read_meta("repl.") == {"repl.seq": "100"}
+    finally:
+        asyncio.run(installed.close())
+
+
+def test_a_cancelled_copy_leaves_no_reader_holding_the_wal(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        try:
+            await store.commit([_message(0, 1000)])
+            task = asyncio.ensure_future(store.image_to(tmp_path / "copy.db"))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await store.commit([_message(1, 1000)])  # the writer has pinned and moved on
+        finally:
+            await store.close()
+        # No read transaction is left open: a checkpoint passes the whole WAL.
+        conn = sqlite3.connect(tmp_path / "s.db")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.close()
+        assert busy == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_file_that_is_not_a_store_is_neither_read_nor_installed(tmp_path: Path) -> None:
+    from ferrymq._storage import StoreFormatError
+    from ferrymq._storage._sqlite import image_meta, install_image
+
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreFormatError):
+        image_meta(junk)
+    target = tmp_path / "s.db"
+    asyncio.run(SqliteStore(target).close())
+    with pytest.raises(StoreFormatError):
+        install_image(target, junk)
+    assert junk.exists()  # nothing replaced
+    asyncio.run(SqliteStore(target).close())

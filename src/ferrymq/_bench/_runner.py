@@ -709,8 +709,8 @@ def _run_failover(handle: ClusterHandle, s: Settings, entry: dict[str, Any]) -> 
     handle.queue = name
     url = _create_queue(handle, name)
     # Consumers keep the queue shallow: a killed leader rejoins through a snapshot of
-    # the store, which this version limits to 60 MiB; a queue that only grew would
-    # reach that within the rounds and measure the limit instead of the failover.
+    # the store, whose time grows with the store; a queue that only grew would make
+    # each round wait longer for the cluster to be in sync again.
     phases = [{"kind": "load", "until_told": True, "warmup_s": 0.0, "count": "sent",
                "workers": [{"role": "send", "conns": s.failover_conns, "queue_url": url},
                            {"role": "consume", "conns": s.failover_conns, "queue_url": url,
@@ -877,9 +877,9 @@ def _run_round(servers: list[str], workloads: list[str], s: Settings,
                 started = time.monotonic()
                 try:
                     if workload == "failover" and isinstance(handle, ClusterHandle) and ran:
-                        # Killed leaders rejoin through snapshots of the store (60 MiB
-                        # at most in this version): what earlier workloads stored must
-                        # not decide whether the rounds can complete.
+                        # Killed leaders rejoin through snapshots of the store, whose
+                        # time grows with it: what earlier workloads stored must not
+                        # decide how long each round waits to be in sync again.
                         print(f"bench: {server}: a fresh cluster for failover", flush=True)
                         handle.stop()
                         handle = start_cluster(server, bench_dir, s.server_cpu,

@@ -208,6 +208,7 @@ class FrameTransport(Protocol):
 
     async def listen(self, host: str, port: int) -> tuple[str, int]: ...
     def send(self, peer: str, frame: object) -> None: ...
+    def backlog_bytes(self, peer: str) -> int: ...
     def reset(self, peer: str) -> None: ...
     async def close(self) -> None: ...
 
@@ -302,7 +303,8 @@ class _Host:
             partition=partition, node=cfg.node_id, path=path,
             free_bytes_min=cfg.free_bytes_min, send=node.send,
             change_isr=self._on_change_isr, clock_ms=node.clock_ms,
-            on_fatal=node.on_fatal, power_loss_seam=cfg.power_loss_seam, disk=node.disk)
+            on_fatal=node.on_fatal, power_loss_seam=cfg.power_loss_seam, disk=node.disk,
+            backlog_bytes=node.transport.backlog_bytes)
         replication = Replication(replicas=len(state.replicas), min_isr=state.min_isr,
                                   sync=state.sync, cluster=True)
 

@@ -14,8 +14,13 @@ the effects. Here that commit is a proposal to the partition's log:
   written into its store in the same way; then the replica acknowledges them.
 - Entries are kept in memory (``RETAINED_BYTES_MAX``) for followers that fall behind;
   a follower beyond that window, or whose log diverged (it held entries of a leader that
-  died before they committed), is sent a snapshot: an image of the leader's SQLite
+  died before they committed), is sent a snapshot: a copy of the leader's SQLite
   database, installed in place of its own, after which its core is restored from it.
+  The copy is made to a file and streamed from it in chunks, paced
+  (``SNAPSHOT_BYTES_PER_S_MAX``) and never ahead of the transport
+  (``SNAPSHOT_IN_FLIGHT_BYTES_MAX``); the follower writes the chunks to a file beside
+  its store and, once the whole copy's CRC checks, renames it into place. Neither side
+  holds more than a chunk in memory, so a store of any size can be rebuilt or moved.
 
 The log position (``repl.*`` rows of ``ferry_meta``) is in the same transaction as the
 effects, so after a crash the store and the position agree exactly.
@@ -29,10 +34,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
+import os
+import shutil
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, assert_never
 
@@ -59,8 +65,8 @@ from ferrymq._replication._replica import (
     SteppedDown,
     WaitForSnapshot,
 )
-from ferrymq._storage import StorageError, StoreStats, WriteRefused
-from ferrymq._storage._sqlite import SqliteStore, install_image
+from ferrymq._storage import StorageError, StorageFullError, StoreStats, WriteRefused
+from ferrymq._storage._sqlite import SqliteStore, image_meta, install_image
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -68,7 +74,8 @@ if TYPE_CHECKING:
     from ferrymq._core._broker import Broker
     from ferrymq._service import QueueService
 
-__all__ = ["COMMIT_WAIT_MS", "META_PREFIX", "SNAPSHOT_CHUNK_BYTES", "InnerStore",
+__all__ = ["COMMIT_WAIT_MS", "META_PREFIX", "SNAPSHOT_BYTES_PER_S_MAX",
+           "SNAPSHOT_CHUNK_BYTES", "SNAPSHOT_IN_FLIGHT_BYTES_MAX", "InnerStore",
            "ReplicaDisk", "ReplicatedStore"]
 
 log = logging.getLogger("ferrymq.cluster.partition")
@@ -77,15 +84,38 @@ META_PREFIX = "repl."
 # Bytes of a snapshot per frame: large enough that a copy of a few hundred MiB is a few
 # hundred frames, small enough to stay far under the frame limit (16 MiB).
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
-# The largest snapshot a follower accepts. A snapshot is held in memory whole on both
-# sides (SQLite's serialize), and it travels through the transport's per-peer queue
-# (64 MiB), so a store larger than this cannot be rebuilt this way yet
-# (docs/architecture.md says so).
-SNAPSHOT_BYTES_MAX = 60 * 1024 * 1024
+# Bytes of a snapshot handed to the transport and not yet written to the socket. The
+# transport drops frames past its per-peer bound (64 MiB); a snapshot waits below this
+# instead, so it never drops its own chunks and leaves the rest of the bound to the
+# partition's appends. 8 MiB keeps a LAN's pipe full (ms of transfer).
+SNAPSHOT_IN_FLIGHT_BYTES_MAX = 8 * 1024 * 1024
+# The pace of a snapshot: about a 1 Gb/s link's worth. A copy moves while clients are
+# served from the same event loop and disk; at this pace it costs the leader's loop a
+# few per cent of a core (encoding and writing chunks), and a 1 GiB store moves in
+# about ten seconds (docs/cluster.md).
+SNAPSHOT_BYTES_PER_S_MAX = 100 * 1024 * 1024
+# A snapshot whose chunks the transport has not taken for this long is given up (the
+# follower is gone, or the network); it is offered again when the follower answers.
+_SNAPSHOT_STALL_S = 10.0
+# How often a snapshot held back by the transport's backlog looks again: a few chunks'
+# worth of a LAN's transfer.
+_SNAPSHOT_POLL_S = 0.005
+# A follower's incoming copy that has had no frame for this long was given up by its
+# leader (stalled, or deposed, or dead): its file is removed rather than left holding
+# up to a store's worth of disk until the next snapshot. Twice the leader's stall bound,
+# so a copy the leader still sends is never removed under it.
+_SNAPSHOT_ABANDONED_MS = int(2 * _SNAPSHOT_STALL_S * 1000)
+# After a snapshot to a follower fails (refused, stalled, unanswered), the next one to it
+# waits this long, doubling per failure up to the max: each one copies the whole store,
+# and a follower that keeps refusing (its disk has no room) would otherwise have the
+# leader copy it at every heartbeat. Reset when one is installed.
+_SNAPSHOT_RETRY_FIRST_S = 1.0
+_SNAPSHOT_RETRY_MAX_S = 30.0
 # A snapshot the follower has not confirmed within the larger of these is given up and
 # offered again when the follower next answers: its frames may have been dropped (the
-# follower was down, or restarted midway). 10 MB/s is far below loopback or a LAN's
-# throughput for the copy, its install and the restore of the core.
+# follower was down, or restarted midway). It is counted from the last chunk: the
+# follower then fsyncs the copy, installs it and restores its core, far faster than
+# 10 MB/s.
 _SNAPSHOT_ANSWER_MIN_S = 5.0
 _SNAPSHOT_BYTES_PER_S = 10 * 1024 * 1024
 # A write that has not committed within this long is answered 503 (uncertain). Far above
@@ -106,11 +136,21 @@ class _Own:
     bodies: list[str | None] | None = None  # set once the local write is durable
 
 
+# Where snapshots are staged beside a store: the leader's copies (one per attempt to send a
+# follower one) and the follower's incoming one. Left behind by a crash, they are removed
+# when the store is next opened.
+_STAGED_OUT = ".snapshot-out."
+_STAGED_IN = ".snapshot-in"
+
+
 @dataclass(slots=True)
 class _Incoming:
     sender: str
     begin: SnapshotBegin
-    data: bytearray = field(default_factory=bytearray)
+    staged: Path
+    last_frame_ms: int
+    received_bytes: int = 0
+    crc: int = 0
 
 
 def _history_upto(history: EpochHistory, seq: int) -> list[tuple[int, int]]:
@@ -127,19 +167,6 @@ def _meta_of(rows: dict[str, str]) -> tuple[Position, int, EpochHistory, str, in
             rows[f"{META_PREFIX}incarnation"], int(rows[f"{META_PREFIX}generation"]))
 
 
-def _image_meta(image: bytes) -> dict[str, str]:
-    conn = sqlite3.connect(":memory:")
-    try:
-        # Bytes 18-19 of the header say "WAL mode"; a database in memory has no WAL
-        # file, so SQLite refuses to read one marked so. Reading it as a rollback-journal
-        # database changes nothing else.
-        conn.deserialize(image[:18] + b"\x01\x01" + image[20:])
-        rows = conn.execute("SELECT key, value FROM ferry_meta").fetchall()
-    finally:
-        conn.close()
-    return {str(k): str(v) for k, v in rows if str(k).startswith(META_PREFIX)}
-
-
 class InnerStore(Protocol):
     """What a replica asks of the store under it (``SqliteStore``'s methods)."""
 
@@ -148,7 +175,7 @@ class InnerStore(Protocol):
     def has_room(self) -> bool: ...
     async def resume(self) -> None: ...
     async def close(self) -> None: ...
-    async def image(self) -> bytes: ...
+    async def image_to(self, dest: Path) -> int: ...
     async def commit(self, effects: Sequence[Effect],
                      fetch_bodies: Sequence[tuple[str, str]] = (), *,
                      meta: Mapping[str, str] | None = None) -> list[str | None]: ...
@@ -163,34 +190,76 @@ class InnerStore(Protocol):
 
 class ReplicaDisk(Protocol):
     """Where a replica's store lives: SQLite files (``SQLITE_DISK``, the default), or
-    the simulated disk of ``ferrymq._sim``. ``install_image`` replaces the closed store
-    at ``path`` with an ``image()`` of another replica's, durably."""
+    the simulated disk of ``ferrymq._sim``. ``open`` also removes snapshots a crash
+    left staged beside the store (``path`` plus a suffix). A staged image is a copy of
+    a store (``InnerStore.image_to``), or one being received: ``stage`` makes it empty
+    (refusing with ``StorageFullError`` when it would leave less than ``free_bytes_min``
+    free), ``append_image`` adds to it, ``read_image`` reads from it, ``image_meta``
+    reads its ``ferry_meta`` rows, ``install_image`` replaces the closed store at
+    ``path`` with it durably, ``discard_image`` removes it (if it is there)."""
 
     def open(self, path: Path, *, free_bytes_min: int,
              power_loss_seam: bool) -> InnerStore: ...
-    def install_image(self, path: Path, image: bytes) -> None: ...
-    def image_meta(self, image: bytes) -> dict[str, str]: ...
+    def stage(self, staged: Path, size_bytes: int, free_bytes_min: int) -> None: ...
+    def append_image(self, staged: Path, data: bytes) -> None: ...
+    def read_image(self, staged: Path, offset: int, size: int) -> bytes: ...
+    def image_meta(self, staged: Path) -> dict[str, str]: ...
+    def install_image(self, path: Path, staged: Path) -> None: ...
+    def discard_image(self, staged: Path) -> None: ...
 
 
 class _SqliteDisk:
     def open(self, path: Path, *, free_bytes_min: int, power_loss_seam: bool) -> InnerStore:
         # SQLite makes the file, not its directory (one per node for its replica sets).
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{path.name}.snapshot-*"):
+            stale.unlink(missing_ok=True)
         return SqliteStore(path, free_bytes_min=free_bytes_min,
                            power_loss_seam=power_loss_seam)
 
-    def install_image(self, path: Path, image: bytes) -> None:
-        install_image(path, image)
+    def stage(self, staged: Path, size_bytes: int, free_bytes_min: int) -> None:
+        staged.unlink(missing_ok=True)
+        free = shutil.disk_usage(staged.parent).free
+        if free - size_bytes < free_bytes_min:
+            raise StorageFullError(f"a copy of {size_bytes} bytes would leave "
+                                   f"{free - size_bytes} bytes free, under the "
+                                   f"{free_bytes_min} kept free")
+        staged.touch()
 
-    def image_meta(self, image: bytes) -> dict[str, str]:
-        return _image_meta(image)
+    def append_image(self, staged: Path, data: bytes) -> None:
+        # Page-cache writes of a chunk, on the loop: sub-millisecond, and they must land
+        # in order. install_image fsyncs the whole copy once.
+        fd = os.open(staged, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def read_image(self, staged: Path, offset: int, size: int) -> bytes:
+        fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+    def image_meta(self, staged: Path) -> dict[str, str]:
+        return image_meta(staged)
+
+    def install_image(self, path: Path, staged: Path) -> None:
+        install_image(path, staged)
+
+    def discard_image(self, staged: Path) -> None:
+        staged.unlink(missing_ok=True)
 
 
 SQLITE_DISK: ReplicaDisk = _SqliteDisk()
 
 
 class ReplicatedStore:
-    """See the module docstring. ``send(peer, frame)`` hands a frame to the transport;
+    """See the module docstring. ``send(peer, frame)`` hands a frame to the transport,
+    and ``backlog_bytes(peer)`` says how much it holds for ``peer`` not yet written;
     ``change_isr(action)`` asks the node to change the in-sync set in etcd (it answers
     with ``isr_changed``/``isr_change_failed``); ``clock_ms`` is a monotonic clock
     (lag and heartbeats); ``on_fatal`` stops the node when the disk fails."""
@@ -200,7 +269,8 @@ class ReplicatedStore:
                  change_isr: Callable[[ChangeIsr], None],
                  clock_ms: Callable[[], int],
                  on_fatal: Callable[[BaseException], None],
-                 power_loss_seam: bool = False, disk: ReplicaDisk = SQLITE_DISK) -> None:
+                 power_loss_seam: bool = False, disk: ReplicaDisk = SQLITE_DISK,
+                 backlog_bytes: Callable[[str], int] = lambda peer: 0) -> None:
         self.partition = partition
         self._disk = disk
         self._power_loss_seam = power_loss_seam
@@ -208,6 +278,7 @@ class ReplicatedStore:
         self._path = path
         self._free_bytes_min = free_bytes_min
         self._send = send
+        self._backlog_bytes = backlog_bytes
         self._change_isr = change_isr
         self._clock_ms = clock_ms
         self._on_fatal = on_fatal
@@ -229,6 +300,10 @@ class ReplicatedStore:
                                     _Own | None]] = []
         self._flush_scheduled = False
         self._snapshots_out: dict[str, Position] = {}
+        # Per follower, how long the next snapshot to it waits (a back-off, see
+        # _SNAPSHOT_RETRY_FIRST_S): absent once one was installed.
+        self._snapshot_retry_s: dict[str, float] = {}
+        self._snapshot_attempts = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self.stats = StoreStats()
@@ -306,6 +381,13 @@ class ReplicatedStore:
         now_ms = self._clock_ms()
         if not self._installing:
             self._run(self.replica.tick(now_ms))
+        incoming = self._incoming
+        if incoming is not None and now_ms - incoming.last_frame_ms > _SNAPSHOT_ABANDONED_MS:
+            log.warning("%s on %s: the snapshot from %s stopped at %d of %d bytes; "
+                        "removing it", self.partition, self.node, incoming.sender,
+                        incoming.received_bytes, incoming.begin.size_bytes)
+            self._incoming = None
+            self._disk.discard_image(incoming.staged)
         # Writes waiting longer than COMMIT_WAIT_MS (replicas cut off or stalled): the
         # client is told now, as uncertainly as a timeout would tell it, instead of when
         # the partition heals. The entry may still commit. Oldest first (seq order), so
@@ -498,42 +580,100 @@ class ReplicatedStore:
     # ---- snapshots: the leader's side ----------------------------------------------------
 
     async def _send_snapshot(self, peer: str) -> None:
+        # A name of its own per attempt: an earlier attempt's task, still waiting for
+        # its answer, removes its own copy, never this one.
+        self._snapshot_attempts += 1
+        staged = self._path.with_name(
+            f"{self._path.name}{_STAGED_OUT}{peer}.{self._snapshot_attempts}")
+        epoch = self.replica.epoch
+        delay_s = self._snapshot_retry_s.get(peer, 0.0)
+        if delay_s:
+            await asyncio.sleep(delay_s)
+            if self._closed or self.replica.role is not Role.LEADER \
+                    or self.replica.epoch != epoch:
+                return  # deposed meanwhile: the new epoch's leader rebuilds the follower
         try:
-            image = await self._inner.image()
-            last, _, history, _, _ = _meta_of(self._disk.image_meta(image))
-            if len(image) > SNAPSHOT_BYTES_MAX:
-                raise StorageError(f"the store is {len(image)} bytes, more than a snapshot "
-                                   f"may be ({SNAPSHOT_BYTES_MAX})")
+            size_bytes = await self._inner.image_to(staged)
+            last, _, history, _, _ = _meta_of(await asyncio.to_thread(
+                self._disk.image_meta, staged))
             self._snapshots_out[peer] = last
             log.warning("%s: sending %s a snapshot at %s (%d bytes)", self.partition, peer,
-                        last, len(image))
-            self._send(peer, SnapshotBegin(self.partition, self.replica.epoch, last,
-                                           tuple(history.starts()), len(image)))
-            for start in range(0, len(image), SNAPSHOT_CHUNK_BYTES):
-                self._send(peer, SnapshotChunk(self.partition,
-                                               image[start:start + SNAPSHOT_CHUNK_BYTES]))
-                await asyncio.sleep(0)  # let the transport write between chunks
-            self._send(peer, SnapshotEnd(self.partition, crc32(image)))
-            await asyncio.sleep(max(_SNAPSHOT_ANSWER_MIN_S,
-                                    len(image) / _SNAPSHOT_BYTES_PER_S))
+                        last, size_bytes)
+            self._send(peer, SnapshotBegin(self.partition, epoch, last,
+                                           tuple(history.starts()), size_bytes))
+            crc = await self._stream(peer, staged, size_bytes, epoch, last)
+            if crc is None:
+                return
+            self._send(peer, SnapshotEnd(self.partition, crc))
+            self._disk.discard_image(staged)
+            await asyncio.sleep(_SNAPSHOT_ANSWER_MIN_S + size_bytes / _SNAPSHOT_BYTES_PER_S)
             # No answer: offer it again when the follower next replies.
-            if self._snapshots_out.pop(peer, None) is not None:
-                self.replica.snapshot_failed(peer)
-        except (StorageError, sqlite3.Error) as exc:
+            if self._snapshots_out.get(peer) is last:
+                del self._snapshots_out[peer]
+                self._snapshot_failed(peer)
+        except (StorageError, OSError) as exc:
             log.error("%s: no snapshot for %s: %s", self.partition, peer, exc)
             self._snapshots_out.pop(peer, None)
-            self.replica.snapshot_failed(peer)
+            self._snapshot_failed(peer)
+        finally:
+            self._disk.discard_image(staged)
+
+    async def _stream(self, peer: str, staged: Path, size_bytes: int, epoch: int,
+                      last: Position) -> int | None:
+        """Send the copy's chunks, paced and behind the transport's backlog; their CRC,
+        or None when the snapshot was given up (this replica no longer leads in
+        ``epoch``, or the transport took nothing for ``_SNAPSHOT_STALL_S``)."""
+        crc = 0
+        offset = 0
+        loop = asyncio.get_running_loop()
+        started_s = loop.time()
+        while offset < size_bytes:
+            waited_s = 0.0
+            while self._backlog_bytes(peer) > SNAPSHOT_IN_FLIGHT_BYTES_MAX:
+                if waited_s >= _SNAPSHOT_STALL_S:
+                    log.warning("%s: the snapshot for %s stalled at %d of %d bytes",
+                                self.partition, peer, offset, size_bytes)
+                    self._snapshots_out.pop(peer, None)
+                    self._snapshot_failed(peer)
+                    return None
+                await asyncio.sleep(_SNAPSHOT_POLL_S)
+                waited_s += _SNAPSHOT_POLL_S
+            if (self._closed or self.replica.role is not Role.LEADER
+                    or self.replica.epoch != epoch or self._snapshots_out.get(peer) is not last):
+                self._snapshots_out.pop(peer, None)
+                return None  # deposed: the new epoch's leader rebuilds the follower
+            chunk = await asyncio.to_thread(self._disk.read_image, staged, offset,
+                                            SNAPSHOT_CHUNK_BYTES)
+            if not chunk:
+                raise StorageError(f"the copy {staged} ended at {offset} of {size_bytes} "
+                                   "bytes")
+            crc = crc32(chunk, crc)
+            self._send(peer, SnapshotChunk(self.partition, offset, chunk))
+            offset += len(chunk)
+            # Paced: each chunk waits until the pace allows the bytes sent so far.
+            ahead_s = offset / SNAPSHOT_BYTES_PER_S_MAX - (loop.time() - started_s)
+            await asyncio.sleep(max(ahead_s, 0.0))
+        return crc
 
     def _on_snapshot_done(self, peer: str, done: SnapshotDone) -> None:
         last = self._snapshots_out.pop(peer, None)
         if last is None:
             return
         if done.ok:
+            self._snapshot_retry_s.pop(peer, None)
             self._run(self.replica.snapshot_sent(peer, last, done.incarnation,
                                                  self._clock_ms()))
         else:
             log.warning("%s: %s refused the snapshot: %s", self.partition, peer, done.reason)
-            self.replica.snapshot_failed(peer)
+            self._snapshot_failed(peer)
+
+    def _snapshot_failed(self, peer: str) -> None:
+        """The core offers ``peer`` a snapshot again when it next answers; the shell
+        sends it after the back-off (``_SNAPSHOT_RETRY_FIRST_S``)."""
+        previous_s = self._snapshot_retry_s.get(peer, 0.0)
+        self._snapshot_retry_s[peer] = min(max(_SNAPSHOT_RETRY_FIRST_S, 2 * previous_s),
+                                           _SNAPSHOT_RETRY_MAX_S)
+        self.replica.snapshot_failed(peer)
 
     # ---- snapshots: the follower's side -----------------------------------------------
 
@@ -542,35 +682,65 @@ class ReplicatedStore:
         if isinstance(frame, SnapshotBegin):
             if frame.epoch < self.replica.fence_epoch or self._installing:
                 return  # a deposed leader's, or one is being installed
-            if frame.size_bytes > SNAPSHOT_BYTES_MAX:
-                self._send(peer, SnapshotDone(self.partition, False, "",
-                                              f"larger than {SNAPSHOT_BYTES_MAX} bytes"))
+            staged = self._path.with_name(self._path.name + _STAGED_IN)
+            self._incoming = None
+            try:
+                self._disk.stage(staged, frame.size_bytes, self._free_bytes_min)
+            except (StorageError, OSError) as exc:
+                log.error("%s on %s: refusing a snapshot of %d bytes: %s", self.partition,
+                          self.node, frame.size_bytes, exc)
+                self._send(peer, SnapshotDone(self.partition, False, "", str(exc)))
                 return
-            self._incoming = _Incoming(peer, frame)
+            self._incoming = _Incoming(peer, frame, staged, self._clock_ms())
             return
         incoming = self._incoming
         if incoming is None or incoming.sender != peer:
             return
+        incoming.last_frame_ms = self._clock_ms()
         if isinstance(frame, SnapshotChunk):
-            incoming.data += frame.data
-            if len(incoming.data) > incoming.begin.size_bytes:
-                self._incoming = None
+            if frame.offset < incoming.received_bytes:
+                return  # a duplicate
+            if (frame.offset > incoming.received_bytes
+                    or incoming.received_bytes + len(frame.data) > incoming.begin.size_bytes):
+                self._refuse_incoming("damaged in transit: a chunk is missing")
+                return
+            try:
+                self._disk.append_image(incoming.staged, frame.data)
+            except OSError as exc:
+                self._refuse_incoming(f"cannot stage the copy: {exc}")
+                return
+            incoming.received_bytes += len(frame.data)
+            incoming.crc = crc32(frame.data, incoming.crc)
             return
         self._incoming = None
-        image = bytes(incoming.data)
-        if len(image) != incoming.begin.size_bytes or crc32(image) != frame.crc32:
-            self._send(peer, SnapshotDone(self.partition, False, "", "damaged in transit"))
+        if incoming.received_bytes != incoming.begin.size_bytes:
+            reason = (f"damaged in transit: {incoming.received_bytes} of "
+                      f"{incoming.begin.size_bytes} bytes arrived")
+        elif incoming.crc != frame.crc32:
+            reason = "damaged in transit: the CRC does not match"
+        else:
+            # Installing from here on, before the task runs: a Begin arriving meanwhile
+            # (a new leader's) must not empty the copy about to be installed.
+            self._installing = True
+            self._spawn(self._install(peer, incoming.begin, incoming.staged))
             return
-        self._spawn(self._install(peer, incoming.begin, image))
+        self._disk.discard_image(incoming.staged)
+        self._send(peer, SnapshotDone(self.partition, False, "", reason))
 
-    async def _install(self, leader: str, begin: SnapshotBegin, image: bytes) -> None:
+    def _refuse_incoming(self, reason: str) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            self._disk.discard_image(incoming.staged)
+            self._send(incoming.sender, SnapshotDone(self.partition, False, "", reason))
+
+    async def _install(self, leader: str, begin: SnapshotBegin, staged: Path) -> None:
         r = self.replica
         generation = r.begin_install()
         self._installing = True
         self._fail_own("replaced by a snapshot of the leader")
         try:
             await self._inner.close()
-            await asyncio.to_thread(self._disk.install_image, self._path, image)
+            await asyncio.to_thread(self._disk.install_image, self._path, staged)
             self._inner = self._disk.open(self._path, free_bytes_min=self._free_bytes_min,
                                           power_loss_seam=self._power_loss_seam)
             r.incarnation = uuid.uuid4().hex

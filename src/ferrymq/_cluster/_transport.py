@@ -136,6 +136,17 @@ class Transport:
         p.bytes_queued += len(data)
         p.wakeup.set()
 
+    def backlog_bytes(self, peer: str) -> int:
+        """Bytes handed to ``send`` for ``peer`` and not yet written to its socket: the
+        queue plus the connection's write buffer. A sender that waits while this is
+        high (a snapshot) never has its frames dropped at the bound."""
+        p = self._peers.get(peer)
+        if p is None:
+            return 0
+        writer = p.writer
+        buffered = 0 if writer is None else writer.transport.get_write_buffer_size()
+        return p.bytes_queued + buffered
+
     def reset(self, peer: str) -> None:
         """``peer`` is a new process now: close the connection to the old one (the
         writer reconnects, to the address ``address_of`` gives now). Frames written to

@@ -36,7 +36,8 @@ __all__ = [
     "encode",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: a snapshot chunk carries its offset (snapshots are streamed, of any size).
+PROTOCOL_VERSION = 2
 # The largest frame accepted: an Append carries at most APPEND_BYTES_MAX (1 MiB) of
 # payload, one entry may be a whole batch of 1 MiB messages (~6 MiB encoded), and a
 # snapshot chunk is 1 MiB. 16 MiB admits all of that and stops a corrupt length from
@@ -73,6 +74,7 @@ class SnapshotBegin:
 @dataclass(frozen=True, slots=True)
 class SnapshotChunk:
     partition: str
+    offset: int  # of ``data`` in the copy: a follower takes only the next bytes
     data: bytes
 
 
@@ -169,6 +171,7 @@ def encode(frame: Frame) -> bytes:
         out += _U64.pack(frame.size_bytes)
     elif isinstance(frame, SnapshotChunk):
         _str(out, frame.partition)
+        out += _U64.pack(frame.offset)
         _bytes(out, frame.data)
     elif isinstance(frame, SnapshotEnd):
         _str(out, frame.partition)
@@ -262,7 +265,7 @@ def _decode_body(kind: int, r: _Reader) -> Frame:
         history = tuple((p.epoch, p.seq) for p in (r.pos() for _ in range(count)))
         frame = SnapshotBegin(partition, epoch, last, history, r.u64())
     elif kind == 7:
-        frame = SnapshotChunk(r.str_(), r.bytes_())
+        frame = SnapshotChunk(r.str_(), r.u64(), r.bytes_())
     elif kind == 8:
         frame = SnapshotEnd(r.str_(), r.u32())
     elif kind == 9:

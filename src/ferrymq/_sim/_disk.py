@@ -43,7 +43,8 @@ class _File:
 class _Write:
     parts: Sequence[tuple[Sequence[Effect], Sequence[tuple[str, str]]]]
     meta: Mapping[str, str] | None
-    # The parts' bodies, or the image for an image request.
+    # The parts' bodies, or the image for an image request (a pickle of the effects
+    # that rebuild the store and its meta rows).
     done: asyncio.Future[Any]
     image: bool = False
 
@@ -59,15 +60,35 @@ class SimDisk:
         self._fail = fail
         self.files: dict[str, _File] = {}
         self.fence_epochs: dict[str, int] = {}  # the highest ever made durable, per file
+        # Staged snapshots (``ReplicaDisk``'s images), by path: kept across a crash like
+        # files, as a real disk keeps them until the store's next opening removes them.
+        self.images: dict[str, bytearray] = {}
 
     # -- ReplicaDisk ---------------------------------------------------------------------
 
     def open(self, path: Path, *, free_bytes_min: int,
              power_loss_seam: bool) -> SimDiskStore:
         del free_bytes_min, power_loss_seam
+        for stale in [k for k in self.images if k.startswith(f"{path}.snapshot-")]:
+            del self.images[stale]
         return SimDiskStore(self, str(path))
 
-    def install_image(self, path: Path, image: bytes) -> None:
+    def stage(self, staged: Path, size_bytes: int, free_bytes_min: int) -> None:
+        del size_bytes, free_bytes_min  # a full disk is the single node's tests' business
+        self.images[str(staged)] = bytearray()
+
+    def append_image(self, staged: Path, data: bytes) -> None:
+        self.images[str(staged)] += data
+
+    def read_image(self, staged: Path, offset: int, size: int) -> bytes:
+        return bytes(self.images[str(staged)][offset:offset + size])
+
+    def image_meta(self, staged: Path) -> dict[str, str]:
+        _, meta = pickle.loads(self.images[str(staged)])  # noqa: S301 - our own image
+        return dict(meta)
+
+    def install_image(self, path: Path, staged: Path) -> None:
+        image = self.images.pop(str(staged))
         effects, meta = pickle.loads(image)  # noqa: S301 - our own image, in process
         file = _File()
         file.store.commit_now(effects)
@@ -75,9 +96,8 @@ class SimDisk:
         self._check_fence(str(path), file.meta)
         self.files[str(path)] = file
 
-    def image_meta(self, image: bytes) -> dict[str, str]:
-        _, meta = pickle.loads(image)  # noqa: S301 - our own image, in process
-        return dict(meta)
+    def discard_image(self, staged: Path) -> None:
+        self.images.pop(str(staged), None)
 
     # -- for the simulation ----------------------------------------------------------
 
@@ -126,11 +146,12 @@ class SimDiskStore:
     async def close(self) -> None:
         self._closed = True
 
-    async def image(self) -> bytes:
+    async def image_to(self, dest: Path) -> int:
         image = await self._enqueue((), None, image=True)
         if not isinstance(image, bytes):
             raise InternalError(f"an image came back as {type(image).__name__}")
-        return image
+        self._disk.images[str(dest)] = bytearray(image)
+        return len(image)
 
     async def commit(self, effects: Sequence[Effect],
                      fetch_bodies: Sequence[tuple[str, str]] = (), *,

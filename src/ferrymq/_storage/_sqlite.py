@@ -93,6 +93,7 @@ __all__ = [
     "SqliteStore",
     "decode_attributes",
     "encode_attributes",
+    "image_meta",
     "install_image",
     "simulate_power_loss",
 ]
@@ -626,9 +627,12 @@ class _Pending:
     # A call made of several (effects, fetches) parts, written in one transaction in
     # order, each part's reads seeing exactly the parts up to it (``commit_parts``).
     parts: list[_Pending] | None = None
-    # A copy of the whole database, taken right after this call's transaction.
+    # A copy of the whole database, pinned right after this call's transaction: a
+    # connection of its own holding a read transaction there (``image_to``), or why
+    # none could be opened.
     wants_image: bool = False
-    image: bytes | None = None
+    image_reader: sqlite3.Connection | None = None
+    image_failure: str = ""
 
 
 class SqliteStore:
@@ -809,15 +813,29 @@ class SqliteStore:
             conn.close()
         return {str(k): str(v) for k, v in rows if str(k).startswith(prefix)}
 
-    async def image(self) -> bytes:
-        """A copy of the whole database as it is after every commit called before this
-        one and before any called after it: a consistent snapshot, for a replica that
-        must be rebuilt. Held in memory whole (``sqlite3.Connection.serialize``)."""
+    async def image_to(self, dest: Path) -> int:
+        """Write a copy of the whole database to the new file ``dest`` and return its
+        size: the store as it is after every commit called before this one and before
+        any called after it (a consistent snapshot, for a replica that must be rebuilt).
+
+        The writer pins that point (a read transaction opened right after the commits
+        before it, on a connection of its own, so it sees exactly what was fsynced);
+        SQLite's online backup then copies from that read transaction on a worker
+        thread. The writer goes on committing meanwhile, and memory stays flat whatever
+        the store's size. ``dest`` is a scratch copy (not fsynced): whoever installs it
+        makes it durable."""
         item = await self._enqueue((), (), None, wants_image=True)
-        await asyncio.shield(item.future)
-        if item.image is None:
-            raise StorageError("the store's image was not taken")
-        return item.image
+        try:
+            await asyncio.shield(item.future)
+        except asyncio.CancelledError:
+            # The reader would hold its read transaction for ever, and no checkpoint
+            # could pass it: close it once the writer has opened it.
+            item.future.add_done_callback(lambda _: _close_reader(item))
+            raise
+        reader, item.image_reader = item.image_reader, None
+        if reader is None:
+            raise StorageError(f"no copy of store {self._path}: {item.image_failure}")
+        return await asyncio.to_thread(_copy_pinned, reader, dest)
 
     async def commit(
         self, effects: Sequence[Effect], fetch_bodies: Sequence[tuple[str, str]] = (),
@@ -1065,7 +1083,7 @@ class SqliteStore:
                 if self._seam_fd is not None:
                     self._note_synced()
                 if batch[-1].wants_image:
-                    batch[-1].image = self._conn.serialize()
+                    self._pin_reader(batch[-1])
             except BaseException:
                 if self._conn.in_transaction:
                     try:
@@ -1090,6 +1108,25 @@ class SqliteStore:
         self._stats.commits += len(batch)
         self._stats.effects += effect_count
         return None
+
+    def _pin_reader(self, item: _Pending) -> None:
+        """Open ``item``'s image reader, its read transaction begun here, between two
+        of the writer's transactions (see ``image_to``). A failure to open it fails
+        only the copy, not the store."""
+        try:
+            reader = sqlite3.connect(self._path, isolation_level=None,
+                                     check_same_thread=False)
+        except sqlite3.Error as exc:
+            item.image_failure = str(exc)
+            return
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM ferry_meta").fetchone()  # starts the read
+        except sqlite3.Error as exc:
+            reader.close()
+            item.image_failure = str(exc)
+            return
+        item.image_reader = reader
 
     def _note_synced(self) -> None:
         """The power-loss seam: the WAL's length now, every byte of it fsynced."""
@@ -1132,29 +1169,68 @@ def simulate_power_loss(path: Path) -> int:
     return dropped
 
 
-def install_image(path: Path, image: bytes) -> None:
-    """Replace the (closed) store at ``path`` with ``image`` (from ``SqliteStore.image``),
-    durably: written beside it, fsynced, then renamed over it. The old file's WAL and
-    shared-memory files are removed first, or SQLite would replay the old WAL into the
-    new file. A crash midway leaves the old store, or no store (then the replica starts
-    empty and is sent a snapshot again), never a mix."""
-    if image[:16] != b"SQLite format 3\x00":
-        raise StoreFormatError("a store image must be an SQLite database")
-    tmp = path.with_name(path.name + ".install")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def _close_reader(item: _Pending) -> None:
+    if item.image_reader is not None:
+        item.image_reader.close()
+        item.image_reader = None
+
+
+def _copy_pinned(reader: sqlite3.Connection, dest: Path) -> int:
+    """On a worker thread: back up the database ``reader``'s read transaction sees
+    into ``dest``, then close ``reader`` (ending the transaction). Returns the size."""
     try:
-        view = memoryview(image)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        dest.unlink(missing_ok=True)
+        target = sqlite3.connect(dest, isolation_level=None)
+        try:
+            # A scratch copy, streamed and then deleted: durability is the installer's.
+            target.execute("PRAGMA synchronous = OFF")
+            reader.backup(target)
+        finally:
+            target.close()
+        return dest.stat().st_size
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(f"copying the store to {dest} failed: {exc}") from exc
     finally:
-        os.close(fd)
+        reader.close()
+
+
+def image_meta(image: Path) -> dict[str, str]:
+    """The ``ferry_meta`` rows of a copy made by ``SqliteStore.image_to`` (or received
+    whole from another node's), read without changing it."""
+    try:
+        # immutable: no locks, no WAL or shared-memory files beside it (a copy has none).
+        conn = sqlite3.connect(f"{image.resolve().as_uri()}?immutable=1", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreFormatError(f"{image} is not a store: {exc}") from exc
+    try:
+        rows = conn.execute("SELECT key, value FROM ferry_meta").fetchall()
+    except sqlite3.Error as exc:
+        raise StoreFormatError(f"{image} is not a store: {exc}") from exc
+    finally:
+        conn.close()
+    return {str(k): str(v) for k, v in rows}
+
+
+def install_image(path: Path, image: Path) -> None:
+    """Replace the (closed) store at ``path`` with the copy ``image`` (made by
+    ``SqliteStore.image_to``, and received whole), durably: the copy is fsynced, then
+    renamed over the store. The old file's WAL and shared-memory files are removed
+    first, or SQLite would replay the old WAL into the new file. A crash midway leaves
+    the old store, or no store (then the replica starts empty and is sent a snapshot
+    again), never a mix."""
+    try:
+        with image.open("rb") as f:
+            header = f.read(16)
+            if header != b"SQLite format 3\x00":
+                raise StoreFormatError("a store image must be an SQLite database")
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise StorageError(f"cannot install {image}: {exc}") from exc
     for suffix in ("-wal", "-shm"):
         stale = path.with_name(path.name + suffix)
         if stale.exists():
             stale.unlink()
-    os.replace(tmp, path)
+    os.replace(image, path)
     _fsync_directory(path.parent)
 
 
