@@ -132,6 +132,13 @@ class Replica_:
         return self.service.broker.dump_state(NOW_MS)
 
 
+async def close_all(rs: dict[str, Replica_]) -> None:
+    """Close every replica; none of them stopped for a fatal disk error."""
+    for r in rs.values():
+        await r.close()
+        assert not r.fatal
+
+
 async def settle(condition: Callable[[], bool], what: str) -> None:
     for _ in range(2000):
         if condition():
@@ -194,9 +201,7 @@ async def test_an_acknowledged_write_is_in_every_in_sync_replica(cluster: Any) -
         assert fresh.dump_state(NOW_MS) == rs["n1"].state(), name
     await settle(lambda: rs["n2"].state() == rs["n1"].state() == rs["n3"].state(),
                  "the followers' cores equal the leader's")
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 @in_loop
@@ -255,9 +260,7 @@ async def test_a_deposed_leader_refuses_its_pending_write(cluster: Any) -> None:
             break
     assert rs["n1"].store.replica.role is Role.FOLLOWER
     assert rs["n1"].state() == rs["n2"].state()
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 async def lose_n3_disk(rs: dict[str, Replica_], tmp_path: Path) -> None:
@@ -320,9 +323,7 @@ async def test_a_replica_that_lost_its_disk_is_rebuilt_from_a_snapshot(cluster: 
     fresh = Broker()
     restore_into(fresh, rs["n3"].store.load())
     assert fresh.dump_state(NOW_MS) == rs["n1"].state()
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 @in_loop
@@ -346,9 +347,7 @@ async def test_a_store_of_many_chunks_streams_through_a_duplicating_network(
     fresh = Broker()
     restore_into(fresh, rs["n3"].store.load())
     assert fresh.dump_state(NOW_MS) == rs["n1"].state()
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 @in_loop
@@ -376,9 +375,7 @@ async def test_a_snapshot_missing_a_chunk_is_refused_and_sent_again(cluster: Any
     assert "a chunk is missing" in done[0].reason
     assert len(net.frames(SnapshotBegin)) == 2
     assert staged_files(tmp_path) == []
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 @in_loop
@@ -411,9 +408,7 @@ async def test_a_snapshot_waits_for_the_transport_and_gives_up_when_it_stalls(
     await pending
     assert len(net.frames(SnapshotBegin)) == 2
     assert [d.ok for d in net.frames(SnapshotDone)] == [True]
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 @in_loop
@@ -439,9 +434,7 @@ async def test_a_follower_without_room_for_the_copy_refuses_it(cluster: Any,
     assert 2 <= len(net.frames(SnapshotBegin)) <= 4, net.frames(SnapshotDone)
     assert not any(d.ok for d in net.frames(SnapshotDone))
     pending.cancel()
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)
 
 
 @in_loop
@@ -456,6 +449,4 @@ async def test_a_restarted_follower_resumes_from_its_store(cluster: Any) -> None
     rs["n2"].follow(1, "n1")
     await within(fill(rs["n1"], 5, queue="q2"))
     await settle(lambda: rs["n2"].state() == rs["n1"].state(), "n2 caught up")
-    for r in rs.values():
-        await r.close()
-        assert not r.fatal
+    await close_all(rs)

@@ -128,6 +128,7 @@ def test_a_store_larger_than_the_log_window_moves_by_a_streamed_snapshot(
 
         # The new replica alone: every acknowledged message is in it, intact.
         cluster.kill9(kept)
+        assert not cluster.running(kept), where
         cluster.leader("big", timeout_s=30, other_than=kept)
         reader = make_client(cluster.url(target), "json")
         got: dict[str, str] = {}

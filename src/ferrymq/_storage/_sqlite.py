@@ -801,17 +801,9 @@ class SqliteStore:
     def read_meta(self, prefix: str) -> dict[str, str]:
         """The ``ferry_meta`` rows whose key starts with ``prefix`` (at start-up, before
         any commit: what the last transaction wrote)."""
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read store {self._path}: {exc}") from exc
-        try:
-            rows = conn.execute("SELECT key, value FROM ferry_meta").fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read store {self._path}: {exc}") from exc
-        finally:
-            conn.close()
-        return {str(k): str(v) for k, v in rows if str(k).startswith(prefix)}
+        rows = _meta_rows(str(self._path), uri=False, error=StorageError,
+                          what=f"cannot read store {self._path}")
+        return {k: v for k, v in rows.items() if k.startswith(prefix)}
 
     async def image_to(self, dest: Path) -> int:
         """Write a copy of the whole database to the new file ``dest`` and return its
@@ -1197,15 +1189,23 @@ def _copy_pinned(reader: sqlite3.Connection, dest: Path) -> int:
 def image_meta(image: Path) -> dict[str, str]:
     """The ``ferry_meta`` rows of a copy made by ``SqliteStore.image_to`` (or received
     whole from another node's), read without changing it."""
+    # immutable: no locks, no WAL or shared-memory files beside it (a copy has none).
+    return _meta_rows(f"{image.resolve().as_uri()}?immutable=1", uri=True,
+                      error=StoreFormatError, what=f"{image} is not a store")
+
+
+def _meta_rows(target: str, *, uri: bool, error: type[StorageError],
+               what: str) -> dict[str, str]:
+    """Every ``ferry_meta`` row of the database ``target`` (a path, or a URI), read on a
+    connection of its own; SQLite's errors become ``error("what: ...")``."""
     try:
-        # immutable: no locks, no WAL or shared-memory files beside it (a copy has none).
-        conn = sqlite3.connect(f"{image.resolve().as_uri()}?immutable=1", uri=True)
+        conn = sqlite3.connect(target, isolation_level=None, uri=uri)
     except sqlite3.Error as exc:
-        raise StoreFormatError(f"{image} is not a store: {exc}") from exc
+        raise error(f"{what}: {exc}") from exc
     try:
         rows = conn.execute("SELECT key, value FROM ferry_meta").fetchall()
     except sqlite3.Error as exc:
-        raise StoreFormatError(f"{image} is not a store: {exc}") from exc
+        raise error(f"{what}: {exc}") from exc
     finally:
         conn.close()
     return {str(k): str(v) for k, v in rows}
