@@ -53,6 +53,13 @@ class FillableStore:
             raise StorageFullError("database or disk is full")
         return await self.inner.commit(effects, fetch_bodies)
 
+    async def barrier(self) -> None:
+        from ferrymq._storage import StorageFullError
+
+        if self.full:
+            raise StorageFullError("database or disk is full")
+        await self.inner.barrier()
+
     def has_room(self) -> bool:
         return self.room
 

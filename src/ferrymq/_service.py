@@ -286,7 +286,11 @@ class QueueService:
             # Taken before any await, so they are this request's own, and handed on
             # only once its effects (the exported messages' leases) are durable.
             exports = self.broker.drain_exports()
-            await self._commit(outcome.effects, outcome.body_fetches)
+            # A write that changed nothing (a FIFO send deduplicated, a delete of a
+            # message already gone) still waits for the writes before it: its answer
+            # rests on them.
+            await self._commit(outcome.effects, outcome.body_fetches,
+                               barrier=action not in READ_ONLY_ACTIONS)
             if exports:
                 self._hand_off(exports)
             if self._draining or not self._should_wait(action, outcome):
@@ -368,8 +372,9 @@ class QueueService:
         self,
         effects: Sequence[Effect],
         body_fetches: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        *, barrier: bool = False,
     ) -> None:
-        if not effects and not body_fetches:
+        if not effects and not body_fetches and not barrier:
             return
         # Wake long pollers before the fsync completes: whatever they receive is
         # committed after these effects, so their own acknowledgement still
@@ -386,9 +391,13 @@ class QueueService:
         self._commits_in_flight += 1
         self._commits_idle.clear()
         try:
-            bodies = await self.store.commit(
-                effects, [(queue, message_id) for queue, message_id, _ in body_fetches]
-            )
+            if effects or body_fetches:
+                bodies = await self.store.commit(
+                    effects, [(queue, message_id) for queue, message_id, _ in body_fetches]
+                )
+            else:
+                await self.store.barrier()
+                bodies = []
         except WriteRefused as exc:
             raise SqsError("ServiceUnavailable", str(exc)) from exc
         except StorageFullError as exc:

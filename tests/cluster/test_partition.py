@@ -450,3 +450,35 @@ async def test_a_restarted_follower_resumes_from_its_store(cluster: Any) -> None
     await within(fill(rs["n1"], 5, queue="q2"))
     await settle(lambda: rs["n2"].state() == rs["n1"].state(), "n2 caught up")
     await close_all(rs)
+
+
+@in_loop
+async def test_a_deduplicated_send_waits_for_the_send_it_repeats(cluster: Any) -> None:
+    """A FIFO send retried with the same deduplication id changes nothing (SQS answers
+    it with the first send's message). Answered at once, it would acknowledge a message
+    whose entry had not committed, and a failover would lose it: it waits for the
+    entry, and shares its fate."""
+    net, rs = await cluster()
+    await within(rs["n1"].call("CreateQueue", QueueName="q.fifo",
+                               Attributes={"FifoQueue": "true"}))
+    net.cut.add("n1")  # nothing n1 proposes from here on commits
+    send = {"QueueUrl": url("q.fifo"), "MessageBody": "a", "MessageGroupId": "g",
+            "MessageDeduplicationId": "d1"}
+    first = asyncio.ensure_future(rs["n1"].call("SendMessage", **send))
+    await asyncio.sleep(0.05)
+    retry = asyncio.ensure_future(rs["n1"].call("SendMessage", **send))
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    assert not retry.done(), "answered from a send that had not committed"
+    # n2 is elected without n1's entry: neither send was stored, and neither is
+    # acknowledged.
+    rs["n2"].lead(2, isr=("n2", "n3"))
+    rs["n3"].follow(2, "n2")
+    rs["n1"].follow(2, "n2")
+    for pending in (first, retry):
+        with pytest.raises(SqsError) as err:
+            await within(pending)
+        assert err.value.shape == "ServiceUnavailable"
+    got = await within(rs["n2"].call("ReceiveMessage", QueueUrl=url("q.fifo")))
+    assert got.get("Messages", []) == []
+    await close_all(rs)

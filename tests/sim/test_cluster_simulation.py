@@ -77,8 +77,10 @@ def acknowledged_before_commit() -> Iterator[None]:
     """The service answers a write without waiting for its commit."""
     original = QueueService._commit
 
-    async def early(self: QueueService, effects: Any, body_fetches: Any = ()) -> None:
-        task = asyncio.ensure_future(original(self, effects, body_fetches))
+    async def early(self: QueueService, effects: Any, body_fetches: Any = (),
+                    *, barrier: bool = False) -> None:
+        task = asyncio.ensure_future(original(self, effects, body_fetches,
+                                              barrier=barrier))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         if body_fetches:
             await task

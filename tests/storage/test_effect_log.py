@@ -81,6 +81,9 @@ class RecordingStore:
         self.log.extend(decode_effects(encode_effects(effects)))  # only once durable
         return bodies
 
+    async def barrier(self) -> None:
+        await self.inner.barrier()
+
     def has_room(self) -> bool:
         return self.inner.has_room()
 

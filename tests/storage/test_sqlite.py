@@ -526,3 +526,24 @@ def test_a_file_that_is_not_a_store_is_neither_read_nor_installed(tmp_path: Path
         install_image(target, junk)
     assert junk.exists()  # nothing replaced
     asyncio.run(SqliteStore(target).close())
+
+
+def test_a_barrier_returns_once_the_commits_before_it_are_durable(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        try:
+            await store.barrier()  # nothing before it
+            commits = [asyncio.ensure_future(store.commit([_message(i, 10_000)]))
+                       for i in range(20)]
+            await asyncio.sleep(0)
+            await store.barrier()
+            assert all(c.done() for c in commits)
+            assert len(_ids(store)) == 20
+        finally:
+            await store.close()
+        with pytest.raises(StorageError):
+            await store.barrier()
+
+    from ferrymq._storage import StorageError
+
+    asyncio.run(scenario())

@@ -300,6 +300,10 @@ class ReplicatedStore:
                                     _Own | None]] = []
         self._flush_scheduled = False
         self._snapshots_out: dict[str, Position] = {}
+        # Requests that changed nothing, waiting for the log's end when they were
+        # answered to commit (``barrier``): (that seq, since when, their future), in
+        # call order. Bounded by the requests in flight, and each by COMMIT_WAIT_MS.
+        self._barriers: list[tuple[int, int, asyncio.Future[None]]] = []
         # Per follower, how long the next snapshot to it waits (a back-off, see
         # _SNAPSHOT_RETRY_FIRST_S): absent once one was installed.
         self._snapshot_retry_s: dict[str, float] = {}
@@ -354,6 +358,24 @@ class ReplicatedStore:
         self._run(actions)
         return await asyncio.shield(own.done)
 
+    async def barrier(self) -> None:
+        """``Store.barrier``: once every entry of this replica's log is committed. A new
+        leader's log holds entries of earlier epochs that may never have committed;
+        its epoch's first entry commits them, and nothing answered from them before
+        that may promise them (a deduplicated send would be acknowledged, then lost
+        with its entry at the next failover)."""
+        if self._closed:
+            raise StorageError("the store is closed")
+        r = self.replica
+        through_seq = r.appended.seq
+        if r.role is not Role.LEADER:
+            raise WriteRefused(f"{self.node} does not lead {self.partition}; retry.")
+        if r.commit_seq >= through_seq:
+            return
+        done = asyncio.get_running_loop().create_future()
+        self._barriers.append((through_seq, self._clock_ms(), done))
+        await asyncio.shield(done)
+
     async def close(self) -> None:
         self._closed = True
         self._fail_own("the node is shutting down")
@@ -401,6 +423,12 @@ class ReplicatedStore:
                 own.done.set_exception(WriteRefused(
                     f"The write was not confirmed by the in-sync replicas within "
                     f"{COMMIT_WAIT_MS // 1000} s; it may still be stored; retry."))
+        while self._barriers and now_ms - self._barriers[0][1] >= COMMIT_WAIT_MS:
+            _, _, done = self._barriers.pop(0)
+            if not done.done():
+                done.set_exception(WriteRefused(
+                    f"The writes before this request were not confirmed by the in-sync "
+                    f"replicas within {COMMIT_WAIT_MS // 1000} s; retry."))
 
     def on_frame(self, peer: str, frame: object) -> None:
         if self._closed:
@@ -465,8 +493,22 @@ class ReplicatedStore:
             if not item.done.done():
                 item.done.set_exception(WriteRefused(
                     f"The write may not have been stored ({reason}); retry."))
+        barriers, self._barriers = self._barriers, []
+        for _, _, done in barriers:
+            if not done.done():
+                done.set_exception(WriteRefused(
+                    f"The writes before this request may not have been stored ({reason}); "
+                    "retry."))
 
     def _committed(self, seq: int) -> None:
+        if self._barriers:
+            waiting = []
+            for through_seq, since_ms, done in self._barriers:
+                if through_seq > seq:
+                    waiting.append((through_seq, since_ms, done))
+                elif not done.done():
+                    done.set_result(None)
+            self._barriers = waiting
         for s in sorted(k for k in self._own if k <= seq):
             item = self._own.pop(s)
             if item.bodies is None:

@@ -112,6 +112,14 @@ class Store(Protocol):
         effects still takes its place in that order."""
         ...
 
+    async def barrier(self) -> None:
+        """Return once every commit called before this one is durable (in a replica
+        set: committed). Raises as ``commit`` would. What a command that changed
+        nothing waits for before it answers: its answer was computed from state that
+        earlier commits made, and must not promise what a crash could still undo (a
+        FIFO send answered from the deduplication record of a send not yet durable)."""
+        ...
+
     def has_room(self) -> bool:
         """False when writes are expected to fail for lack of disk space (the free
         space fell under the store's low-water mark at its last transaction or

@@ -100,6 +100,10 @@ class MemoryStore:
             bodies.append(None if record is None else record.body)
         return bodies
 
+    async def barrier(self) -> None:
+        if self._closed:
+            raise StorageError("the store is closed")
+
     def has_room(self) -> bool:
         return True  # memory is not the disk: a full disk never stops this store
 

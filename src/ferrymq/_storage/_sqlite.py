@@ -902,6 +902,18 @@ class SqliteStore:
         self._last = item.future
         return item
 
+    async def barrier(self) -> None:
+        if self._closed:
+            raise StorageError("the store is closed")
+        last = self._last
+        if last is not None and not last.done():
+            # Calls are settled in order: once the last is, every earlier one is.
+            await asyncio.wait([last])
+        with self._lock:
+            failure = self._failure
+        if failure is not None:
+            raise _refusal(failure)
+
     async def resume(self) -> None:
         if self._closed:
             raise StorageError("the store is closed")
