@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ferrymq._core._effects import DedupRecorded, MessageStored
 from ferrymq._core._records import AttributeValue, MessageRecord
-from ferrymq._storage import SqliteStore
+from ferrymq._storage import SqliteStore, StorageError
 from ferrymq._storage._sqlite import WRITER_YIELDS_MAX, decode_attributes, encode_attributes
 
 HERE = Path(__file__).parent
@@ -361,7 +361,7 @@ def test_a_version_1_store_is_migrated_in_place(tmp_path: Path) -> None:
 def test_a_failed_migration_leaves_the_file_at_version_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ferrymq._storage import StorageError, _sqlite
+    from ferrymq._storage import _sqlite
 
     old = tmp_path / "v1.db"
     conn = sqlite3.connect(old)
@@ -543,7 +543,5 @@ def test_a_barrier_returns_once_the_commits_before_it_are_durable(tmp_path: Path
             await store.close()
         with pytest.raises(StorageError):
             await store.barrier()
-
-    from ferrymq._storage import StorageError
 
     asyncio.run(scenario())

@@ -902,25 +902,24 @@ class SqliteStore:
         self._last = item.future
         return item
 
-    async def barrier(self) -> None:
+    async def _last_settled(self) -> None:
+        """Wait until every call enqueued so far is settled (committed or failed)."""
         if self._closed:
             raise StorageError("the store is closed")
         last = self._last
         if last is not None and not last.done():
             # Calls are settled in order: once the last is, every earlier one is.
             await asyncio.wait([last])
+
+    async def barrier(self) -> None:
+        await self._last_settled()
         with self._lock:
             failure = self._failure
         if failure is not None:
             raise _refusal(failure)
 
     async def resume(self) -> None:
-        if self._closed:
-            raise StorageError("the store is closed")
-        last = self._last
-        if last is not None and not last.done():
-            # Calls are settled in order: once the last is, none is left in the writer.
-            await asyncio.wait([last])
+        await self._last_settled()  # then none is left in the writer
         free = await asyncio.to_thread(_free_bytes, self._path.parent)
         if free < self._free_bytes_min:
             self._room = False
