@@ -286,11 +286,15 @@ class QueueService:
             # Taken before any await, so they are this request's own, and handed on
             # only once its effects (the exported messages' leases) are durable.
             exports = self.broker.drain_exports()
-            # A write that changed nothing (a FIFO send deduplicated, a delete of a
-            # message already gone) still waits for the writes before it: its answer
-            # rests on them.
-            await self._commit(outcome.effects, outcome.body_fetches,
-                               barrier=action not in READ_ONLY_ACTIONS)
+            # A write that changed nothing still waits for the writes before it when
+            # its answer rests on them: a FIFO send deduplicated (the first send's id),
+            # a delete of a message already gone, a receive retried with its attempt
+            # id (the first receive's messages). Not a read, nor a receive that took
+            # nothing: "no message" promises nothing (SQS's own receives may come back
+            # empty while messages wait).
+            barrier = action not in READ_ONLY_ACTIONS and not (
+                action == "ReceiveMessage" and not outcome.response.get("Messages"))
+            await self._commit(outcome.effects, outcome.body_fetches, barrier=barrier)
             if exports:
                 self._hand_off(exports)
             if self._draining or not self._should_wait(action, outcome):
