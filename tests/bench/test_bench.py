@@ -26,6 +26,7 @@ from ferrymq._bench._runner import (
     dry_runs,
     failover_row,
     pool_rounds,
+    round_order,
     summarise_runs,
     target_notes,
 )
@@ -269,6 +270,20 @@ def test_the_scaling_target_is_held_to_the_median_of_each_rounds_ratio() -> None
     one = pool_rounds([_round_row("ferry-p1", [10.0]), _round_row("ferry-p2", [17.0])])
     assert target_notes({"rows": one}) == [
         "ferry-p2 vs ferry-p1: 1.70x its msgs/s (target >= 1.6x: met)"]
+
+
+def test_a_change_is_held_to_its_baseline_round_by_round_in_either_order() -> None:
+    # Round 1 ran the peers in reverse (--rounds alternates the order): rows pair by
+    # round, not by position.
+    rows = pool_rounds([_round_row("ferry", [9.0], 0), _round_row("ferry-baseline", [10.0], 0),
+                        _round_row("ferry-baseline", [20.0], 1), _round_row("ferry", [22.0], 1),
+                        _round_row("ferry", [10.0], 2),
+                        _round_row("ferry-baseline", [10.0], 2)])
+    assert target_notes({"rows": rows}) == [
+        "ferry vs ferry-baseline: by round 0.90x, 1.10x, 1.00x, median 1.00x its msgs/s"]
+    peers = ["ferry", "ferry-baseline", "moto"]
+    assert [round_order(peers, i) for i in range(3)] == [
+        peers, ["moto", "ferry-baseline", "ferry"], peers]
 
 
 def test_a_drain_that_ran_dry_is_told_from_one_that_filled_its_window() -> None:

@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--quick: 1)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every peer's workloads this many times over, the peers "
-                        "taking turns in each round, and pool each peer's runs; ratios of "
-                        "partitioned peers are then the median of each round's ratio, whose "
+                        "taking turns in each round (in reverse order every other round), and "
+                        "pool each peer's runs; ratios of partitioned peers, and of ferry "
+                        "to ferry-baseline, are then the median of each round's ratio, whose "
                         "two sides ran one turn apart (this VM's speed drifts over minutes). "
                         "Every workload is repeated, deep and failover too "
                         "(default: %(default)s)")

@@ -42,7 +42,8 @@ from ferrymq._bench._stats import cpu_ns_from_stat_line, median, percentile
 
 __all__ = ["DEFAULT_PEERS", "DEFAULT_WORKLOADS", "DRAIN_DEPTH_DEFAULT", "PACED_WINDOW_MIN_S",
            "PEERS", "WORKLOADS", "Settings", "dry_runs",
-           "failover_row", "pool_rounds", "run_bench", "summarise_runs", "target_notes"]
+           "failover_row", "pool_rounds", "round_order", "run_bench", "summarise_runs",
+           "target_notes"]
 
 # What `ferrymq bench` runs without --peers: the published comparison with the SQS
 # stand-ins. The cluster peers need etcd and take longer; they are asked for by name.
@@ -455,14 +456,16 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pooled
 
 
-# Issue 8's partition scaling: (more partitions, fewer, the target ratio or None when
-# the ratio is only reported).
-_SCALING = (("ferry-p2", "ferry-p1", 1.6), ("ferry-p3r3", "ferry-p1r3", None))
+# Peers held side by side, round by round: (the one measured, the one it is measured
+# against, the target ratio or None when the ratio is only reported). Issue 8's
+# partition scaling, and a change against its --baseline.
+_SCALING = (("ferry-p2", "ferry-p1", 1.6), ("ferry-p3r3", "ferry-p1r3", None),
+            ("ferry", "ferry-baseline", None))
 
 
 def _scaling_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """The partitioned peers side by side: msgs/s of more partitions on more nodes
-    against one partition (throughput workloads only)."""
+    """Paired peers side by side: msgs/s of more partitions on more nodes against one
+    partition, and of this checkout against its baseline (throughput workloads only)."""
     by_server = {r.get("server"): r for r in rows if not r.get("paced")}
     notes = []
     for more, fewer, target in _SCALING:
@@ -817,7 +820,8 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
     for round_index in range(s.rounds):
         if s.rounds > 1:
             print(f"bench: round {round_index + 1} of {s.rounds}", flush=True)
-        _run_round(servers, workloads, s, results, bench_dir, baseline_src, profiler)
+        _run_round(round_order(servers, round_index), workloads, s, results, bench_dir,
+                   baseline_src, profiler)
         for entry in results["workloads"].values():
             for row in entry["rows"]:
                 row.setdefault(_ROUND_KEY, round_index)
@@ -838,6 +842,13 @@ def run_bench(servers: list[str], workloads: list[str], s: Settings, *, bench_di
     notice = write_chart(results, chart_path)
     print(f"bench: {notice}" if notice else f"bench: chart written to {chart_path}")
     return 0 if any_rows else 1
+
+
+def round_order(servers: list[str], round_index: int) -> list[str]:
+    """The peers' turns in round ``round_index``: every other round runs them in
+    reverse, so no peer always goes first (into a cold page cache, or the VM's drift)
+    and a pair's per-round ratios carry that bias in both directions."""
+    return list(servers) if round_index % 2 == 0 else servers[::-1]
 
 
 def _run_round(servers: list[str], workloads: list[str], s: Settings,
