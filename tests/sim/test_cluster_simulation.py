@@ -3,7 +3,7 @@
 ``Controller``s) on virtual time, over the contract-tested in-process coordinator,
 under seeded faults, judged by the history checker and the protocol invariants.
 
-Runs as many seeds as fit in about 20 s (``FERRY_SIM_CLUSTER_SEEDS`` runs more: a
+Runs 64 seeds, about a minute (``FERRY_SIM_CLUSTER_SEEDS`` runs more: a
 nightly run), and shows that the simulation catches what it exists to catch: with
 acknowledgement before the commit, with fencing left out, or with a node that never
 resigns an epoch it may not lead, some seed fails within a bounded number. A failing
@@ -27,8 +27,9 @@ from ferrymq._replication import _replica
 from ferrymq._service import QueueService
 from ferrymq._sim import ClusterScenario, SimulationFailure, run_cluster_seed
 
-# Measured here with real nodes: 0.28 s of CPU per seed on average (at most 0.5 s; 80
-# seeds in 22.5 s), so 64 take about 18 s.
+# Measured here with real nodes: 0.28 s of CPU per seed on average when written (80
+# seeds in 22.5 s); 0.8 s on 2026-12-03, with partitions, moves and snapshots, so 64
+# take about 55 s.
 SEEDS = int(os.environ.get("FERRY_SIM_CLUSTER_SEEDS", "64"))
 # Seeds a broken system is given to fail in: acknowledging before the commit failed at
 # seed 0, unfenced appends at seed 4, a node that never resigns at seed 0.

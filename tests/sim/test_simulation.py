@@ -18,7 +18,8 @@ import pytest
 from ferrymq._replication import _replica
 from ferrymq._sim import Scenario, SimulationFailure, run_seed
 
-# Seeds per CI run: ~17 ms each on this machine, so 1,500 take ~26 s. With the
+# Seeds per CI run: ~51 ms of CPU each on this machine (2026-12-03; ~17 ms before the
+# protocol grew snapshots and moves), so 1,500 take ~80 s. With the
 # service-level simulation's seeds (tests/sim/test_cluster_simulation.py) and the
 # scenarios below, a run tries some 2,000 fault schedules.
 SEEDS = int(os.environ.get("FERRY_SIM_SEEDS", "1500"))
