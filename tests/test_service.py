@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _doubles import CountingEntropy
+from _doubles import CountingEntropy, HeldStore
 
 from ferrymq._api import CallContext
 from ferrymq._core._broker import Broker
@@ -124,50 +124,9 @@ def test_long_poll_wakes_on_send_and_times_out_without() -> None:
     asyncio.run(scenario())
 
 
-class _HeldStore:
-    """A ``MemoryStore`` whose commits can be held (``held``): a held commit, and a
-    barrier behind it, return only once it is released, as an fsync that is slow."""
-
-    def __init__(self) -> None:
-        from ferrymq._storage import MemoryStore
-
-        self.inner = MemoryStore()
-        self.held = asyncio.Event()
-        self.held.set()
-        self._last: asyncio.Future[Any] | None = None
-
-    @property
-    def stats(self) -> Any:
-        return self.inner.stats
-
-    def load(self) -> Any:
-        return self.inner.load()
-
-    async def commit(self, effects: Any, fetch_bodies: Any = ()) -> Any:
-        async def held() -> Any:
-            await self.held.wait()
-            return await self.inner.commit(effects, fetch_bodies)
-
-        self._last = asyncio.ensure_future(held())
-        return await self._last
-
-    async def barrier(self) -> None:
-        if self._last is not None:
-            await asyncio.wait([self._last])
-
-    def has_room(self) -> bool:
-        return True
-
-    async def resume(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 def test_an_answer_that_rests_on_earlier_writes_waits_for_them() -> None:
     async def scenario() -> None:
-        store = _HeldStore()
+        store = HeldStore()
         service = QueueService(Broker(), store)  # type: ignore[arg-type]
         service.start()
         fifo = "http://h:1/000000000000/q.fifo"
@@ -176,7 +135,7 @@ def test_an_answer_that_rests_on_earlier_writes_waits_for_them() -> None:
             "FifoQueue": "true"}}, CTX)
         send = {"QueueUrl": fifo, "MessageBody": "b", "MessageGroupId": "g",
                 "MessageDeduplicationId": "d"}
-        store.held.clear()  # the first send's fsync is slow
+        store.released.clear()  # the first send's fsync is slow
         first = asyncio.create_task(service.call("SendMessage", send, CTX))
         await asyncio.sleep(0.05)
         retry = asyncio.create_task(service.call("SendMessage", send, CTX))
@@ -185,20 +144,20 @@ def test_an_answer_that_rests_on_earlier_writes_waits_for_them() -> None:
             service.call("ReceiveMessage", {"QueueUrl": URL}, CTX), 1) == {}
         await asyncio.sleep(0.05)
         assert not first.done() and not retry.done()  # the retry's answer is the send's
-        store.held.set()
+        store.released.set()
         answers = await asyncio.wait_for(asyncio.gather(first, retry), 1)
         assert answers[0]["MessageId"] == answers[1]["MessageId"]
 
         # A receive retried with its attempt id is answered with the first receive's
         # messages, so it waits for that receive's commit too.
         receive = {"QueueUrl": fifo, "ReceiveRequestAttemptId": "a"}
-        store.held.clear()
+        store.released.clear()
         first = asyncio.create_task(service.call("ReceiveMessage", receive, CTX))
         await asyncio.sleep(0.05)
         retry = asyncio.create_task(service.call("ReceiveMessage", receive, CTX))
         await asyncio.sleep(0.05)
         assert not first.done() and not retry.done()
-        store.held.set()
+        store.released.set()
         answers = await asyncio.wait_for(asyncio.gather(first, retry), 1)
         assert answers[0]["Messages"] == answers[1]["Messages"] != []
         await service.close()

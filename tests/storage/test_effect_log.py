@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _doubles import CountingEntropy
+from _doubles import CountingEntropy, PassingStore
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -60,38 +60,19 @@ def url(name: str) -> str:
     return f"http://h:1/000000000000/{name}"
 
 
-class RecordingStore:
+class RecordingStore(PassingStore):
     """The store seam: every committed effect goes through the replication codec into
     ``log``, then into the real store."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.log: list[Effect] = []
-
-    @property
-    def stats(self) -> Any:
-        return self.inner.stats
-
-    def load(self) -> Any:
-        return self.inner.load()
 
     async def commit(self, effects: Sequence[Effect],
                      fetch_bodies: Sequence[tuple[str, str]] = ()) -> list[str | None]:
         bodies = await self.inner.commit(effects, fetch_bodies)
         self.log.extend(decode_effects(encode_effects(effects)))  # only once durable
         return bodies
-
-    async def barrier(self) -> None:
-        await self.inner.barrier()
-
-    def has_room(self) -> bool:
-        return self.inner.has_room()
-
-    async def resume(self) -> None:
-        await self.inner.resume()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 # Requests that fail after the broker has resolved their queue (so after retention).
