@@ -351,8 +351,7 @@ class _Host:
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks.append(asyncio.get_running_loop().create_task(
-            self.node.guarded(coro, name)))
+        self._tasks.append(self.node.start_guarded(coro, name))
 
     def _write_refusal(self) -> str | None:
         lease = self.node.lease
@@ -632,7 +631,7 @@ class Node:
                  "catalog watch": self._watch_catalog(), "state poll": self._poll_states(),
                  "tick": self._tick()}
         for name, coro in loops.items():
-            self._tasks.append(self._loop.create_task(self.guarded(coro, name)))
+            self._tasks.append(self.start_guarded(coro, name))
 
     async def stop(self, server: asyncio.Server) -> None:
         self._closing = True
@@ -696,9 +695,19 @@ class Node:
             log.exception("bug: %s of node %s failed", name, self.cfg.node_id)
             self.on_fatal(exc)
 
+    def start_guarded(self, coro: Coroutine[Any, Any, None], name: str
+                      ) -> asyncio.Task[None]:
+        """``coro`` run by ``guarded`` in a task of its own."""
+        task = self._loop.create_task(self.guarded(coro, name))
+        # A task cancelled before its first step (the node closing right after it
+        # was spawned) never starts ``coro``: close it, or its garbage collection
+        # warns of a coroutine never awaited. Closing a finished one does nothing.
+        task.add_done_callback(lambda _: coro.close())
+        return task
+
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks.append(self._loop.create_task(self.guarded(coro, name)))
+        self._tasks.append(self.start_guarded(coro, name))
 
     # ---- what etcd says ---------------------------------------------------------
 
