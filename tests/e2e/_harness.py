@@ -35,6 +35,7 @@ __all__ = [
     "free_port",
     "http_request",
     "make_client",
+    "stop_leftovers",
     "wait_until",
 ]
 
@@ -61,6 +62,24 @@ def free_port() -> int:
 
 class ServerStartError(RuntimeError):
     pass
+
+
+# Every server process started and not yet seen to exit: what a test that failed before
+# its own clean-up left running, for stop_leftovers to stop.
+_STARTED: set[subprocess.Popen[bytes]] = set()
+
+
+def stop_leftovers() -> list[str]:
+    """SIGKILL every server process still running that this harness started; their
+    command lines (empty when every test stopped what it started)."""
+    left = []
+    for proc in list(_STARTED):
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            left.append(" ".join(map(str, proc.args)))
+        _STARTED.discard(proc)
+    return left
 
 
 class ServerProcess:
@@ -150,6 +169,7 @@ class ServerProcess:
             cwd=str(REPO_ROOT),
             pass_fds=() if self.listen_socket is None else (self.listen_socket.fileno(),),
         )
+        _STARTED.add(self.proc)
         self._reader = threading.Thread(
             target=self._drain, args=(self.proc.stdout,), name=f"ferrymq-{self.port}-out",
             daemon=True,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ._harness import PROTOCOLS, ServerProcess, make_client
+from ._harness import PROTOCOLS, ServerProcess, make_client, stop_leftovers
 
 __all__: list[str] = []
 
@@ -33,6 +33,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_left_running() -> Iterator[None]:
+    # Set up before any server fixture, so torn down after all of them: a server still
+    # running then was left by a test that failed before stopping it. Stopped here, and
+    # reported, since a leak is a bug of that test.
+    yield
+    left = stop_leftovers()
+    assert not left, f"servers left running by the tests, now killed: {left}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,12 +12,12 @@ from ._harness import PROTOCOLS, ServerProcess, make_client, receive
 def test_sigterm_answers_parked_long_polls_and_in_flight_sends(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data")
     server.start()
-    clients = {p: make_client(server.url, p) for p in PROTOCOLS}
-    url = clients["json"].create_queue(QueueName="drain")["QueueUrl"]
-    # Sends go to another queue, so nothing they store wakes the parked polls.
-    sent_url = clients["json"].create_queue(QueueName="sent")["QueueUrl"]
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=10)
     try:
+        clients = {p: make_client(server.url, p) for p in PROTOCOLS}
+        url = clients["json"].create_queue(QueueName="drain")["QueueUrl"]
+        # Sends go to another queue, so nothing they store wakes the parked polls.
+        sent_url = clients["json"].create_queue(QueueName="sent")["QueueUrl"]
         polls = [pool.submit(receive, clients[p], url, WaitTimeSeconds=20)
                  for p in PROTOCOLS for _ in range(3)]
         time.sleep(1)  # every poll is parked on the empty queue
@@ -45,6 +45,7 @@ def test_sigterm_answers_parked_long_polls_and_in_flight_sends(tmp_path: Path) -
         assert "Traceback" not in server.output()
     finally:
         pool.shutdown(wait=True)
+        server.stop()  # a no-op after the stop above; the clean-up when it failed first
     # Whatever was acknowledged before the stop is there after it.
     server.start()
     try:
