@@ -64,8 +64,9 @@ class ServerStartError(RuntimeError):
     pass
 
 
-# Every server process started and not yet seen to exit: what a test that failed before
-# its own clean-up left running, for stop_leftovers to stop.
+# Every server process this harness started in this session (a few hundred Popen
+# objects at most), so that stop_leftovers finds what a test that failed before its own
+# clean-up left running.
 _STARTED: set[subprocess.Popen[bytes]] = set()
 
 
